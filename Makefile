@@ -1,0 +1,32 @@
+# etcdsync — developer entry points. Nothing here needs more than Go.
+GO ?= go
+PKGS := ./...
+
+.PHONY: build test vet lint fmt sandbox fuzz
+
+build:
+	$(GO) build -o bin/etcdsync ./cmd/etcdsync
+
+# The test command the README and CI run.
+test:
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+vet:
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+lint: vet
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+# Two embedded etcd servers, an embedded NATS server and the pipeline, for 60s.
+sandbox:
+	$(GO) run ./cmd/etcdsync sandbox --duration 60s
+
+# Short fuzzing runs of the codec and the key rules.
+fuzz:
+	$(GO) test -run=NONE -fuzz=FuzzDecode -fuzztime=30s ./streams
+	$(GO) test -run=NONE -fuzz=FuzzParse -fuzztime=30s ./keyspace
+	$(GO) test -run=NONE -fuzz=FuzzAllowed -fuzztime=30s ./keyspace

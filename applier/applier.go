@@ -1,0 +1,243 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/etcdsync/etcdsync/keyspace"
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// ErrPromoted is returned by Run when the standby has been promoted: the
+// checkpoint carries the promoted marker and the applier must not write.
+var ErrPromoted = errors.New("standby promoted: applier fenced")
+
+// errNoSnapshot means the stream holds no snapshot to bootstrap from yet.
+var errNoSnapshot = errors.New("the stream holds no snapshot yet (is the publisher running?)")
+
+// Applier replays the log into the standby etcd.
+type Applier struct {
+	cfg     Config
+	etcd    *clientv3.Client
+	js      jetstream.JetStream
+	subj    streams.Subjects
+	rules   *keyspace.Rules
+	log     *slog.Logger
+	metrics *metrics
+
+	// State of the current session, re-read from the standby after any error.
+	ck      Checkpoint // as last written
+	ckRev   int64      // mod revision of the checkpoint key (0: absent)
+	work    Checkpoint // after everything handed to the transaction builder
+	nextSeq uint64
+	asm     streams.Assembler
+	txn     txnBuilder
+
+	applied atomic.Pointer[Checkpoint]
+}
+
+// New validates cfg and returns an Applier writing to etcd (the standby) and
+// reading the log over nc. Metrics are registered on reg (nil: not registered).
+func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Registerer) (*Applier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("applier config: %w", err)
+	}
+	if etcd == nil || nc == nil {
+		return nil, fmt.Errorf("applier: etcd client and nats connection are required")
+	}
+	rules, err := keyspace.New(cfg.Scope)
+	if err != nil {
+		return nil, fmt.Errorf("applier scope: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("applier: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Applier{cfg: cfg, etcd: etcd, js: js, subj: streams.Subjects{Site: cfg.Site}, rules: rules, log: log,
+		metrics: newMetrics(reg), txn: txnBuilder{idx: map[string]int{}}}, nil
+}
+
+// Rules returns the effective scope rules.
+func (a *Applier) Rules() *keyspace.Rules { return a.rules }
+
+// Applied returns the last checkpoint this applier wrote (zero before the first).
+func (a *Applier) Applied() Checkpoint {
+	if ck := a.applied.Load(); ck != nil {
+		return *ck
+	}
+	return Checkpoint{}
+}
+
+// terminal reports errors that retrying from the checkpoint cannot fix.
+func terminal(err error) bool {
+	return errors.Is(err, ErrGap) || errors.Is(err, ErrMassDelete) || errors.Is(err, ErrNoBase) ||
+		errors.Is(err, streams.ErrCorrupt) || errors.Is(err, ErrPromoted)
+}
+
+// Run applies the log until ctx is cancelled (returns nil) or an error that
+// needs an operator or a re-seed: ErrGap, ErrMassDelete, ErrNoBase,
+// ErrPromoted or a corrupt message (streams.ErrCorrupt). Other errors
+// (unreachable servers, ErrConflict) restart from the durable checkpoint
+// after a capped exponential backoff.
+func (a *Applier) Run(ctx context.Context) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = a.cfg.MinBackoff, a.cfg.MaxBackoff, 0
+	for {
+		start := time.Now()
+		err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if terminal(err) {
+			a.metrics.stopped.Inc()
+			return err
+		}
+		if time.Since(start) > time.Minute {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		if errors.Is(err, errNoSnapshot) {
+			a.log.Info("waiting for a snapshot in the stream", "retry_in", wait)
+		} else {
+			a.metrics.errors.Inc()
+			a.log.Warn("apply session ended, retrying from the checkpoint", "err", err, "retry_in", wait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Reset re-reads the checkpoint from the standby and positions the applier
+// after it; it returns the first stream sequence to consume.
+func (a *Applier) Reset(ctx context.Context) (uint64, error) {
+	ck, rev, err := ReadCheckpoint(ctx, a.etcd, a.cfg.checkpointKey())
+	if err != nil {
+		return 0, err
+	}
+	if ck.Promoted {
+		return 0, ErrPromoted
+	}
+	a.ck, a.ckRev, a.work = ck, rev, ck
+	if ck.Snapshot != nil {
+		s := *ck.Snapshot
+		a.work.Snapshot = &s
+	}
+	a.asm.Reset()
+	a.txn.reset()
+	stream, err := a.js.Stream(ctx, a.cfg.Stream)
+	if err != nil {
+		return 0, fmt.Errorf("open stream %s: %w", a.cfg.Stream, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
+	}
+	start := ck.Position.Seq + 1
+	if ck.Position.Seq == 0 {
+		// Nothing applied yet: bootstrap from the newest snapshot.
+		msg, err := stream.GetLastMsgForSubject(ctx, a.subj.SnapshotBegin())
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return 0, errNoSnapshot
+		}
+		if err != nil {
+			return 0, fmt.Errorf("find newest snapshot: %w", err)
+		}
+		start = msg.Sequence
+	} else if info.State.FirstSeq > start {
+		return 0, &GapError{Want: start, Got: info.State.FirstSeq}
+	}
+	a.nextSeq = start
+	return start, nil
+}
+
+// session consumes the stream from the checkpoint until an error.
+func (a *Applier) session(ctx context.Context) error {
+	start, err := a.Reset(ctx)
+	if err != nil {
+		return err
+	}
+	cons, err := a.js.OrderedConsumer(ctx, a.cfg.Stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   start,
+	})
+	if err != nil {
+		return fmt.Errorf("consume stream %s from seq %d: %w", a.cfg.Stream, start, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(a.cfg.MaxBatchMessages))
+	if err != nil {
+		return fmt.Errorf("consume stream %s from seq %d: %w", a.cfg.Stream, start, err)
+	}
+	a.log.Info("apply session started", "position", a.ck.Position.String(), "from_seq", start)
+	g, gctx := errgroup.WithContext(ctx)
+	stop := context.AfterFunc(gctx, it.Stop)
+	defer stop()
+	msgs := make(chan Msg, a.cfg.MaxBatchMessages)
+	g.Go(func() error {
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return nil
+				}
+				return fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
+			}
+			md, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
+			}
+			select {
+			case msgs <- Msg{Seq: md.Sequence.Stream, Data: m.Data()}:
+			case <-gctx.Done():
+				return nil
+			}
+		}
+	})
+	g.Go(func() error {
+		defer it.Stop()
+		batch := make([]Msg, 0, a.cfg.MaxBatchMessages)
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case m := <-msgs:
+				batch = append(batch[:0], m)
+			}
+		drain:
+			for len(batch) < a.cfg.MaxBatchMessages {
+				select {
+				case m := <-msgs:
+					batch = append(batch, m)
+				default:
+					break drain
+				}
+			}
+			if err := a.ApplyBatch(gctx, batch); err != nil {
+				return err
+			}
+		}
+	})
+	err = g.Wait()
+	if err == nil && ctx.Err() == nil {
+		err = errors.New("consumer stopped")
+	}
+	return err
+}

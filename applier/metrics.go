@@ -1,0 +1,45 @@
+package applier
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	revisions  prometheus.Counter
+	ops        prometheus.Counter
+	txns       prometheus.Histogram
+	checkpoint prometheus.Gauge
+	lag        prometheus.Gauge
+	snapshots  prometheus.Counter
+	errors     prometheus.Counter
+	stopped    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		revisions:  prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_revisions_total", Help: "Source revisions applied to the standby."}),
+		ops:        prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_keys_total", Help: "Key operations (puts and deletes) written to the standby."}),
+		txns:       prometheus.NewHistogram(prometheus.HistogramOpts{Name: "etcdsync_applier_txn_duration_seconds", Help: "Latency of standby transactions.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		checkpoint: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_checkpoint_revision", Help: "Source revision of the standby's checkpoint."}),
+		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_lag_seconds", Help: "Apply time minus the time the publisher observed the last applied revision."}),
+		snapshots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_snapshots_applied_total", Help: "Snapshots applied (bootstraps and re-seeds)."}),
+		errors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_errors_total", Help: "Sessions ended by a retryable error."}),
+		stopped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_stopped_total", Help: "Times the applier stopped on an error that needs an operator or a re-seed."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.snapshots, m.errors, m.stopped)
+	}
+	return m
+}
+
+func (m *metrics) observeTxn(d time.Duration, ops, revs int, ck Checkpoint) {
+	m.txns.Observe(d.Seconds())
+	m.ops.Add(float64(ops))
+	m.revisions.Add(float64(revs))
+	m.checkpoint.Set(float64(ck.Position.Revision))
+	if !ck.SourceTime.IsZero() {
+		m.lag.Set(ck.AppliedAt.Sub(ck.SourceTime).Seconds())
+	}
+}

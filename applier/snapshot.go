@@ -1,0 +1,142 @@
+package applier
+
+import (
+	"context"
+	"fmt"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// beginSnapshot starts applying a snapshot unless the standby already holds
+// this generation (a periodic snapshot it is past).
+func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
+	w := &a.work
+	if w.Snapshot == nil && w.Position.Seq != 0 && w.Position.ClusterID == r.ClusterID && w.Position.Generation == r.Generation {
+		w.Position.Seq = r.seq
+		return nil
+	}
+	if err := a.flushIfPending(ctx); err != nil {
+		return err
+	}
+	s := &SnapshotState{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Prefix: string(r.Prefix)}
+	if w.Snapshot != nil {
+		// A snapshot was interrupted (the publisher restarted): keys written
+		// by it since the first base must still count as not-in-snapshot.
+		s.BaseRevision, s.InScopeBefore = w.Snapshot.BaseRevision, w.Snapshot.InScopeBefore
+	} else {
+		base, n, err := a.countInScope(ctx, s.Prefix)
+		if err != nil {
+			return err
+		}
+		s.BaseRevision, s.InScopeBefore = base, n
+	}
+	a.log.Info("snapshot apply started", "cluster_id", fmt.Sprintf("%x", r.ClusterID), "generation", r.Generation,
+		"revision", r.Revision, "reason", r.Reason, "standby_in_scope_keys", s.InScopeBefore, "seq", r.seq)
+	w.Snapshot = s
+	w.Position.Seq = r.seq
+	return a.flush(ctx)
+}
+
+// endSnapshot deletes the in-scope standby keys the snapshot did not write
+// and makes the snapshot's revision the standby's position.
+func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
+	w := &a.work
+	s := w.Snapshot
+	if s == nil || s.ClusterID != r.ClusterID || s.Generation != r.Generation || s.Revision != r.Revision {
+		w.Position.Seq = r.seq
+		return nil
+	}
+	if s.Chunks != r.Chunk || s.Keys != r.Keys {
+		return fmt.Errorf("snapshot at revision %d ended at seq %d with %d chunks and %d keys, applied %d chunks and %d keys: %w",
+			r.Revision, r.seq, r.Chunk, r.Keys, s.Chunks, s.Keys, streams.ErrCorrupt)
+	}
+	if err := a.flushIfPending(ctx); err != nil {
+		return err
+	}
+	// Step 1: find in-scope keys the snapshot did not write.
+	stale, err := a.staleKeys(ctx, s)
+	if err != nil {
+		return err
+	}
+	// Step 2: refuse a mass deletion unless allowed.
+	n := int64(len(stale))
+	if n > 0 && s.InScopeBefore > 0 && !a.cfg.AllowMassDelete && float64(n) > a.cfg.MaxDeleteRatio*float64(s.InScopeBefore) {
+		return &MassDeleteError{Delete: n, InScope: s.InScopeBefore, MaxRatio: a.cfg.MaxDeleteRatio}
+	}
+	// Step 3: delete them, then move the position to the snapshot.
+	for _, k := range stale {
+		if err := a.add(ctx, &streams.Event{Type: streams.EventDelete, Key: k}); err != nil {
+			return err
+		}
+	}
+	a.log.Info("snapshot applied", "generation", r.Generation, "revision", r.Revision, "keys", s.Keys, "deleted", n, "seq", r.seq)
+	w.Position = streams.Position{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Part: r.part, Seq: r.seq}
+	w.SourceTime = r.Time
+	w.Snapshot = nil
+	a.metrics.snapshots.Inc()
+	return a.flush(ctx)
+}
+
+func (a *Applier) flushIfPending(ctx context.Context) error {
+	if len(a.txn.ops) == 0 {
+		return nil
+	}
+	return a.flush(ctx)
+}
+
+// scanRange returns the key range a snapshot with prefix covers.
+func scanRange(prefix string) (string, string) {
+	if prefix == "" {
+		return "\x00", "\x00"
+	}
+	return prefix, clientv3.GetPrefixRangeEnd(prefix)
+}
+
+const scanPage = 5000
+
+// scan pages through the standby's keys (keys only) in the prefix, pinned
+// at the revision of the first page, and calls fn for each in-scope key.
+func (a *Applier) scan(ctx context.Context, prefix string, fn func(key []byte, modRev int64)) (int64, error) {
+	key, end := scanRange(prefix)
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(scanPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := a.etcd.Get(ctx, key, opts...)
+		if err != nil {
+			return 0, fmt.Errorf("scan standby keys under %q: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			if a.rules.Allowed(kv.Key) {
+				fn(kv.Key, kv.ModRevision)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+func (a *Applier) countInScope(ctx context.Context, prefix string) (int64, int64, error) {
+	var n int64
+	rev, err := a.scan(ctx, prefix, func([]byte, int64) { n++ })
+	return rev, n, err
+}
+
+func (a *Applier) staleKeys(ctx context.Context, s *SnapshotState) ([][]byte, error) {
+	var stale [][]byte
+	_, err := a.scan(ctx, s.Prefix, func(k []byte, modRev int64) {
+		if modRev <= s.BaseRevision {
+			stale = append(stale, k)
+		}
+	})
+	return stale, err
+}

@@ -1,0 +1,100 @@
+// Package embedded starts in-process etcd servers for the sandbox and for
+// tests. It is not used by the replication components.
+package embedded
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// EtcdConfig describes an embedded single-member etcd.
+type EtcdConfig struct {
+	// Dir is the data directory. Required.
+	Dir string
+	// Name is the member name. Default "default".
+	Name string
+	// ClientPort is the client port; 0 picks a free one.
+	ClientPort int
+	// MaxTxnOps is etcd's --max-txn-ops. Default 128 (etcd's default).
+	MaxTxnOps uint
+	// MaxRequestBytes is etcd's --max-request-bytes. Default 1.5 MiB.
+	MaxRequestBytes uint
+}
+
+// Etcd is a running embedded etcd.
+type Etcd struct {
+	Server   *embed.Etcd
+	Endpoint string // http://127.0.0.1:port
+}
+
+// Close stops the server and waits for it.
+func (e *Etcd) Close() {
+	e.Server.Close()
+	<-e.Server.Server.StopNotify()
+}
+
+// StartEtcd starts a single-member etcd listening on loopback and waits until
+// it serves. Starting again on the same Dir restarts the same member with its data.
+func StartEtcd(c EtcdConfig) (*Etcd, error) {
+	if c.Dir == "" {
+		return nil, fmt.Errorf("start embedded etcd: data directory is required")
+	}
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	cport := c.ClientPort
+	if cport == 0 {
+		p, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		cport = p
+	}
+	pport, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = c.Name
+	cfg.Dir = c.Dir
+	cfg.LogLevel = "error"
+	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", cport)}
+	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", pport)}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(c.Name)
+	if c.MaxTxnOps > 0 {
+		cfg.MaxTxnOps = c.MaxTxnOps
+	}
+	if c.MaxRequestBytes > 0 {
+		cfg.MaxRequestBytes = c.MaxRequestBytes
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", c.Dir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", c.Dir, err)
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("start embedded etcd in %s: not ready after 30s", c.Dir)
+	}
+	return &Etcd{Server: e, Endpoint: cu.String()}, nil
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,90 @@
+package publisher
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// ErrFenced is returned by Run when another publisher has taken over the
+// stream (it wrote a newer epoch marker). It is not retried.
+var ErrFenced = errors.New("publisher fenced: another publisher wrote a newer epoch marker")
+
+// Config configures a Publisher.
+type Config struct {
+	// Stream describes the log stream; the publisher creates or updates it.
+	Stream streams.LogConfig
+	// Prefix limits what is published to keys with this prefix ("" = all).
+	Prefix string
+	// MaxMessageBytes is the largest message body published; larger records
+	// are split into parts. Default 1,000 KiB (fits NATS' default 1 MB max_payload).
+	MaxMessageBytes int
+	// Window is the number of messages published but not yet acknowledged.
+	// Default 256.
+	Window int
+	// SnapshotPageSize is the number of keys per paginated snapshot Get. Default 1000.
+	SnapshotPageSize int64
+	// SnapshotChunkBytes is the target size of one snapshot chunk. Default 512 KiB.
+	SnapshotChunkBytes int
+	// AckTimeout bounds the wait for one acknowledgement. Default 10s.
+	AckTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the retry delay after an error.
+	// Defaults 100ms and 10s.
+	MinBackoff, MaxBackoff time.Duration
+	// Leader names this publisher in epoch markers. Default "<hostname>-<pid>".
+	Leader string
+	// Logger receives events; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Stream:             streams.DefaultLogConfig(),
+		MaxMessageBytes:    1000 << 10,
+		Window:             256,
+		SnapshotPageSize:   1000,
+		SnapshotChunkBytes: 512 << 10,
+		AckTimeout:         10 * time.Second,
+		MinBackoff:         100 * time.Millisecond,
+		MaxBackoff:         10 * time.Second,
+		Leader:             fmt.Sprintf("%s-%d", host, os.Getpid()),
+	}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if err := c.Stream.Validate(); err != nil {
+		return err
+	}
+	if c.MaxMessageBytes < 4<<10 {
+		return fmt.Errorf("max message bytes %d: must be at least 4096", c.MaxMessageBytes)
+	}
+	if int64(c.MaxMessageBytes) > int64(c.Stream.MaxMsgSize) {
+		return fmt.Errorf("max message bytes %d: exceeds the stream's max message size %d", c.MaxMessageBytes, c.Stream.MaxMsgSize)
+	}
+	if c.Window < 1 {
+		return fmt.Errorf("publish window %d: must be at least 1", c.Window)
+	}
+	if c.SnapshotPageSize < 1 {
+		return fmt.Errorf("snapshot page size %d: must be at least 1", c.SnapshotPageSize)
+	}
+	if c.SnapshotChunkBytes < 1 {
+		return fmt.Errorf("snapshot chunk bytes %d: must be at least 1", c.SnapshotChunkBytes)
+	}
+	if c.AckTimeout <= 0 {
+		return fmt.Errorf("ack timeout %s: must be positive", c.AckTimeout)
+	}
+	if c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff {
+		return fmt.Errorf("backoff %s..%s: must be positive and ordered", c.MinBackoff, c.MaxBackoff)
+	}
+	if c.Leader == "" {
+		return fmt.Errorf("leader name is required")
+	}
+	return nil
+}

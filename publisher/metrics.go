@@ -1,0 +1,41 @@
+package publisher
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+type metrics struct {
+	revisions     prometheus.Counter
+	bytes         prometheus.Counter
+	lastRevision  prometheus.Gauge
+	sourceRev     prometheus.Gauge
+	generation    prometheus.Gauge
+	errors        prometheus.Counter
+	snapshots     *prometheus.CounterVec
+	snapshotsKeys prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		revisions:     prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_publisher_revisions_total", Help: "Source revisions published and acknowledged."}),
+		bytes:         prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_publisher_bytes_total", Help: "Message bytes published."}),
+		lastRevision:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_publisher_last_revision", Help: "Last source revision acknowledged by the stream."}),
+		sourceRev:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_publisher_source_revision", Help: "Current revision of the source etcd as last seen (events or progress notifications)."}),
+		generation:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_publisher_generation", Help: "Generation being published."}),
+		errors:        prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_publisher_errors_total", Help: "Sessions ended by an error (each is followed by a retry from the stream tail)."}),
+		snapshots:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "etcdsync_publisher_snapshots_total", Help: "Snapshots published, by reason."}, []string{"reason"}),
+		snapshotsKeys: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_publisher_snapshot_keys_total", Help: "Keys published in snapshots."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.revisions, m.bytes, m.lastRevision, m.sourceRev, m.generation, m.errors, m.snapshots, m.snapshotsKeys)
+	}
+	return m
+}
+
+func (m *metrics) published(pos streams.Position) {
+	m.revisions.Inc()
+	m.lastRevision.Set(float64(pos.Revision))
+	m.generation.Set(float64(pos.Generation))
+}

@@ -1,0 +1,279 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// errNewGeneration ends a session whose history broke (etcd compacted past
+// the position the watch needs); the next session starts a new generation.
+var errNewGeneration = errors.New("continuity lost")
+
+// Publisher watches the source etcd and publishes its revisions.
+type Publisher struct {
+	cfg     Config
+	etcd    *clientv3.Client
+	js      jetstream.JetStream
+	subj    streams.Subjects
+	log     *slog.Logger
+	metrics *metrics
+
+	published atomic.Pointer[streams.Position]
+	// forceReason, when set, makes the next session start a new generation.
+	forceReason string
+}
+
+// New validates cfg and returns a Publisher that reads from etcd and
+// publishes over nc. Metrics are registered on reg (nil: not registered).
+func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Registerer) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("publisher config: %w", err)
+	}
+	if etcd == nil || nc == nil {
+		return nil, fmt.Errorf("publisher: etcd client and nats connection are required")
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(cfg.Window*2),
+		jetstream.WithPublishAsyncTimeout(cfg.AckTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Publisher{cfg: cfg, etcd: etcd, js: js, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log, metrics: newMetrics(reg)}, nil
+}
+
+// Published returns the last position acknowledged by the stream (zero
+// before the first acknowledgement).
+func (p *Publisher) Published() streams.Position {
+	if pos := p.published.Load(); pos != nil {
+		return *pos
+	}
+	return streams.Position{}
+}
+
+// Run publishes until ctx is cancelled (returns nil) or the publisher is
+// fenced (returns an error wrapping ErrFenced). Every other error ends the
+// current session; the next one starts from the stream tail after a capped
+// exponential backoff.
+func (p *Publisher) Run(ctx context.Context) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = p.cfg.MinBackoff, p.cfg.MaxBackoff, 0
+	for {
+		start := time.Now()
+		err := p.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrFenced) {
+			return err
+		}
+		if errors.Is(err, errNewGeneration) {
+			bo.Reset()
+			continue
+		}
+		p.metrics.errors.Inc()
+		if time.Since(start) > time.Minute {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		p.log.Warn("publish session ended, retrying from the stream tail", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// session runs one publishing session: read the tail, write an epoch,
+// publish a snapshot if continuity is lost, then follow the watch.
+func (p *Publisher) session(ctx context.Context) error {
+	stream, err := streams.EnsureLogStream(ctx, p.js, p.cfg.Stream)
+	if err != nil {
+		return err
+	}
+	tail, err := ReadTail(ctx, stream, p.subj)
+	if err != nil {
+		return err
+	}
+	// Step 1: where is the source now?
+	resp, err := p.etcd.Get(ctx, p.probeKey(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if err != nil {
+		return fmt.Errorf("read source revision: %w", err)
+	}
+	clusterID, curRev := resp.Header.ClusterId, resp.Header.Revision
+	p.metrics.sourceRev.Set(float64(curRev))
+
+	// Step 2: can this generation continue?
+	reason := p.forceReason
+	switch {
+	case tail.Seq == 0:
+		reason = "first start"
+	case tail.ClusterID != clusterID:
+		reason = fmt.Sprintf("source cluster changed from %x to %x", tail.ClusterID, clusterID)
+	case !tail.Complete:
+		reason = fmt.Sprintf("incomplete %s record at the stream tail (seq %d)", tail.Kind, tail.Seq)
+	case curRev < tail.Revision:
+		reason = fmt.Sprintf("source revision %d is behind the stream's %d (restored etcd?)", curRev, tail.Revision)
+	}
+	gen, resumeRev := tail.Generation, tail.Revision
+	if reason != "" {
+		gen, resumeRev = tail.Generation+1, 0
+	}
+
+	// Step 3: fence every earlier publisher.
+	epochSeq, err := p.writeEpoch(ctx, tail.Seq, clusterID, gen, resumeRev)
+	if err != nil {
+		return err
+	}
+	p.forceReason = ""
+	p.metrics.generation.Set(float64(gen))
+	p.log.Info("publisher session started", "generation", gen, "resume_revision", resumeRev, "epoch_seq", epochSeq, "new_generation_reason", reason)
+
+	// Step 4: publish, with acknowledgements checked in order.
+	acks := make(chan pending, p.cfg.Window)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.checkAcks(gctx, acks) })
+	g.Go(func() error {
+		defer close(acks)
+		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, clusterID: clusterID, gen: gen}
+		from := resumeRev + 1
+		if reason != "" {
+			rev, err := p.snapshot(gctx, pub, reason)
+			if err != nil {
+				return err
+			}
+			from = rev + 1
+		}
+		return p.follow(gctx, pub, from)
+	})
+	err = g.Wait()
+	if errors.Is(err, errNewGeneration) {
+		p.forceReason = "source compacted past the stream's revision"
+	}
+	return err
+}
+
+// probeKey is a key read only for its response header.
+func (p *Publisher) probeKey() string {
+	if p.cfg.Prefix != "" {
+		return p.cfg.Prefix
+	}
+	return "\x00"
+}
+
+// writeEpoch appends the epoch marker with ExpectLastSequence(tailSeq) and
+// returns its stream sequence.
+func (p *Publisher) writeEpoch(ctx context.Context, tailSeq, clusterID, gen uint64, rev int64) (uint64, error) {
+	rec := &streams.Record{Kind: streams.KindEpoch, ClusterID: clusterID, Generation: gen, Revision: rev, Time: time.Now(),
+		Leader: fmt.Sprintf("%s-%d", p.cfg.Leader, tailSeq)}
+	msgs, err := streams.NewMsgs(p.subj, rec, p.cfg.MaxMessageBytes)
+	if err != nil {
+		return 0, err
+	}
+	ack, err := p.js.PublishMsg(ctx, msgs[0], jetstream.WithExpectLastSequence(tailSeq))
+	if err != nil {
+		return 0, fmt.Errorf("write epoch after seq %d: %w", tailSeq, err)
+	}
+	return ack.Sequence, nil
+}
+
+// sender publishes records of one session.
+type sender struct {
+	p         *Publisher
+	acks      chan<- pending
+	epochSeq  uint64
+	clusterID uint64
+	gen       uint64
+}
+
+// send publishes rec asynchronously; it blocks while the window is full.
+func (s *sender) send(ctx context.Context, rec *streams.Record) error {
+	rec.ClusterID, rec.Generation = s.clusterID, s.gen
+	msgs, err := streams.NewMsgs(s.p.subj, rec, s.p.cfg.MaxMessageBytes)
+	if err != nil {
+		return err
+	}
+	pos := streams.Position{ClusterID: s.clusterID, Generation: s.gen, Revision: rec.Revision, Part: len(msgs) - 1}
+	for i, m := range msgs {
+		fut, err := s.p.js.PublishMsgAsync(m, jetstream.WithExpectLastSequenceForSubject(s.epochSeq, s.p.subj.Epoch()))
+		if err != nil {
+			return fmt.Errorf("publish %s record at revision %d: %w", rec.Kind, rec.Revision, err)
+		}
+		s.p.metrics.bytes.Add(float64(len(m.Data)))
+		select {
+		case s.acks <- pending{fut: fut, rec: pos, last: i == len(msgs)-1}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// follow watches the source from revision from and publishes one record per
+// revision until ctx ends or the watch fails.
+func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
+	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithPrefix()}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := p.etcd.Watch(wctx, p.cfg.Prefix, opts...)
+	var rec streams.Record
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			if resp.CompactRevision != 0 || errors.Is(err, rpctypes.ErrCompacted) {
+				return fmt.Errorf("watch from revision %d: compacted at %d: %w", from, resp.CompactRevision, errNewGeneration)
+			}
+			return fmt.Errorf("watch from revision %d: %w", from, err)
+		}
+		p.metrics.sourceRev.Set(float64(resp.Header.Revision))
+		if len(resp.Events) == 0 {
+			continue
+		}
+		now := time.Now()
+		// Group the response's events by revision: one record per revision.
+		for i := 0; i < len(resp.Events); {
+			rev := resp.Events[i].Kv.ModRevision
+			rec = streams.Record{Kind: streams.KindRevision, Revision: rev, Time: now, Events: rec.Events[:0]}
+			for ; i < len(resp.Events) && resp.Events[i].Kv.ModRevision == rev; i++ {
+				rec.Events = append(rec.Events, eventOf(resp.Events[i]))
+			}
+			if err := s.send(ctx, &rec); err != nil {
+				return err
+			}
+			from = rev + 1
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("watch from revision %d: channel closed", from)
+}
+
+func eventOf(ev *clientv3.Event) streams.Event {
+	kv := ev.Kv
+	e := streams.Event{Key: kv.Key, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version, Lease: kv.Lease}
+	if ev.Type == clientv3.EventTypeDelete {
+		e.Type = streams.EventDelete
+	} else {
+		e.Type, e.Value = streams.EventPut, kv.Value
+	}
+	return e
+}

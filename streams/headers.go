@@ -1,0 +1,60 @@
+package streams
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Header names carried by every log message.
+const (
+	HeaderKind       = "Etcdsync-Kind"
+	HeaderCluster    = "Etcdsync-Cluster"
+	HeaderGeneration = "Etcdsync-Generation"
+	HeaderRevision   = "Etcdsync-Revision"
+	HeaderPart       = "Etcdsync-Part" // "<index>/<count>"
+)
+
+// MsgID returns the Nats-Msg-Id of part of r:
+// "<cluster-id>:<generation>:<revision>[:<part>]" for revisions, with a
+// kind suffix for the other records, so republishing the same record is
+// deduplicated by the stream.
+func MsgID(r *Record, part, parts int) string {
+	id := fmt.Sprintf("%x:%d:%d", r.ClusterID, r.Generation, r.Revision)
+	switch r.Kind {
+	case KindSnapshotBegin:
+		id += ":snap-begin"
+	case KindSnapshotChunk:
+		id += ":snap-chunk-" + strconv.FormatUint(r.Chunk, 10)
+	case KindSnapshotEnd:
+		id += ":snap-end"
+	case KindEpoch:
+		id += ":epoch-" + r.Leader
+	}
+	if parts > 1 {
+		id += ":" + strconv.Itoa(part)
+	}
+	return id
+}
+
+// NewMsgs encodes r into one or more messages (parts) on the log subjects
+// of subj, each at most maxMsg bytes of body, with headers and Msg-Id set.
+func NewMsgs(subj Subjects, r *Record, maxMsg int) ([]*nats.Msg, error) {
+	frames, err := SplitRecord(r, maxMsg)
+	if err != nil {
+		return nil, err
+	}
+	msgs := make([]*nats.Msg, len(frames))
+	for i, f := range frames {
+		h := nats.Header{}
+		h.Set(HeaderKind, r.Kind.String())
+		h.Set(HeaderCluster, strconv.FormatUint(r.ClusterID, 16))
+		h.Set(HeaderGeneration, strconv.FormatUint(r.Generation, 10))
+		h.Set(HeaderRevision, strconv.FormatInt(r.Revision, 10))
+		h.Set(HeaderPart, strconv.Itoa(i)+"/"+strconv.Itoa(len(frames)))
+		h.Set(nats.MsgIdHdr, MsgID(r, i, len(frames)))
+		msgs[i] = &nats.Msg{Subject: subj.ForKind(r.Kind), Header: h, Data: f}
+	}
+	return msgs, nil
+}

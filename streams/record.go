@@ -1,0 +1,267 @@
+package streams
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrCorrupt is wrapped by every decoding error.
+var ErrCorrupt = errors.New("corrupt message")
+
+// Kind is the kind of a log record.
+type Kind uint8
+
+// Record kinds.
+const (
+	KindRevision      Kind = 1
+	KindSnapshotBegin Kind = 2
+	KindSnapshotChunk Kind = 3
+	KindSnapshotEnd   Kind = 4
+	KindEpoch         Kind = 5
+)
+
+// String returns the kind's name as used in headers and logs.
+func (k Kind) String() string {
+	switch k {
+	case KindRevision:
+		return "revision"
+	case KindSnapshotBegin:
+		return "snapshot-begin"
+	case KindSnapshotChunk:
+		return "snapshot-chunk"
+	case KindSnapshotEnd:
+		return "snapshot-end"
+	case KindEpoch:
+		return "epoch"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+func (k Kind) valid() bool { return k >= KindRevision && k <= KindEpoch }
+
+// EventType is the type of one key event.
+type EventType uint8
+
+// Event types.
+const (
+	EventPut    EventType = 1
+	EventDelete EventType = 2
+)
+
+// Event is one key change of a source revision, or one key of a snapshot.
+type Event struct {
+	Type           EventType
+	Key            []byte
+	Value          []byte // nil for deletes
+	CreateRevision int64
+	ModRevision    int64
+	Version        int64
+	Lease          int64 // source lease ID, 0 when none
+}
+
+// Record is one logical log entry. Which fields are meaningful depends on Kind.
+type Record struct {
+	Kind       Kind
+	ClusterID  uint64
+	Generation uint64
+	// Revision is the source revision of a revision record, the snapshot
+	// revision of snapshot records, and the last published revision of an epoch.
+	Revision int64
+	// Time is when the publisher observed the revision (or took the snapshot).
+	Time time.Time
+	// Prefix is the key prefix a snapshot covers (snapshot-begin).
+	Prefix []byte
+	// Reason says why a snapshot was taken (snapshot-begin).
+	Reason string
+	// Chunk is the chunk index (snapshot-chunk) or the number of chunks (snapshot-end).
+	Chunk uint64
+	// Keys is the number of keys in the snapshot (snapshot-end).
+	Keys uint64
+	// Leader names the publisher that wrote an epoch marker.
+	Leader string
+	// Events are the revision's events or the snapshot chunk's keys.
+	Events []Event
+}
+
+const recordVersion = 1
+
+// EncodedSize returns an upper bound of the encoded size of r.
+func (r *Record) EncodedSize() int {
+	n := 2 + 5*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(r.Prefix) + len(r.Reason) + len(r.Leader) + 2*binary.MaxVarintLen64
+	for i := range r.Events {
+		n += EventSize(&r.Events[i])
+	}
+	return n
+}
+
+// EventSize returns an upper bound of the encoded size of e.
+func EventSize(e *Event) int {
+	return 1 + 2*binary.MaxVarintLen64 + len(e.Key) + len(e.Value) + 4*binary.MaxVarintLen64
+}
+
+// AppendRecord appends the encoding of r to dst.
+func AppendRecord(dst []byte, r *Record) []byte {
+	dst = append(dst, recordVersion, byte(r.Kind))
+	dst = binary.AppendUvarint(dst, r.ClusterID)
+	dst = binary.AppendUvarint(dst, r.Generation)
+	dst = binary.AppendVarint(dst, r.Revision)
+	var t int64
+	if !r.Time.IsZero() {
+		t = r.Time.UnixNano()
+	}
+	dst = binary.AppendVarint(dst, t)
+	dst = appendBytes(dst, r.Prefix)
+	dst = appendBytes(dst, []byte(r.Reason))
+	dst = binary.AppendUvarint(dst, r.Chunk)
+	dst = binary.AppendUvarint(dst, r.Keys)
+	dst = appendBytes(dst, []byte(r.Leader))
+	dst = binary.AppendUvarint(dst, uint64(len(r.Events)))
+	for i := range r.Events {
+		e := &r.Events[i]
+		dst = append(dst, byte(e.Type))
+		dst = appendBytes(dst, e.Key)
+		dst = appendBytes(dst, e.Value)
+		dst = binary.AppendVarint(dst, e.CreateRevision)
+		dst = binary.AppendVarint(dst, e.ModRevision)
+		dst = binary.AppendVarint(dst, e.Version)
+		dst = binary.AppendVarint(dst, e.Lease)
+	}
+	return dst
+}
+
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+// minEventSize is the smallest possible encoded event: type, two empty
+// byte strings and four one-byte varints.
+const minEventSize = 7
+
+// DecodeRecord decodes a record encoded by AppendRecord. Byte slices of the
+// result alias b. Errors wrap ErrCorrupt.
+func DecodeRecord(b []byte) (Record, error) {
+	d := decoder{b: b}
+	var r Record
+	if v := d.byte("record version"); d.err == nil && v != recordVersion {
+		return Record{}, fmt.Errorf("%w: unsupported record version %d", ErrCorrupt, v)
+	}
+	r.Kind = Kind(d.byte("kind"))
+	if d.err == nil && !r.Kind.valid() {
+		return Record{}, fmt.Errorf("%w: unknown record kind %d", ErrCorrupt, uint8(r.Kind))
+	}
+	r.ClusterID = d.uvarint("cluster id")
+	r.Generation = d.uvarint("generation")
+	r.Revision = d.varint("revision")
+	if t := d.varint("time"); t != 0 {
+		r.Time = time.Unix(0, t)
+	}
+	r.Prefix = d.bytes("prefix")
+	r.Reason = string(d.bytes("reason"))
+	r.Chunk = d.uvarint("chunk")
+	r.Keys = d.uvarint("keys")
+	r.Leader = string(d.bytes("leader"))
+	n := d.uvarint("event count")
+	if d.err != nil {
+		return Record{}, d.err
+	}
+	if n > uint64(len(d.b)-d.off)/minEventSize {
+		return Record{}, fmt.Errorf("%w: event count %d exceeds what %d remaining bytes can hold", ErrCorrupt, n, len(d.b)-d.off)
+	}
+	if n > 0 {
+		r.Events = make([]Event, n)
+	}
+	for i := range r.Events {
+		e := &r.Events[i]
+		e.Type = EventType(d.byte("event type"))
+		if d.err == nil && e.Type != EventPut && e.Type != EventDelete {
+			return Record{}, fmt.Errorf("%w: event %d: unknown type %d", ErrCorrupt, i, uint8(e.Type))
+		}
+		e.Key = d.bytes("event key")
+		e.Value = d.bytes("event value")
+		e.CreateRevision = d.varint("event create revision")
+		e.ModRevision = d.varint("event mod revision")
+		e.Version = d.varint("event version")
+		e.Lease = d.varint("event lease")
+		if d.err != nil {
+			return Record{}, fmt.Errorf("event %d: %w", i, d.err)
+		}
+	}
+	if d.err != nil {
+		return Record{}, d.err
+	}
+	if d.off != len(d.b) {
+		return Record{}, fmt.Errorf("%w: %d trailing bytes after record", ErrCorrupt, len(d.b)-d.off)
+	}
+	return r, nil
+}
+
+type decoder struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (d *decoder) fail(field, what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s: %s at offset %d", ErrCorrupt, field, what, d.off)
+	}
+}
+
+func (d *decoder) byte(field string) byte {
+	if d.err != nil {
+		return 0
+	}
+	if d.off >= len(d.b) {
+		d.fail(field, "truncated")
+		return 0
+	}
+	v := d.b[d.off]
+	d.off++
+	return v
+}
+
+func (d *decoder) uvarint(field string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b[d.off:])
+	if n <= 0 {
+		d.fail(field, "bad or truncated varint")
+		return 0
+	}
+	d.off += n
+	return v
+}
+
+func (d *decoder) varint(field string) int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b[d.off:])
+	if n <= 0 {
+		d.fail(field, "bad or truncated varint")
+		return 0
+	}
+	d.off += n
+	return v
+}
+
+func (d *decoder) bytes(field string) []byte {
+	n := d.uvarint(field + " length")
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)-d.off) {
+		d.fail(field, fmt.Sprintf("length %d exceeds remaining %d bytes", n, len(d.b)-d.off))
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	v := d.b[d.off : d.off+int(n) : d.off+int(n)]
+	d.off += int(n)
+	return v
+}
