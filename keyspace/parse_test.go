@@ -1,0 +1,167 @@
+package keyspace
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name        string
+		prefix      string // "/registry" if empty, unless emptyPrefix
+		emptyPrefix bool
+		key         string
+		want        Key
+		wantErr     error
+	}{
+		// Core namespaced and cluster-scoped.
+		{name: "pod", key: "/registry/pods/ns/n", want: Key{Resource: "pods", Namespace: "ns", Name: "n"}},
+		{name: "configmap", key: "/registry/configmaps/ns/n", want: Key{Resource: "configmaps", Namespace: "ns", Name: "n"}},
+		{name: "secret", key: "/registry/secrets/default/token-abc", want: Key{Resource: "secrets", Namespace: "default", Name: "token-abc"}},
+		{name: "kube-root-ca", key: "/registry/configmaps/app/kube-root-ca.crt", want: Key{Resource: "configmaps", Namespace: "app", Name: "kube-root-ca.crt"}},
+		{name: "namespace object", key: "/registry/namespaces/kube-system", want: Key{Resource: "namespaces", Name: "kube-system"}},
+		{name: "deployment", key: "/registry/deployments/ns/web", want: Key{Resource: "deployments", Namespace: "ns", Name: "web"}},
+		{name: "lease kube-node-lease", key: "/registry/leases/kube-node-lease/node-1", want: Key{Resource: "leases", Namespace: "kube-node-lease", Name: "node-1"}},
+		{name: "lease kube-system", key: "/registry/leases/kube-system/kube-scheduler", want: Key{Resource: "leases", Namespace: "kube-system", Name: "kube-scheduler"}},
+		{name: "clusterrole", key: "/registry/clusterroles/admin", want: Key{Resource: "clusterroles", Name: "admin"}},
+		{name: "event", key: "/registry/events/ns/pod.17a", want: Key{Resource: "events", Namespace: "ns", Name: "pod.17a"}},
+		// Special storage segments report API names.
+		{name: "service", key: "/registry/services/specs/default/kubernetes", want: Key{Resource: "services", Namespace: "default", Name: "kubernetes"}},
+		{name: "endpoints", key: "/registry/services/endpoints/ns/svc", want: Key{Resource: "endpoints", Namespace: "ns", Name: "svc"}},
+		{name: "node", key: "/registry/minions/node-1", want: Key{Resource: "nodes", Name: "node-1"}},
+		{name: "replicationcontroller", key: "/registry/controllers/ns/rc", want: Key{Resource: "replicationcontrollers", Namespace: "ns", Name: "rc"}},
+		{name: "ingress", key: "/registry/ingress/ns/ing", want: Key{Resource: "ingresses", Namespace: "ns", Name: "ing"}},
+		// Grouped.
+		{name: "custom namespaced", key: "/registry/cr.bar.com/foos/ns/n", want: Key{Group: "cr.bar.com", Resource: "foos", Namespace: "ns", Name: "n"}},
+		{name: "custom cluster", key: "/registry/custom.fancy.com/pants/n", want: Key{Group: "custom.fancy.com", Resource: "pants", Name: "n"}},
+		{name: "gateway", key: "/registry/gateway.networking.k8s.io/httproutes/ns/route", want: Key{Group: "gateway.networking.k8s.io", Resource: "httproutes", Namespace: "ns", Name: "route"}},
+		{name: "gatewayclass", key: "/registry/gateway.networking.k8s.io/gatewayclasses/istio", want: Key{Group: "gateway.networking.k8s.io", Resource: "gatewayclasses", Name: "istio"}},
+		{name: "crd", key: "/registry/apiextensions.k8s.io/customresourcedefinitions/foos.cr.bar.com", want: Key{Group: "apiextensions.k8s.io", Resource: "customresourcedefinitions", Name: "foos.cr.bar.com"}},
+		{name: "apiservice", key: "/registry/apiregistration.k8s.io/apiservices/v1.apps", want: Key{Group: "apiregistration.k8s.io", Resource: "apiservices", Name: "v1.apps"}},
+		// Internal.
+		{name: "health", key: "/registry/health", want: Key{Resource: "health", Internal: true}},
+		{name: "masterlease", key: "/registry/masterleases/10.0.0.1", want: Key{Resource: "masterleases", Name: "10.0.0.1", Internal: true}},
+		{name: "peerserverlease", key: "/registry/peerserverleases/id-1", want: Key{Resource: "peerserverleases", Name: "id-1", Internal: true}},
+		{name: "range", key: "/registry/ranges/serviceips", want: Key{Resource: "ranges", Name: "serviceips", Internal: true}},
+		// Prefixes.
+		{name: "custom prefix", prefix: "/k8s/cluster-a", key: "/k8s/cluster-a/pods/ns/n", want: Key{Resource: "pods", Namespace: "ns", Name: "n"}},
+		{name: "prefix trailing slash", prefix: "/registry/", key: "/registry/pods/ns/n", want: Key{Resource: "pods", Namespace: "ns", Name: "n"}},
+		{name: "root prefix", prefix: "/", key: "/pods/ns/n", want: Key{Resource: "pods", Namespace: "ns", Name: "n"}},
+		{name: "empty prefix", emptyPrefix: true, key: "/pods/ns/n", want: Key{Resource: "pods", Namespace: "ns", Name: "n"}},
+		{name: "default prefix key under custom", prefix: "/k8s", key: "/registry/pods/ns/n", wantErr: ErrOutsidePrefix},
+		// Outside the prefix.
+		{name: "empty", key: "", wantErr: ErrOutsidePrefix},
+		{name: "compact_rev_key", key: "compact_rev_key", wantErr: ErrOutsidePrefix},
+		{name: "etcdsync checkpoint", key: "/etcdsync/checkpoint/X", wantErr: ErrOutsidePrefix},
+		{name: "prefix lookalike", key: "/registryx/pods/ns/n", wantErr: ErrOutsidePrefix},
+		{name: "no leading slash", key: "registry/pods/ns/n", wantErr: ErrOutsidePrefix},
+		{name: "root prefix no slash", prefix: "/", key: "pods/ns/n", wantErr: ErrOutsidePrefix},
+		// Malformed.
+		{name: "prefix itself", key: "/registry", wantErr: ErrMalformed},
+		{name: "prefix slash", key: "/registry/", wantErr: ErrMalformed},
+		{name: "double slash", key: "/registry//x", wantErr: ErrMalformed},
+		{name: "resource only", key: "/registry/pods", wantErr: ErrMalformed},
+		{name: "resource slash", key: "/registry/pods/", wantErr: ErrMalformed},
+		{name: "trailing slash", key: "/registry/pods/ns/n/", wantErr: ErrMalformed},
+		{name: "namespace trailing slash", key: "/registry/pods/ns/", wantErr: ErrMalformed},
+		{name: "empty namespace", key: "/registry/pods//n", wantErr: ErrMalformed},
+		{name: "too many segments", key: "/registry/pods/a/b/c", wantErr: ErrMalformed},
+		{name: "non-UTF-8 name", key: "/registry/pods/ns/\xff\xfe", wantErr: ErrMalformed},
+		{name: "non-UTF-8 resource", key: "/registry/\xc3/ns/n", wantErr: ErrMalformed},
+		{name: "group only", key: "/registry/cr.bar.com", wantErr: ErrMalformed},
+		{name: "group slash", key: "/registry/cr.bar.com/", wantErr: ErrMalformed},
+		{name: "group resource only", key: "/registry/cr.bar.com/foos", wantErr: ErrMalformed},
+		{name: "group too many", key: "/registry/cr.bar.com/foos/a/b/c", wantErr: ErrMalformed},
+		{name: "services alone", key: "/registry/services", wantErr: ErrMalformed},
+		{name: "services unknown", key: "/registry/services/other/ns/n", wantErr: ErrMalformed},
+		{name: "services specs no name", key: "/registry/services/specs", wantErr: ErrMalformed},
+		{name: "masterleases no name", key: "/registry/masterleases", wantErr: ErrMalformed},
+		{name: "health with slash", key: "/registry/health/", wantErr: ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			prefix := tt.prefix
+			if prefix == "" && !tt.emptyPrefix {
+				prefix = "/registry"
+			}
+			got, err := Parse(prefix, []byte(tt.key))
+			if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) {
+				t.Fatalf("Parse(%q, %q) error = %v, want %v", prefix, tt.key, err, tt.wantErr)
+			}
+			if got != tt.want {
+				t.Errorf("Parse(%q, %q) = %+v, want %+v", prefix, tt.key, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseErrorMessage(t *testing.T) {
+	_, err := Parse("/registry", []byte("/registry//x"))
+	want := `parse key "/registry//x": malformed key: empty path segment`
+	if err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %s", err, want)
+	}
+	_, err = Parse("/registry", []byte("compact_rev_key"))
+	want = `parse key "compact_rev_key": key outside prefix "/registry/"`
+	if err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %s", err, want)
+	}
+}
+
+// rebuild reassembles a parsed key from its parts.
+func rebuild(prefix string, p parsed) []byte {
+	b := []byte(normPrefix(prefix) + "/")
+	b = append(b, p.storage...)
+	if len(p.namespace) > 0 {
+		b = append(append(b, '/'), p.namespace...)
+	}
+	if len(p.name) > 0 {
+		b = append(append(b, '/'), p.name...)
+	}
+	return b
+}
+
+func FuzzParse(f *testing.F) {
+	for _, k := range []string{
+		"", "/registry", "/registry/", "/registry//x", "/registry/pods/ns/n", "/registry/pods/ns/n/",
+		"/registry/services/specs/default/kubernetes", "/registry/services/endpoints/a/b",
+		"/registry/minions/n", "/registry/cr.bar.com/foos/ns/n", "/registry/custom.fancy.com/pants/n",
+		"/registry/health", "/registry/masterleases/1.2.3.4", "compact_rev_key", "/etcdsync/checkpoint/X",
+		"/registry/pods/\xff", "/registry/a/b/c/d", "/registry/.", "/registry/./x/y",
+	} {
+		f.Add("/registry", []byte(k))
+	}
+	f.Add("/", []byte("/pods/ns/n"))
+	f.Add("", []byte("/"))
+	f.Fuzz(func(t *testing.T, prefix string, key []byte) {
+		got, err := Parse(prefix, key)
+		p, perr := parseKey(prefix, key)
+		if err != nil {
+			if !errors.Is(err, ErrOutsidePrefix) && !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Parse(%q, %q): unexpected error %v", prefix, key, err)
+			}
+			if errors.Is(err, ErrOutsidePrefix) != (perr == parseOutside) {
+				t.Fatalf("Parse(%q, %q): error %v but parseKey says %s", prefix, key, err, perr)
+			}
+			if got != (Key{}) {
+				t.Fatalf("Parse(%q, %q) = %+v with error %v", prefix, key, got, err)
+			}
+			return
+		}
+		if perr != parseOK {
+			t.Fatalf("Parse(%q, %q) ok but parseKey says %s", prefix, key, perr)
+		}
+		if got.Resource == "" || (got.Name == "" && !(got.Internal && got.Resource == "health")) {
+			t.Fatalf("Parse(%q, %q) = %+v: missing resource or name", prefix, key, got)
+		}
+		for _, s := range []string{got.Resource, got.Namespace, got.Name, got.Group} {
+			if bytes.IndexByte([]byte(s), '/') >= 0 {
+				t.Fatalf("Parse(%q, %q) = %+v: part contains '/'", prefix, key, got)
+			}
+		}
+		if back := rebuild(prefix, p); !bytes.Equal(back, key) {
+			t.Fatalf("Parse(%q, %q): parts rebuild %q", prefix, key, back)
+		}
+	})
+}

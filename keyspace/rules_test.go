@@ -1,0 +1,402 @@
+package keyspace
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func mustNew(t testing.TB, cfg Config) *Rules {
+	t.Helper()
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New(%+v): %v", cfg, err)
+	}
+	return r
+}
+
+func TestRulesKubernetesDefault(t *testing.T) {
+	r := mustNew(t, DefaultConfig())
+	tests := []struct {
+		key        string
+		want       bool
+		wantReason string // substring of Explain's reason
+	}{
+		{"/registry/pods/ns/n", true, "included"},
+		{"/registry/configmaps/ns/n", true, "included"},
+		{"/registry/secrets/ns/token", true, "included"},
+		{"/registry/deployments/app/web", true, "included"},
+		{"/registry/cr.bar.com/foos/ns/n", true, "included"},
+		{"/registry/custom.fancy.com/pants/n", true, "included"},
+		{"/registry/gateway.networking.k8s.io/httproutes/ns/r", true, "included"},
+		{"/registry/gateway.networking.k8s.io/gatewayclasses/istio", true, "included"},
+		{"/registry/apiextensions.k8s.io/customresourcedefinitions/foos.cr.bar.com", true, "included"},
+		{"/registry/apiregistration.k8s.io/apiservices/v1.apps", true, "included"},
+		{"/registry/services/specs/ns/svc", true, "included"},
+		{"/registry/services/endpoints/ns/svc", true, "included"},
+		{"/registry/endpointslices/ns/svc-abc", true, "included"},
+		{"/registry/controllers/ns/rc", true, "included"},
+		{"/registry/ingress/ns/ing", true, "included"},
+		{"/registry/namespaces/app", true, "included"},
+		{"/registry/namespaces/default", true, "included"},
+		{"/registry/leases/app/operator-lock", true, "included"},
+		{"/registry/configmaps/ns/kube-root-ca.crt.bak", true, "included"},
+		// Preset.
+		{"compact_rev_key", false, `key "compact_rev_key" excluded (preset kubernetes`},
+		{"/etcdsync/checkpoint/X", false, "etcdsync's own key"},
+		{"/etcdsync/", false, "etcdsync's own key"},
+		{"", false, "outside prefix"},
+		{"/other/app/key", false, `outside prefix "/registry/" (preset kubernetes)`},
+		{"/registryx/pods/ns/n", false, "outside prefix"},
+		{"/registry/health", false, `"/registry/health" and keys under it excluded (preset kubernetes`},
+		{"/registry/masterleases/10.0.0.1", false, "masterleases"},
+		{"/registry/peerserverleases/id", false, "peerserverleases"},
+		{"/registry/ranges/serviceips", false, "ranges"},
+		{"/registry/ranges/servicenodeports", false, "ranges"},
+		{"/registry/ipaddresses/10.96.0.1", false, "ipaddresses"},
+		{"/registry/servicecidrs/kubernetes", false, "servicecidrs"},
+		{"/registry/minions/node-1", false, "minions"},
+		{"/registry/csinodes/node-1", false, "csinodes"},
+		{"/registry/volumeattachments/csi-abc", false, "volumeattachments"},
+		{"/registry/events/ns/pod.17a", false, "events"},
+		{"/registry/events", false, "events"},
+		{"/registry/events/a/b/c", false, "events"}, // malformed, still excluded by bytes
+		{"/registry/services/specs/default/kubernetes", false, `key "/registry/services/specs/default/kubernetes" excluded`},
+		{"/registry/services/endpoints/default/kubernetes", false, "default/kubernetes Endpoints"},
+		{"/registry/endpointslices/default/kubernetes", false, "default/kubernetes EndpointSlice"},
+		{"/registry/services/specs/other/kubernetes", true, "included"},
+		{"/registry/configmaps/app/kube-root-ca.crt", false, `configmap "kube-root-ca.crt" excluded (preset kubernetes`},
+		{"/registry/configmaps/default/kube-root-ca.crt", false, "kube-root-ca.crt"},
+		{"/registry/secrets/app/kube-root-ca.crt", true, "included"},
+		{"/registry/cr.bar.com/configmaps/app/kube-root-ca.crt", true, "included"},
+		// Preset namespaces, including their Namespace objects.
+		{"/registry/leases/kube-node-lease/node-1", false, `namespace "kube-node-lease" excluded (preset kubernetes)`},
+		{"/registry/leases/kube-system/kube-scheduler", false, `namespace "kube-system" excluded (preset kubernetes)`},
+		{"/registry/configmaps/kube-public/cluster-info", false, `namespace "kube-public" excluded (preset kubernetes)`},
+		{"/registry/namespaces/kube-system", false, `namespace "kube-system" excluded (preset kubernetes)`},
+		{"/registry/cr.bar.com/foos/kube-system/n", false, `namespace "kube-system"`},
+		{"/registry/cr.bar.com/namespaces/kube-system", true, "included"}, // not the Namespace object
+		// Malformed keys under the prefix are in scope.
+		{"/registry", true, "key does not parse: key is the prefix itself"},
+		{"/registry/", true, "key does not parse"},
+		{"/registry//x", true, "key does not parse: empty path segment"},
+		{"/registry/pods/ns/n/", true, "key does not parse"},
+		{"/registry/pods/kube-system/n/x", true, "key does not parse: more than"},
+		{"/registry/pods/ns/\xff", true, "not valid UTF-8"},
+		{"/registry/podsecuritypolicy/restricted", true, "included"},
+	}
+	for _, tt := range tests {
+		got := r.Allowed([]byte(tt.key))
+		ok, reason := r.Explain([]byte(tt.key))
+		if got != tt.want || ok != tt.want {
+			t.Errorf("Allowed(%q) = %v, Explain = %v (%s), want %v", tt.key, got, ok, reason, tt.want)
+		}
+		if !strings.Contains(reason, tt.wantReason) {
+			t.Errorf("Explain(%q) reason = %q, want it to contain %q", tt.key, reason, tt.wantReason)
+		}
+	}
+}
+
+func TestRulesConfigured(t *testing.T) {
+	r := mustNew(t, Config{
+		Prefix:            "/k8s/",
+		ExcludeNamespaces: []string{"cpaas-system", "kube-system"},
+		ExcludePrefixes:   []string{"/k8s/secrets/", "/k8s/configmaps/kube-public/"},
+		ExcludeResources:  []string{"pods", "minions", "cr.bar.com/foos", "services/endpoints", "ingresses"},
+	})
+	tests := []struct {
+		key        string
+		want       bool
+		wantReason string
+	}{
+		{"/k8s/deployments/app/web", true, "included"},
+		{"/registry/deployments/app/web", false, `outside prefix "/k8s/"`},
+		{"/k8s/secrets/app/s", false, `exclude prefix "/k8s/secrets/"`},
+		{"/k8s/secrets/kube-system/s", false, `exclude prefix "/k8s/secrets/"`}, // prefix rules come first
+		{"/k8s/configmaps/kube-public/cluster-info", false, "exclude prefix"},
+		{"/k8s/minions/n", false, "preset kubernetes"}, // preset before resources
+		{"/k8s/pods/app/p", false, `resource "pods" excluded (config)`},
+		{"/k8s/pods/cpaas-system/p", false, `resource "pods"`}, // resources before namespaces
+		{"/k8s/cr.bar.com/foos/app/f", false, `resource "cr.bar.com/foos" excluded (config)`},
+		{"/k8s/cr.bar.com/bars/app/f", true, "included"},
+		{"/k8s/other.bar.com/foos/app/f", true, "included"},
+		{"/k8s/services/endpoints/app/svc", false, `resource "services/endpoints"`},
+		{"/k8s/endpoints/app/svc", false, `resource "services/endpoints"`}, // API name matches the storage entry
+		{"/k8s/services/specs/app/svc", true, "included"},
+		{"/k8s/ingress/app/ing", false, `resource "ingresses"`}, // storage segment matches the API entry
+		{"/k8s/configmaps/cpaas-system/c", false, `namespace "cpaas-system" excluded (config)`},
+		{"/k8s/namespaces/cpaas-system", false, `namespace "cpaas-system" excluded (config)`},
+		{"/k8s/configmaps/kube-system/c", false, `namespace "kube-system" excluded (preset kubernetes)`},
+		{"/k8s/namespaces/cpaas", true, "included"},
+	}
+	for _, tt := range tests {
+		got := r.Allowed([]byte(tt.key))
+		ok, reason := r.Explain([]byte(tt.key))
+		if got != tt.want || ok != tt.want {
+			t.Errorf("Allowed(%q) = %v, Explain = %v (%s), want %v", tt.key, got, ok, reason, tt.want)
+		}
+		if !strings.Contains(reason, tt.wantReason) {
+			t.Errorf("Explain(%q) reason = %q, want it to contain %q", tt.key, reason, tt.wantReason)
+		}
+	}
+}
+
+func TestRulesIncludePrefixes(t *testing.T) {
+	r := mustNew(t, Config{
+		IncludePrefixes: []string{"/registry/cr.bar.com/", "/registry/namespaces/"},
+		ExcludePrefixes: []string{"/registry/cr.bar.com/foos/secret-ns/"},
+	})
+	tests := []struct {
+		key        string
+		want       bool
+		wantReason string
+	}{
+		{"/registry/cr.bar.com/foos/ns/n", true, "included"},
+		{"/registry/namespaces/app", true, "included"},
+		{"/registry/namespaces/kube-system", false, `namespace "kube-system"`},
+		{"/registry/pods/ns/n", false, "not under any include prefix"},
+		{"/etcdsync/checkpoint/X", false, "etcdsync's own key"},
+		{"/registry/cr.bar.com/foos/secret-ns/n", false, "exclude prefix"},
+	}
+	for _, tt := range tests {
+		ok, reason := r.Explain([]byte(tt.key))
+		if r.Allowed([]byte(tt.key)) != tt.want || ok != tt.want || !strings.Contains(reason, tt.wantReason) {
+			t.Errorf("Explain(%q) = %v, %q; want %v, %q", tt.key, ok, reason, tt.want, tt.wantReason)
+		}
+	}
+}
+
+func TestRulesRaw(t *testing.T) {
+	r := mustNew(t, Config{
+		Mode:            ModeRaw,
+		IncludePrefixes: []string{"app/", "/registry/"},
+		ExcludePrefixes: []string{"app/tmp/"},
+	})
+	tests := []struct {
+		key        string
+		want       bool
+		wantReason string
+	}{
+		{"app/config", true, "included"},
+		{"app/tmp/x", false, `exclude prefix "app/tmp/"`},
+		{"other/x", false, "not under any include prefix"},
+		{"/registry/minions/n", true, "included"},               // no preset in raw mode
+		{"/registry/leases/kube-system/l", true, "included"},    // no namespaces in raw mode
+		{"/registry//x\xff", true, "included"},                  // no parsing in raw mode
+		{"/etcdsync/checkpoint/X", false, "etcdsync's own key"}, // every mode
+	}
+	for _, tt := range tests {
+		ok, reason := r.Explain([]byte(tt.key))
+		if r.Allowed([]byte(tt.key)) != tt.want || ok != tt.want || !strings.Contains(reason, tt.wantReason) {
+			t.Errorf("Explain(%q) = %v, %q; want %v, %q", tt.key, ok, reason, tt.want, tt.wantReason)
+		}
+	}
+	all := mustNew(t, Config{Mode: ModeRaw})
+	for _, k := range []string{"", "compact_rev_key", "x", "/etcdsync"} {
+		if !all.Allowed([]byte(k)) {
+			t.Errorf("raw Allowed(%q) = false, want true", k)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string // substring; "" means valid
+	}{
+		{name: "default", cfg: DefaultConfig()},
+		{name: "zero value", cfg: Config{}},
+		{name: "raw", cfg: Config{Mode: ModeRaw, ExcludePrefixes: []string{"foo"}, IncludePrefixes: []string{"bar/"}}},
+		{name: "raw ignores prefix", cfg: Config{Mode: ModeRaw, Prefix: "registry"}},
+		{name: "full", cfg: Config{Prefix: "/k8s/a/", ExcludeNamespaces: []string{"cpaas-system", "a1"}, ExcludePrefixes: []string{"/k8s/a/secrets/"}, IncludePrefixes: []string{"/k8s/a/", "/k"}, ExcludeResources: []string{"pods", "services/specs", "cr.bar.com/foos", "minions"}}},
+		{name: "root prefix", cfg: Config{Prefix: "/"}},
+		{name: "unknown mode", cfg: Config{Mode: "etcd"}, wantErr: `unknown mode "etcd"`},
+		{name: "prefix without slash", cfg: Config{Prefix: "registry"}, wantErr: `prefix "registry": must start with "/"`},
+		{name: "prefix empty segment", cfg: Config{Prefix: "/a//b"}, wantErr: "empty path segment"},
+		{name: "prefix non-UTF-8", cfg: Config{Prefix: "/\xff"}, wantErr: "not valid UTF-8"},
+		{name: "prefix own", cfg: Config{Prefix: "/etcdsync"}, wantErr: "own prefix"},
+		{name: "empty namespace", cfg: Config{ExcludeNamespaces: []string{""}}, wantErr: `exclude namespace "": empty`},
+		{name: "namespace with slash", cfg: Config{ExcludeNamespaces: []string{"a/b"}}, wantErr: `exclude namespace "a/b": contains "/"`},
+		{name: "namespace uppercase", cfg: Config{ExcludeNamespaces: []string{"Kube-System"}}, wantErr: "DNS-1123 label"},
+		{name: "namespace too long", cfg: Config{ExcludeNamespaces: []string{strings.Repeat("a", 64)}}, wantErr: "longer than 63"},
+		{name: "raw namespaces", cfg: Config{Mode: ModeRaw, ExcludeNamespaces: []string{"a"}}, wantErr: "not supported in raw mode"},
+		{name: "raw resources", cfg: Config{Mode: ModeRaw, ExcludeResources: []string{"pods"}}, wantErr: "not supported in raw mode"},
+		{name: "empty exclude prefix", cfg: Config{ExcludePrefixes: []string{""}}, wantErr: "exclude prefix \"\": empty"},
+		{name: "raw empty exclude prefix", cfg: Config{Mode: ModeRaw, ExcludePrefixes: []string{""}}, wantErr: "empty"},
+		{name: "exclude prefix without slash", cfg: Config{ExcludePrefixes: []string{"registry/secrets/"}}, wantErr: `must start with "/"`},
+		{name: "include prefix without slash", cfg: Config{IncludePrefixes: []string{"registry/"}}, wantErr: `must start with "/"`},
+		{name: "include prefix outside", cfg: Config{IncludePrefixes: []string{"/other/"}}, wantErr: `outside prefix "/registry/"`},
+		{name: "include prefix own", cfg: Config{Mode: ModeRaw, IncludePrefixes: []string{"/etcdsync/x"}}, wantErr: "own prefix"},
+		{name: "empty include prefix", cfg: Config{IncludePrefixes: []string{""}}, wantErr: "empty"},
+		{name: "empty resource", cfg: Config{ExcludeResources: []string{""}}, wantErr: `exclude resource "": empty`},
+		{name: "dotted resource", cfg: Config{ExcludeResources: []string{"foos.cr.bar.com"}}, wantErr: `"group/resource"`},
+		{name: "builtin group", cfg: Config{ExcludeResources: []string{"apps/deployments"}}, wantErr: `group "apps" has no dot`},
+		{name: "resource extra slash", cfg: Config{ExcludeResources: []string{"cr.bar.com/foos/x"}}, wantErr: `more than one "/"`},
+		{name: "resource empty name", cfg: Config{ExcludeResources: []string{"cr.bar.com/"}}, wantErr: "empty"},
+		{name: "resource bad group", cfg: Config{ExcludeResources: []string{"cr..com/foos"}}, wantErr: "label"},
+		{name: "several problems", cfg: Config{Mode: "x", ExcludePrefixes: []string{""}}, wantErr: "unknown mode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				if _, err := New(tt.cfg); err != nil {
+					t.Fatalf("New() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Validate() = %v, want error containing %q", err, tt.wantErr)
+			}
+			r, nerr := New(tt.cfg)
+			if r != nil || nerr == nil || !strings.Contains(nerr.Error(), tt.wantErr) {
+				t.Fatalf("New() = %v, %v; want nil and the Validate error", r, nerr)
+			}
+		})
+	}
+	err := Config{Mode: "x", ExcludePrefixes: []string{""}}.Validate()
+	if got := len(strings.Split(err.Error(), "\n")); got != 2 {
+		t.Errorf("Validate() reported %d problems, want 2: %v", got, err)
+	}
+}
+
+func TestNewCopiesConfig(t *testing.T) {
+	cfg := Config{ExcludePrefixes: []string{"/registry/secrets/"}, ExcludeNamespaces: []string{"app"}}
+	r := mustNew(t, cfg)
+	cfg.ExcludePrefixes[0] = "/registry/pods/"
+	cfg.ExcludeNamespaces[0] = "other"
+	if !r.Allowed([]byte("/registry/pods/x/p")) || r.Allowed([]byte("/registry/secrets/x/s")) || r.Allowed([]byte("/registry/pods/app/p")) {
+		t.Error("Rules changed after the caller modified its Config")
+	}
+}
+
+func TestString(t *testing.T) {
+	r := mustNew(t, Config{
+		ExcludeNamespaces: []string{"cpaas-system"},
+		ExcludePrefixes:   []string{"/registry/secrets/"},
+		IncludePrefixes:   []string{"/registry/"},
+		ExcludeResources:  []string{"cr.bar.com/foos"},
+	})
+	s := r.String()
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	wantInOrder := []string{
+		`mode kubernetes: prefix "/registry/"`,
+		`"/etcdsync/"`,
+		`not under one of ["/registry/"]`,
+		`exclude every key under "/registry/secrets/" (config)`,
+		`exclude key "compact_rev_key"`,
+		`outside prefix "/registry/"`,
+		`"/registry/health"`,
+		`"/registry/events"`,
+		`"/registry/services/specs/default/kubernetes"`,
+		`"kube-root-ca.crt"`,
+		`exclude resource "cr.bar.com/foos" (config)`,
+		`exclude namespace "kube-system"`,
+		`exclude namespace "cpaas-system": its keys and its Namespace object (config)`,
+		`include every other key`,
+	}
+	i := 0
+	for _, l := range lines {
+		if i < len(wantInOrder) && strings.Contains(l, wantInOrder[i]) {
+			i++
+		}
+	}
+	if i != len(wantInOrder) {
+		t.Errorf("String() is missing %q (in order):\n%s", wantInOrder[i], s)
+	}
+	raw := mustNew(t, Config{Mode: ModeRaw}).String()
+	if strings.Contains(raw, presetName) || !strings.Contains(raw, "mode raw") {
+		t.Errorf("raw String() =\n%s", raw)
+	}
+}
+
+func TestAllowedDoesNotAllocate(t *testing.T) {
+	kube := mustNew(t, Config{
+		ExcludeNamespaces: []string{"cpaas-system"},
+		ExcludePrefixes:   []string{"/registry/secrets/"},
+		IncludePrefixes:   []string{"/registry/", "/"},
+		ExcludeResources:  []string{"pods", "cr.bar.com/foos", "minions"},
+	})
+	raw := mustNew(t, Config{Mode: ModeRaw, ExcludePrefixes: []string{"a/"}})
+	keys := [][]byte{
+		[]byte("/registry/deployments/app/web"),
+		[]byte("/registry/pods/app/p"),
+		[]byte("/registry/cr.bar.com/foos/app/f"),
+		[]byte("/registry/custom.fancy.com/pants/n"),
+		[]byte("/registry/services/specs/default/kubernetes"),
+		[]byte("/registry/services/endpoints/app/svc"),
+		[]byte("/registry/ingress/app/i"),
+		[]byte("/registry/configmaps/app/kube-root-ca.crt"),
+		[]byte("/registry/leases/kube-system/l"),
+		[]byte("/registry/namespaces/cpaas-system"),
+		[]byte("/registry/events/ns/e"),
+		[]byte("/registry/secrets/ns/s"),
+		[]byte("/registry//x\xff"),
+		[]byte("/etcdsync/checkpoint/X"),
+		[]byte("compact_rev_key"),
+	}
+	for _, r := range []*Rules{kube, raw} {
+		for _, k := range keys {
+			if n := testing.AllocsPerRun(100, func() { r.Allowed(k) }); n != 0 {
+				t.Errorf("Allowed(%q) allocates %v times per call, want 0", k, n)
+			}
+		}
+	}
+}
+
+func BenchmarkAllowed(b *testing.B) {
+	r := mustNew(b, Config{ExcludeNamespaces: []string{"cpaas-system", "cert-manager"}})
+	key := []byte("/registry/cr.bar.com/foos/app/some-object-name")
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Allowed(key)
+	}
+}
+
+func FuzzAllowed(f *testing.F) {
+	for _, k := range []string{
+		"", "/registry", "/registry/", "/registry//x", "/registry/pods/ns/n", "/registry/pods/ns/n/",
+		"/registry/services/specs/default/kubernetes", "/registry/configmaps/ns/kube-root-ca.crt",
+		"/registry/namespaces/kube-system", "/registry/leases/kube-node-lease/n",
+		"/registry/cr.bar.com/foos/ns/n", "/registry/minions/n", "/registry/events",
+		"compact_rev_key", "/etcdsync/checkpoint/X", "/registry/pods/\xff", "app/tmp/x",
+	} {
+		f.Add([]byte(k))
+	}
+	rules := []*Rules{
+		mustNew(f, DefaultConfig()),
+		mustNew(f, Config{
+			Prefix:            "/",
+			ExcludeNamespaces: []string{"cpaas-system"},
+			ExcludePrefixes:   []string{"/secrets/"},
+			IncludePrefixes:   []string{"/"},
+			ExcludeResources:  []string{"pods", "cr.bar.com/foos", "services/specs"},
+		}),
+		mustNew(f, Config{Mode: ModeRaw, ExcludePrefixes: []string{"app/tmp/"}, IncludePrefixes: []string{"app/", "/"}}),
+	}
+	f.Fuzz(func(t *testing.T, key []byte) {
+		for _, r := range rules {
+			got := r.Allowed(key)
+			ok, reason := r.Explain(key)
+			if got != ok {
+				t.Fatalf("Allowed(%q) = %v but Explain = %v (%s)", key, got, ok, reason)
+			}
+			if reason == "" {
+				t.Fatalf("Explain(%q): empty reason", key)
+			}
+			if strings.HasPrefix(string(key), OwnPrefix) && got {
+				t.Fatalf("Allowed(%q) = true under OwnPrefix", key)
+			}
+			if r.mode == ModeKubernetes && got {
+				_, err := Parse(r.prefix, key)
+				if errors.Is(err, ErrOutsidePrefix) {
+					t.Fatalf("Allowed(%q) = true outside the prefix", key)
+				}
+			}
+		}
+	})
+}
