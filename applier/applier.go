@@ -141,6 +141,10 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		s := *ck.Snapshot
 		a.work.Snapshot = &s
 	}
+	if ck.Partial != nil {
+		p := *ck.Partial
+		a.work.Partial = &p
+	}
 	a.asm.Reset()
 	a.txn.reset()
 	stream, err := a.js.Stream(ctx, a.cfg.Stream)

@@ -59,7 +59,7 @@ func (a *Applier) ApplyBatch(ctx context.Context, msgs []Msg) error {
 			return err
 		}
 	}
-	if a.work.Position != a.ck.Position || len(a.txn.ops) > 0 || !sameSnapshot(a.work.Snapshot, a.ck.Snapshot) {
+	if a.work.Position != a.ck.Position || len(a.txn.ops) > 0 || !sameSnapshot(a.work.Snapshot, a.ck.Snapshot) || a.ck.Partial != nil {
 		return a.flush(ctx)
 	}
 	return nil
@@ -111,14 +111,8 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 			w.Position.Seq = r.seq // republished revision: already applied
 			return nil
 		}
-		for i := range r.Events {
-			e := &r.Events[i]
-			if !a.rules.Allowed(e.Key) {
-				continue
-			}
-			if err := a.add(ctx, e); err != nil {
-				return err
-			}
+		if err := a.addEvents(ctx, r); err != nil {
+			return err
 		}
 		a.txn.revs++
 		a.log.Debug("revision applied", "revision", r.Revision, "events", len(r.Events), "seq", r.seq)
@@ -132,13 +126,8 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 			w.Position.Seq = r.seq // a snapshot the standby does not need
 			return nil
 		}
-		for i := range r.Events {
-			e := &r.Events[i]
-			if a.rules.Allowed(e.Key) {
-				if err := a.add(ctx, e); err != nil {
-					return err
-				}
-			}
+		if err := a.addEvents(ctx, r); err != nil {
+			return err
 		}
 		s.Chunks++
 		s.Keys += uint64(len(r.Events))
@@ -146,6 +135,30 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 	case streams.KindSnapshotEnd:
 		return a.endSnapshot(ctx, r)
 	}
+	return nil
+}
+
+// addEvents adds the in-scope events of r to the transaction. A transaction
+// flushed half-way through r records in the checkpoint how many of r's
+// events it made durable, and a restart resumes r after them, so no event
+// is written twice.
+func (a *Applier) addEvents(ctx context.Context, r *record) error {
+	from := 0
+	if p := a.work.Partial; p != nil && p.Seq == r.seq {
+		from = p.Events
+	}
+	for i := from; i < len(r.Events); i++ {
+		e := &r.Events[i]
+		if !a.rules.Allowed(e.Key) {
+			continue
+		}
+		a.work.Partial = &Partial{Seq: r.seq, Events: i}
+		err := a.add(ctx, e)
+		if err != nil {
+			return err
+		}
+	}
+	a.work.Partial = nil
 	return nil
 }
 
@@ -184,6 +197,13 @@ func (a *Applier) flush(ctx context.Context) error {
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		ck.Snapshot = &s
+	}
+	if ck.Partial != nil && ck.Partial.Events == 0 {
+		ck.Partial = nil // nothing of the record is in this transaction
+	}
+	if ck.Partial != nil {
+		p := *ck.Partial
+		ck.Partial = &p
 	}
 	key := a.cfg.checkpointKey()
 	ops := append(a.txn.ops, clientv3.OpPut(key, ck.encode()))

@@ -23,6 +23,9 @@ type Checkpoint struct {
 	AppliedAt time.Time `json:"applied_at"`
 	// Snapshot is set while a snapshot is being applied.
 	Snapshot *SnapshotState `json:"snapshot,omitempty"`
+	// Partial is set when a record larger than one standby transaction is
+	// half applied: its first Events events are durable.
+	Partial *Partial `json:"partial,omitempty"`
 	// Promoted fences the applier: set by promotion, never cleared by it.
 	Promoted bool `json:"promoted,omitempty"`
 }
@@ -41,6 +44,15 @@ type SnapshotState struct {
 	// Chunks and Keys count what was applied so far.
 	Chunks uint64 `json:"chunks"`
 	Keys   uint64 `json:"keys"`
+}
+
+// Partial records how much of a record split across standby transactions
+// is applied.
+type Partial struct {
+	// Seq is the stream sequence of the record's last message.
+	Seq uint64 `json:"seq"`
+	// Events is the number of the record's events already applied.
+	Events int `json:"events"`
 }
 
 // ReadCheckpoint reads the checkpoint at key from the standby. It returns the

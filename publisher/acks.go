@@ -39,6 +39,12 @@ func (p *Publisher) checkAcks(ctx context.Context, acks <-chan pending) error {
 		case <-ctx.Done():
 			return nil
 		case ack := <-pa.fut.Ok():
+			if ack.Duplicate {
+				// Every session starts exactly at the tail it fenced, so
+				// this publisher never repeats a record of its own: a
+				// duplicate means another publisher wrote it first.
+				return fmt.Errorf("publish revision %d: stream already holds it (seq %d), written by another publisher: %w", pa.rec.Revision, ack.Sequence, ErrFenced)
+			}
 			if pa.last {
 				pos := pa.rec
 				pos.Seq = ack.Sequence

@@ -16,7 +16,10 @@
 //     ExpectLastSequence(tail); every data message carries
 //     ExpectLastSequenceForSubject(epoch, epoch subject). Once another
 //     publisher has written a newer epoch, this one's writes are rejected and
-//     Run returns ErrFenced.
+//     Run returns ErrFenced. A write acknowledged as a duplicate (the newer
+//     publisher stored the same record first) also means ErrFenced: a
+//     session never repeats a record of its own, because it starts exactly
+//     at the tail its epoch fenced.
 //   - Publishing is asynchronous with a bounded window; acknowledgements are
 //     checked in publish order; any error ends the session, and the next
 //     session re-reads the tail (with capped exponential backoff).

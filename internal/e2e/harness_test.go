@@ -65,19 +65,33 @@ func (p *pipeline) applierConfig() applier.Config {
 // running is a component running in the background.
 type running struct {
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{}
+	err    error
 }
 
 // stop cancels the component and returns what Run returned.
 func (r *running) stop() error {
 	r.cancel()
-	return <-r.done
+	<-r.done
+	return r.err
+}
+
+// wait waits up to d for Run to return by itself and returns its error.
+func (r *running) wait(t *testing.T, d time.Duration, what string) error {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(d):
+		t.Fatalf("%s: still running after %s", what, d)
+		return nil
+	}
 }
 
 func start(t *testing.T, run func(context.Context) error) *running {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- run(ctx) }()
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	go func() { r.err = run(ctx); close(r.done) }()
 	t.Cleanup(func() { cancel(); <-r.done })
 	return r
 }

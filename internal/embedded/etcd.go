@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // EtcdConfig describes an embedded single-member etcd.
@@ -62,6 +63,9 @@ func StartEtcd(c EtcdConfig) (*Etcd, error) {
 	cfg.Name = c.Name
 	cfg.Dir = c.Dir
 	cfg.LogLevel = "error"
+	// The embedded server's own logs (including the errors it prints while
+	// shutting down) are not etcdsync's to show.
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", cport)}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", pport)}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/keyspace"
+)
+
+// scopeFlags select the replicated keys (keyspace.Config).
+type scopeFlags struct {
+	mode              string
+	prefix            string
+	excludeNamespaces []string
+	excludePrefixes   []string
+	includePrefixes   []string
+	excludeResources  []string
+}
+
+func (s *scopeFlags) register(f *flagSet, defExcludeNamespaces []string) {
+	def := keyspace.DefaultConfig()
+	f.String(&s.mode, "keyspace", def.Mode, "`MODE`: kubernetes (parse Kubernetes keys, apply the kubernetes preset) or raw (plain etcd)")
+	f.String(&s.prefix, "etcd-prefix", def.Prefix, "Kubernetes etcd `PREFIX` (kube-apiserver --etcd-prefix); kubernetes mode only")
+	f.List(&s.excludeNamespaces, "exclude-namespace", defExcludeNamespaces, "comma-separated `NAMESPACES` to exclude besides the preset's (their keys and Namespace objects)")
+	f.List(&s.excludePrefixes, "exclude-prefix", nil, "comma-separated key `PREFIXES` to exclude, e.g. /registry/secrets/")
+	f.List(&s.includePrefixes, "include-prefix", nil, "comma-separated key `PREFIXES`; if given, only keys under one of them are in scope")
+	f.List(&s.excludeResources, "exclude-resource", nil, "comma-separated `RESOURCES` to exclude: built-in by name (pods, services) or group/resource (cr.example.com/foos)")
+}
+
+func (s *scopeFlags) config() keyspace.Config {
+	return keyspace.Config{
+		Mode:              s.mode,
+		Prefix:            s.prefix,
+		ExcludeNamespaces: s.excludeNamespaces,
+		ExcludePrefixes:   s.excludePrefixes,
+		IncludePrefixes:   s.includePrefixes,
+		ExcludeResources:  s.excludeResources,
+	}
+}
+
+// applyOptions are the flags of `etcdsync apply`.
+type applyOptions struct {
+	etcd            etcdFlags
+	nats            natsFlags
+	site            string
+	stream          string
+	scope           scopeFlags
+	maxTxnOps       int
+	maxTxnBytes     int64
+	maxDeleteRatio  float64
+	allowMassDelete bool
+	checkpointKey   string
+	printRules      bool
+	metricsAddr     string
+	log             logFlags
+}
+
+func applyFlags(o *applyOptions) *flagSet {
+	def := applier.DefaultConfig()
+	f := newFlagSet("apply", "--etcd-endpoints URLS --nats-url URL [flags]",
+		"Replays the JetStream log into the standby etcd, exactly once, from the checkpoint\n"+
+			"kept in the standby (bootstrapping from the newest snapshot when it holds none).\n"+
+			"Keys outside the scope rules are never written or deleted on the standby;\n"+
+			"--print-rules shows the effective rules and exits.")
+	o.etcd.register(f, "standby")
+	o.nats.register(f, "`URL` of the NATS servers holding the log (comma-separated; required)")
+	f.String(&o.site, "site", def.Site, "`NAME` of the publishing site in subjects (etcdsync.<NAME>.log.>)")
+	f.String(&o.stream, "stream", def.Stream, "`NAME` of the log stream (on the standby site: its local mirror)")
+	o.scope.register(f, nil)
+	f.Int(&o.maxTxnOps, "max-txn-ops", def.MaxTxnOps, "`N` operations per standby transaction, checkpoint included (the standby's --max-txn-ops)")
+	f.Bytes(&o.maxTxnBytes, "max-txn-bytes", int64(def.MaxTxnBytes), "`SIZE` bound of one standby transaction (below the standby's --max-request-bytes)")
+	f.Float(&o.maxDeleteRatio, "max-delete-ratio", def.MaxDeleteRatio, "largest `RATIO` (0..1) of the standby's in-scope keys a snapshot may delete without --allow-mass-delete")
+	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
+	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
+	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")
+	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9091; empty: off)")
+	o.log.register(f, "info")
+	return f
+}
+
+// config builds the applier configuration from the flags.
+func (o *applyOptions) config() applier.Config {
+	cfg := applier.DefaultConfig()
+	cfg.Stream = o.stream
+	cfg.Site = o.site
+	cfg.Scope = o.scope.config()
+	cfg.MaxTxnOps = o.maxTxnOps
+	cfg.MaxTxnBytes = int(o.maxTxnBytes)
+	cfg.MaxDeleteRatio = o.maxDeleteRatio
+	cfg.AllowMassDelete = o.allowMassDelete
+	cfg.CheckpointKey = o.checkpointKey
+	return cfg
+}
+
+func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const cmd = "apply"
+	var o applyOptions
+	if err := applyFlags(&o).parse(args, stdout); err != nil {
+		return err
+	}
+	if o.printRules {
+		rules, err := keyspace.New(o.scope.config())
+		if err != nil {
+			return usageErrorf(cmd, "%v", err)
+		}
+		fmt.Fprint(stdout, rules.String())
+		return nil
+	}
+	if err := o.etcd.validate(cmd); err != nil {
+		return err
+	}
+	if o.nats.url == "" {
+		return usageErrorf(cmd, "--nats-url is required (the NATS servers holding the log, e.g. nats://nats.standby:4222)")
+	}
+	if err := o.nats.validate(cmd); err != nil {
+		return err
+	}
+	log, err := o.log.logger(cmd, stderr)
+	if err != nil {
+		return err
+	}
+	cfg := o.config()
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		return usageErrorf(cmd, "%v", err)
+	}
+
+	cli, err := o.etcd.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	nc, err := o.nats.connect(o.nats.url, "etcdsync-apply", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	reg := newRegistry()
+	ap, err := applier.New(cfg, cli, nc, reg)
+	if err != nil {
+		return err
+	}
+	log.Info("applier starting", "etcd", o.etcd.endpoints, "nats", o.nats.url, "stream", cfg.Stream, "site", cfg.Site,
+		"exclude_namespaces", cfg.Scope.ExcludeNamespaces, "keyspace", cfg.Scope.Mode)
+	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, ap.Run)
+	log.Info("applier stopped", "position", ap.Applied().Position.String())
+	return err
+}

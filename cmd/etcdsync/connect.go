@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// connectTimeout bounds the startup checks of etcd and NATS.
+const connectTimeout = 5 * time.Second
+
+// logFlags select the log level and format.
+type logFlags struct {
+	level  string
+	format string
+}
+
+func (l *logFlags) register(f *flagSet, defLevel string) {
+	f.String(&l.level, "log-level", defLevel, "log `LEVEL`: debug (prints every applied revision), info, warn or error")
+	f.String(&l.format, "log-format", "text", "log `FORMAT`: text or json")
+}
+
+// logger returns a logger writing to w, or a usage error for a bad level or format.
+func (l *logFlags) logger(cmd string, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, usageErrorf(cmd, "invalid --log-level %q (want debug, info, warn or error)", l.level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageErrorf(cmd, "invalid --log-format %q (want text or json)", l.format)
+}
+
+// etcdFlags describe how to reach one etcd cluster.
+type etcdFlags struct {
+	endpoints []string
+	cacert    string
+	cert      string
+	key       string
+	username  string
+	password  string
+}
+
+// register defines --etcd-endpoints and the TLS and auth flags; what names
+// the cluster in the help text ("source (primary)").
+func (e *etcdFlags) register(f *flagSet, what string) {
+	f.List(&e.endpoints, "etcd-endpoints", nil, "comma-separated client `URLS` of the "+what+" etcd (required)")
+	f.String(&e.cacert, "etcd-cacert", "", "`FILE` with the CA certificates that verify the etcd servers (TLS)")
+	f.String(&e.cert, "etcd-cert", "", "client certificate `FILE` for etcd (TLS; needs --etcd-key)")
+	f.String(&e.key, "etcd-key", "", "client key `FILE` for etcd (TLS; needs --etcd-cert)")
+	f.String(&e.username, "etcd-username", "", "etcd `USER` (etcd auth)")
+	f.String(&e.password, "etcd-password", "", "etcd `PASSWORD` (etcd auth; prefer the environment variable)")
+}
+
+// validate checks the flags without touching the network.
+func (e *etcdFlags) validate(cmd string) error {
+	if len(e.endpoints) == 0 {
+		return usageErrorf(cmd, "--etcd-endpoints is required")
+	}
+	if (e.cert == "") != (e.key == "") {
+		return usageErrorf(cmd, "--etcd-cert and --etcd-key must be given together")
+	}
+	if e.password != "" && e.username == "" {
+		return usageErrorf(cmd, "--etcd-password needs --etcd-username")
+	}
+	return nil
+}
+
+func (e *etcdFlags) tlsConfig() (*tls.Config, error) {
+	if e.cacert == "" && e.cert == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if e.cacert != "" {
+		pem, err := os.ReadFile(e.cacert)
+		if err != nil {
+			return nil, fmt.Errorf("read --etcd-cacert: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("read --etcd-cacert %s: no PEM certificate found", e.cacert)
+		}
+		cfg.RootCAs = pool
+	}
+	if e.cert != "" {
+		pair, err := tls.LoadX509KeyPair(e.cert, e.key)
+		if err != nil {
+			return nil, fmt.Errorf("load --etcd-cert/--etcd-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// connect creates the client and checks, within connectTimeout, that the
+// cluster answers. Errors name the endpoints.
+func (e *etcdFlags) connect(ctx context.Context) (*clientv3.Client, error) {
+	where := strings.Join(e.endpoints, ",")
+	tlsCfg, err := e.tlsConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", where, err)
+	}
+	return dialEtcd(ctx, clientv3.Config{
+		Endpoints:   e.endpoints,
+		DialTimeout: connectTimeout,
+		TLS:         tlsCfg,
+		Username:    e.username,
+		Password:    e.password,
+	})
+}
+
+// dialEtcd creates a client for cfg (with a silent zap logger) and checks,
+// within connectTimeout, that the cluster answers a member list.
+func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error) {
+	where := strings.Join(cfg.Endpoints, ",")
+	cfg.Logger = zap.NewNop()
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", where, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	if _, err := cli.MemberList(cctx); err != nil {
+		cli.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("etcd %s: no answer within %s (is it running, reachable, and speaking the scheme given?): %w", where, connectTimeout, err)
+		}
+		return nil, fmt.Errorf("etcd %s: %w", where, err)
+	}
+	return cli, nil
+}
+
+// natsFlags describe how to reach NATS.
+type natsFlags struct {
+	url    string
+	creds  string
+	cacert string
+	cert   string
+	key    string
+}
+
+func (n *natsFlags) register(f *flagSet, urlHelp string) {
+	f.String(&n.url, "nats-url", "", urlHelp)
+	f.String(&n.creds, "nats-creds", "", "NATS credentials `FILE` (JWT and NKey seed)")
+	f.String(&n.cacert, "nats-cacert", "", "`FILE` with the CA certificates that verify the NATS servers (TLS)")
+	f.String(&n.cert, "nats-cert", "", "client certificate `FILE` for NATS (TLS; needs --nats-key)")
+	f.String(&n.key, "nats-key", "", "client key `FILE` for NATS (TLS; needs --nats-cert)")
+}
+
+func (n *natsFlags) validate(cmd string) error {
+	if (n.cert == "") != (n.key == "") {
+		return usageErrorf(cmd, "--nats-cert and --nats-key must be given together")
+	}
+	return nil
+}
+
+// connect connects to url (n.url unless the caller runs its own server),
+// reconnecting forever once connected; the first connection must succeed
+// within connectTimeout.
+func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.Timeout(connectTimeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+	}
+	if n.creds != "" {
+		opts = append(opts, nats.UserCredentials(n.creds))
+	}
+	if n.cacert != "" {
+		opts = append(opts, nats.RootCAs(n.cacert))
+	}
+	if n.cert != "" {
+		opts = append(opts, nats.ClientCert(n.cert, n.key))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats %s: %w", url, err)
+	}
+	return nc, nil
+}

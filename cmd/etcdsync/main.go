@@ -1,0 +1,146 @@
+// Command etcdsync replicates a primary etcd into a standby etcd through a
+// NATS JetStream log, for disaster recovery.
+//
+//	etcdsync publish   watch the primary etcd, publish to the log
+//	etcdsync apply     replay the log into the standby etcd
+//	etcdsync sandbox   the whole pipeline in one process, with a workload
+//	etcdsync version   print the version
+//
+// Every flag is also read from an ETCDSYNC_<FLAG> environment variable
+// (--etcd-endpoints from ETCDSYNC_ETCD_ENDPOINTS); the command line wins.
+//
+// Exit status: 0 success or a clean shutdown on SIGINT/SIGTERM; 1 a runtime
+// failure (and, for sandbox, drift); 2 bad usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+)
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3";
+// otherwise the module version from the build information is shown.
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal, a second one kills the process the default way.
+	context.AfterFunc(ctx, stop)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// command is one subcommand.
+type command struct {
+	name  string
+	about string
+	run   func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+var commands = []command{
+	{"publish", "watch the primary etcd and publish its revisions to the JetStream log", runPublish},
+	{"apply", "replay the log into the standby etcd (exactly once, scoped by keyspace rules)", runApply},
+	{"sandbox", "run two embedded etcds, embedded NATS, the pipeline and a workload, then check consistency", runSandbox},
+	{"version", "print the version", runVersion},
+}
+
+// run executes the command line args (without the program name) and returns
+// the exit status. It never calls os.Exit.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	name, rest := args[0], args[1:]
+	switch name {
+	case "-h", "-help", "--help", "help":
+		if len(rest) > 0 {
+			// "etcdsync help apply" is "etcdsync apply -h".
+			return run(ctx, []string{rest[0], "-h"}, stdout, stderr)
+		}
+		usage(stdout)
+		return exitOK
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return exitStatus(ctx, name, c.run(ctx, rest, stdout, stderr), stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "etcdsync: unknown command %q\nRun 'etcdsync -h' for usage.\n", name)
+	return exitUsage
+}
+
+// errDrift is returned by a command that has already reported drift.
+var errDrift = errors.New("drift")
+
+// exitStatus reports err on stderr and maps it to an exit status.
+func exitStatus(ctx context.Context, cmd string, err error, stderr io.Writer) int {
+	var ue *usageError
+	switch {
+	case err == nil, errors.Is(err, errHelp):
+		return exitOK
+	case errors.Is(err, errDrift):
+		return exitFailure
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "etcdsync %s: %s\nRun 'etcdsync %s -h' for usage.\n", cmd, ue.msg, cmd)
+		return exitUsage
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// Interrupted during startup: a clean shutdown.
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "etcdsync %s: %v\n", cmd, err)
+	return exitFailure
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "etcdsync keeps a standby etcd a near-real-time copy of a primary etcd through a NATS JetStream log.\n\n")
+	fmt.Fprintf(w, "Usage: etcdsync <command> [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.about)
+	}
+	fmt.Fprintf(w, "\nRun 'etcdsync <command> -h' for the flags of a command. Every flag is also read from\n")
+	fmt.Fprintf(w, "ETCDSYNC_<FLAG> (e.g. --etcd-endpoints from ETCDSYNC_ETCD_ENDPOINTS); the command line wins.\n")
+	fmt.Fprintf(w, "Exit status: 0 success or clean shutdown, 1 failure (sandbox: drift), 2 bad usage.\n")
+}
+
+func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
+	f := newFlagSet("version", "", "Prints the version of etcdsync.")
+	if err := f.parse(args, stdout); err != nil {
+		return err
+	}
+	v, rev := version, ""
+	if info, ok := debug.ReadBuildInfo(); ok {
+		if v == "" {
+			v = info.Main.Version
+		}
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				rev = s.Value
+			}
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	fmt.Fprintf(stdout, "etcdsync %s", v)
+	if rev != "" {
+		fmt.Fprintf(stdout, " (%s)", rev)
+	}
+	fmt.Fprintf(stdout, " %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return nil
+}

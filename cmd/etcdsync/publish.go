@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/etcdsync/etcdsync/publisher"
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// publishOptions are the flags of `etcdsync publish`.
+type publishOptions struct {
+	etcd        etcdFlags
+	nats        natsFlags
+	dataDir     string
+	natsListen  string
+	site        string
+	stream      string
+	replicas    int
+	prefix      string
+	maxAge      time.Duration
+	maxBytes    int64
+	metricsAddr string
+	log         logFlags
+}
+
+func publishFlags(o *publishOptions) *flagSet {
+	f := newFlagSet("publish", "--etcd-endpoints URLS [--nats-url URL] [flags]",
+		"Watches the primary etcd and publishes every revision to the JetStream log.\n"+
+			"Without --nats-url it runs an embedded JetStream server (store under --data-dir,\n"+
+			"clients on --nats-listen), so a pair needs no other infrastructure.")
+	o.etcd.register(f, "source (primary)")
+	o.nats.register(f, "`URL` of the NATS servers (comma-separated); empty: run an embedded JetStream server")
+	f.String(&o.dataDir, "data-dir", "./etcdsync-data", "`DIR` of the embedded JetStream store (<DIR>/nats); unused with --nats-url")
+	f.String(&o.natsListen, "nats-listen", streams.DefaultServerConfig().Listen, "client `ADDR` (host:port) of the embedded JetStream server; unused with --nats-url")
+	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of this site in subjects (etcdsync.<NAME>.log.>)")
+	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
+	f.Int(&o.replicas, "stream-replicas", 1, "`N` replicas of the log stream (1 embedded, 3 in a NATS cluster)")
+	f.String(&o.prefix, "prefix", "", "publish only keys under `PREFIX` (empty: every key)")
+	f.Duration(&o.maxAge, "max-age", 0, "drop log messages older than `DURATION` (0: keep forever; snapshots keep a complete base)")
+	f.Bytes(&o.maxBytes, "max-bytes", 0, "cap the log stream at `SIZE` (e.g. 10GiB; 0: unlimited); oldest messages go first")
+	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9090; empty: off)")
+	o.log.register(f, "info")
+	return f
+}
+
+// config builds the publisher configuration from the flags.
+func (o *publishOptions) config() publisher.Config {
+	cfg := publisher.DefaultConfig()
+	cfg.Stream.Name = o.stream
+	cfg.Stream.Site = o.site
+	cfg.Stream.Replicas = o.replicas
+	cfg.Stream.MaxAge = o.maxAge
+	cfg.Stream.MaxBytes = o.maxBytes
+	cfg.Prefix = o.prefix
+	return cfg
+}
+
+func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const cmd = "publish"
+	var o publishOptions
+	if err := publishFlags(&o).parse(args, stdout); err != nil {
+		return err
+	}
+	if err := o.etcd.validate(cmd); err != nil {
+		return err
+	}
+	if err := o.nats.validate(cmd); err != nil {
+		return err
+	}
+	log, err := o.log.logger(cmd, stderr)
+	if err != nil {
+		return err
+	}
+	cfg := o.config()
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		return usageErrorf(cmd, "%v", err)
+	}
+
+	// Step 1: the embedded JetStream server, unless one is given.
+	natsURL := o.nats.url
+	if natsURL == "" {
+		dir := filepath.Join(o.dataDir, "nats")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create data directory: %w", err)
+		}
+		// The server takes 10s to report a taken address; check it first.
+		if err := checkListen(o.natsListen); err != nil {
+			return err
+		}
+		scfg := streams.DefaultServerConfig()
+		scfg.StoreDir, scfg.Listen = dir, o.natsListen
+		srv, err := streams.StartServer(scfg)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+		}()
+		natsURL = srv.ClientURL()
+		log.Info("embedded nats started", "url", natsURL, "store_dir", dir)
+	}
+
+	// Step 2: connections, checked before anything runs.
+	cli, err := o.etcd.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	nc, err := o.nats.connect(natsURL, "etcdsync-publish", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	// Step 3: run until a signal.
+	reg := newRegistry()
+	pub, err := publisher.New(cfg, cli, nc, reg)
+	if err != nil {
+		return err
+	}
+	log.Info("publisher starting", "etcd", o.etcd.endpoints, "nats", natsURL, "stream", cfg.Stream.Name, "site", cfg.Stream.Site, "prefix", cfg.Prefix)
+	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, pub.Run)
+	log.Info("publisher stopped", "position", pub.Published().String())
+	return err
+}
+
+// checkListen reports an error when addr cannot be listened on now.
+func checkListen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("embedded nats: %w", err)
+	}
+	return ln.Close()
+}
