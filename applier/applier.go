@@ -24,8 +24,9 @@ import (
 // checkpoint carries the promoted marker and the applier must not write.
 var ErrPromoted = errors.New("standby promoted: applier fenced")
 
-// errNoSnapshot means the stream holds no snapshot to bootstrap from yet.
-var errNoSnapshot = errors.New("the stream holds no snapshot yet (is the publisher running?)")
+// errNoSnapshot means the stream holds no snapshot the applier can use yet;
+// one was requested from the publisher.
+var errNoSnapshot = errors.New("the stream holds no usable snapshot yet; one was requested from the publisher")
 
 // Applier replays the log into the standby etcd.
 type Applier struct {
@@ -45,6 +46,11 @@ type Applier struct {
 	asm     streams.Assembler
 	txn     txnBuilder
 
+	// reseed is set after a gap: the next session starts from the newest
+	// snapshot after the checkpoint and applies it even in the same generation.
+	reseed bool
+
+	nc      *nats.Conn
 	applied atomic.Pointer[Checkpoint]
 }
 
@@ -69,7 +75,7 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Applier{cfg: cfg, etcd: etcd, js: js, subj: streams.Subjects{Site: cfg.Site}, rules: rules, log: log,
+	return &Applier{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Site}, rules: rules, log: log,
 		metrics: newMetrics(reg), txn: txnBuilder{idx: map[string]int{}}}, nil
 }
 
@@ -86,15 +92,17 @@ func (a *Applier) Applied() Checkpoint {
 
 // terminal reports errors that retrying from the checkpoint cannot fix.
 func terminal(err error) bool {
-	return errors.Is(err, ErrGap) || errors.Is(err, ErrMassDelete) || errors.Is(err, ErrNoBase) ||
+	return errors.Is(err, ErrMassDelete) || errors.Is(err, ErrNoBase) ||
 		errors.Is(err, streams.ErrCorrupt) || errors.Is(err, ErrPromoted)
 }
 
 // Run applies the log until ctx is cancelled (returns nil) or an error that
-// needs an operator or a re-seed: ErrGap, ErrMassDelete, ErrNoBase,
-// ErrPromoted or a corrupt message (streams.ErrCorrupt). Other errors
-// (unreachable servers, ErrConflict) restart from the durable checkpoint
-// after a capped exponential backoff.
+// needs an operator: ErrMassDelete, ErrNoBase, ErrPromoted or a corrupt
+// message (streams.ErrCorrupt). A gap (ErrGap) re-seeds: the applier
+// restarts from the newest snapshot after its checkpoint, asking the
+// publisher for one if the stream holds none. Other errors (unreachable
+// servers, ErrConflict) restart from the durable checkpoint after a capped
+// exponential backoff.
 func (a *Applier) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = a.cfg.MinBackoff, a.cfg.MaxBackoff, 0
@@ -107,6 +115,13 @@ func (a *Applier) Run(ctx context.Context) error {
 		if terminal(err) {
 			a.metrics.stopped.Inc()
 			return err
+		}
+		if errors.Is(err, ErrGap) {
+			a.log.Warn("gap in the log: re-seeding from a snapshot", "err", err)
+			a.metrics.gaps.Inc()
+			a.reseed = true
+			bo.Reset()
+			continue
 		}
 		if time.Since(start) > time.Minute {
 			bo.Reset()
@@ -156,21 +171,42 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
 	}
 	start := ck.Position.Seq + 1
-	if ck.Position.Seq == 0 {
-		// Nothing applied yet: bootstrap from the newest snapshot.
+	if info.State.FirstSeq > start && ck.Position.Seq != 0 {
+		a.log.Warn("the stream no longer holds the messages after the checkpoint: re-seeding",
+			"checkpoint_seq", ck.Position.Seq, "stream_first_seq", info.State.FirstSeq)
+		a.metrics.gaps.Inc()
+		a.reseed = true
+	}
+	if ck.Position.Seq == 0 || a.reseed {
+		// Nothing applied yet, or the log after the checkpoint is gone:
+		// start from the newest snapshot after the checkpoint.
 		msg, err := stream.GetLastMsgForSubject(ctx, a.subj.SnapshotBegin())
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && (msg.Sequence <= ck.Position.Seq || msg.Sequence < info.State.FirstSeq)):
+			a.requestSnapshot(ctx)
 			return 0, errNoSnapshot
-		}
-		if err != nil {
+		case err != nil:
 			return 0, fmt.Errorf("find newest snapshot: %w", err)
 		}
 		start = msg.Sequence
-	} else if info.State.FirstSeq > start {
-		return 0, &GapError{Want: start, Got: info.State.FirstSeq}
+		if a.reseed {
+			a.log.Info("re-seeding from snapshot", "seq", start, "checkpoint", ck.Position.String())
+		}
 	}
 	a.nextSeq = start
 	return start, nil
+}
+
+// requestSnapshot asks the publisher for a snapshot (best effort: the
+// caller retries until one appears in the stream).
+func (a *Applier) requestSnapshot(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := a.nc.RequestWithContext(rctx, a.subj.ControlSnapshot(), nil); err != nil {
+		a.log.Warn("snapshot request not answered", "subject", a.subj.ControlSnapshot(), "err", err)
+		return
+	}
+	a.log.Info("snapshot requested from the publisher", "subject", a.subj.ControlSnapshot())
 }
 
 // session consumes the stream from the checkpoint until an error.

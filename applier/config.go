@@ -74,6 +74,9 @@ type Config struct {
 	// MaxDeleteRatio is the largest share of the standby's in-scope keys a
 	// snapshot may delete without AllowMassDelete. Default 0.5.
 	MaxDeleteRatio float64
+	// MassDeleteMinKeys is the number of deletions a snapshot may always
+	// make, whatever the ratio (so a tiny keyspace can converge). Default 10.
+	MassDeleteMinKeys int64
 	// AllowMassDelete lifts MaxDeleteRatio.
 	AllowMassDelete bool
 	// MinBackoff and MaxBackoff bound the retry delay. Defaults 100ms and 10s.
@@ -85,15 +88,16 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Stream:           streams.DefaultStream,
-		Site:             streams.DefaultSite,
-		Scope:            keyspace.DefaultConfig(),
-		MaxTxnOps:        128,
-		MaxTxnBytes:      1 << 20,
-		MaxBatchMessages: 1024,
-		MaxDeleteRatio:   0.5,
-		MinBackoff:       100 * time.Millisecond,
-		MaxBackoff:       10 * time.Second,
+		Stream:            streams.DefaultStream,
+		Site:              streams.DefaultSite,
+		Scope:             keyspace.DefaultConfig(),
+		MaxTxnOps:         128,
+		MaxTxnBytes:       1 << 20,
+		MaxBatchMessages:  1024,
+		MaxDeleteRatio:    0.5,
+		MassDeleteMinKeys: 10,
+		MinBackoff:        100 * time.Millisecond,
+		MaxBackoff:        10 * time.Second,
 	}
 }
 
@@ -119,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxDeleteRatio < 0 || c.MaxDeleteRatio > 1 {
 		return fmt.Errorf("max delete ratio %g: must be between 0 and 1", c.MaxDeleteRatio)
+	}
+	if c.MassDeleteMinKeys < 0 {
+		return fmt.Errorf("mass delete minimum %d: must not be negative", c.MassDeleteMinKeys)
 	}
 	if c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff {
 		return fmt.Errorf("backoff %s..%s: must be positive and ordered", c.MinBackoff, c.MaxBackoff)

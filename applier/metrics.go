@@ -13,6 +13,7 @@ type metrics struct {
 	checkpoint prometheus.Gauge
 	lag        prometheus.Gauge
 	snapshots  prometheus.Counter
+	gaps       prometheus.Counter
 	errors     prometheus.Counter
 	stopped    prometheus.Counter
 }
@@ -25,11 +26,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		checkpoint: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_checkpoint_revision", Help: "Source revision of the standby's checkpoint."}),
 		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_lag_seconds", Help: "Apply time minus the time the publisher observed the last applied revision."}),
 		snapshots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_snapshots_applied_total", Help: "Snapshots applied (bootstraps and re-seeds)."}),
+		gaps:       prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_gaps_total", Help: "Gaps detected in the log (each leads to a re-seed)."}),
 		errors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_errors_total", Help: "Sessions ended by a retryable error."}),
 		stopped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_stopped_total", Help: "Times the applier stopped on an error that needs an operator or a re-seed."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.snapshots, m.errors, m.stopped)
+		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.snapshots, m.gaps, m.errors, m.stopped)
 	}
 	return m
 }

@@ -13,10 +13,11 @@ import (
 // this generation (a periodic snapshot it is past).
 func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 	w := &a.work
-	if w.Snapshot == nil && w.Position.Seq != 0 && w.Position.ClusterID == r.ClusterID && w.Position.Generation == r.Generation {
+	if !a.reseed && w.Snapshot == nil && w.Position.Seq != 0 && w.Position.ClusterID == r.ClusterID && w.Position.Generation == r.Generation {
 		w.Position.Seq = r.seq
 		return nil
 	}
+	a.reseed = false // from here on the snapshot state is in the checkpoint
 	if err := a.flushIfPending(ctx); err != nil {
 		return err
 	}
@@ -62,7 +63,7 @@ func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
 	}
 	// Step 2: refuse a mass deletion unless allowed.
 	n := int64(len(stale))
-	if n > 0 && s.InScopeBefore > 0 && !a.cfg.AllowMassDelete && float64(n) > a.cfg.MaxDeleteRatio*float64(s.InScopeBefore) {
+	if n > a.cfg.MassDeleteMinKeys && !a.cfg.AllowMassDelete && float64(n) > a.cfg.MaxDeleteRatio*float64(s.InScopeBefore) {
 		return &MassDeleteError{Delete: n, InScope: s.InScopeBefore, MaxRatio: a.cfg.MaxDeleteRatio}
 	}
 	// Step 3: delete them, then move the position to the snapshot.

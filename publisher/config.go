@@ -26,10 +26,17 @@ type Config struct {
 	// Window is the number of messages published but not yet acknowledged.
 	// Default 256.
 	Window int
+	// KubernetesPrefix is the apiserver's etcd prefix, used only to order
+	// snapshots (CustomResourceDefinitions, then Namespaces, first). Default "/registry".
+	KubernetesPrefix string
 	// SnapshotPageSize is the number of keys per paginated snapshot Get. Default 1000.
 	SnapshotPageSize int64
 	// SnapshotChunkBytes is the target size of one snapshot chunk. Default 512 KiB.
 	SnapshotChunkBytes int
+	// SnapshotInterval is how often a periodic snapshot is published in the
+	// same generation, so retention can drop old messages while a complete
+	// base stays in the stream. 0 disables them. Default 4h.
+	SnapshotInterval time.Duration
 	// AckTimeout bounds the wait for one acknowledgement. Default 10s.
 	AckTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after an error.
@@ -48,8 +55,10 @@ func DefaultConfig() Config {
 		Stream:             streams.DefaultLogConfig(),
 		MaxMessageBytes:    1000 << 10,
 		Window:             256,
+		KubernetesPrefix:   "/registry",
 		SnapshotPageSize:   1000,
 		SnapshotChunkBytes: 512 << 10,
+		SnapshotInterval:   4 * time.Hour,
 		AckTimeout:         10 * time.Second,
 		MinBackoff:         100 * time.Millisecond,
 		MaxBackoff:         10 * time.Second,
@@ -76,6 +85,9 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotChunkBytes < 1 {
 		return fmt.Errorf("snapshot chunk bytes %d: must be at least 1", c.SnapshotChunkBytes)
+	}
+	if c.SnapshotInterval < 0 {
+		return fmt.Errorf("snapshot interval %s: must not be negative", c.SnapshotInterval)
 	}
 	if c.AckTimeout <= 0 {
 		return fmt.Errorf("ack timeout %s: must be positive", c.AckTimeout)

@@ -33,6 +33,8 @@ type Publisher struct {
 	log     *slog.Logger
 	metrics *metrics
 
+	nc        *nats.Conn
+	requests  chan struct{} // snapshot requests from appliers (buffer 1)
 	published atomic.Pointer[streams.Position]
 	// forceReason, when set, makes the next session start a new generation.
 	forceReason string
@@ -57,7 +59,8 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Publisher{cfg: cfg, etcd: etcd, js: js, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log, metrics: newMetrics(reg)}, nil
+	return &Publisher{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log,
+		metrics: newMetrics(reg), requests: make(chan struct{}, 1)}, nil
 }
 
 // Published returns the last position acknowledged by the stream (zero
@@ -126,13 +129,13 @@ func (p *Publisher) session(ctx context.Context) error {
 	reason := p.forceReason
 	switch {
 	case tail.Seq == 0:
-		reason = "first start"
+		reason = ReasonFirstStart
 	case tail.ClusterID != clusterID:
-		reason = fmt.Sprintf("source cluster changed from %x to %x", tail.ClusterID, clusterID)
+		reason = fmt.Sprintf("%s: source cluster changed from %x to %x", ReasonContinuity, tail.ClusterID, clusterID)
 	case !tail.Complete:
-		reason = fmt.Sprintf("incomplete %s record at the stream tail (seq %d)", tail.Kind, tail.Seq)
+		reason = fmt.Sprintf("%s: incomplete %s record at the stream tail (seq %d)", ReasonContinuity, tail.Kind, tail.Seq)
 	case curRev < tail.Revision:
-		reason = fmt.Sprintf("source revision %d is behind the stream's %d (restored etcd?)", curRev, tail.Revision)
+		reason = fmt.Sprintf("%s: source revision %d is behind the stream's %d (restored etcd?)", ReasonContinuity, curRev, tail.Revision)
 	}
 	gen, resumeRev := tail.Generation, tail.Revision
 	if reason != "" {
@@ -148,16 +151,23 @@ func (p *Publisher) session(ctx context.Context) error {
 	p.metrics.generation.Set(float64(gen))
 	p.log.Info("publisher session started", "generation", gen, "resume_revision", resumeRev, "epoch_seq", epochSeq, "new_generation_reason", reason)
 
-	// Step 4: publish, with acknowledgements checked in order.
+	// Step 4: answer snapshot requests (an applier that lost its log).
+	sub, err := p.nc.Subscribe(p.subj.ControlSnapshot(), p.onSnapshotRequest)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", p.subj.ControlSnapshot(), err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+
+	// Step 5: publish, with acknowledgements checked in order.
 	acks := make(chan pending, p.cfg.Window)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return p.checkAcks(gctx, acks) })
+	g.Go(func() error { return p.checkAcks(gctx, acks, stream, epochSeq) })
 	g.Go(func() error {
 		defer close(acks)
 		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, clusterID: clusterID, gen: gen}
 		from := resumeRev + 1
 		if reason != "" {
-			rev, err := p.snapshot(gctx, pub, reason)
+			rev, err := p.snapshot(gctx, pub, reason, 0)
 			if err != nil {
 				return err
 			}
@@ -167,9 +177,19 @@ func (p *Publisher) session(ctx context.Context) error {
 	})
 	err = g.Wait()
 	if errors.Is(err, errNewGeneration) {
-		p.forceReason = "source compacted past the stream's revision"
+		p.forceReason = ReasonContinuity + ": source compacted past the stream's revision"
 	}
 	return err
+}
+
+// onSnapshotRequest queues a snapshot and answers the requester.
+func (p *Publisher) onSnapshotRequest(m *nats.Msg) {
+	select {
+	case p.requests <- struct{}{}:
+	default: // one is already queued
+	}
+	p.log.Info("snapshot requested", "subject", m.Subject)
+	_ = m.Respond([]byte(`{"snapshot":"scheduled"}`))
 }
 
 // probeKey is a key read only for its response header.
@@ -235,8 +255,40 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := p.etcd.Watch(wctx, p.cfg.Prefix, opts...)
+	var periodic <-chan time.Time
+	if p.cfg.SnapshotInterval > 0 {
+		t := time.NewTicker(p.cfg.SnapshotInterval)
+		defer t.Stop()
+		periodic = t.C
+	}
 	var rec streams.Record
-	for resp := range wch {
+	for {
+		// A snapshot when one is due is pinned at the last revision
+		// published, so it sits exactly at its place in the log; otherwise
+		// the next watch response becomes one record per revision.
+		var resp clientv3.WatchResponse
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-periodic:
+			if _, err := p.snapshot(ctx, s, ReasonPeriodic, from-1); err != nil {
+				return err
+			}
+			continue
+		case <-p.requests:
+			if _, err := p.snapshot(ctx, s, ReasonRequested+": asked for over "+p.subj.ControlSnapshot(), from-1); err != nil {
+				return err
+			}
+			continue
+		case r, ok := <-wch:
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("watch from revision %d: channel closed", from)
+			}
+			resp = r
+		}
 		if err := resp.Err(); err != nil {
 			if resp.CompactRevision != 0 || errors.Is(err, rpctypes.ErrCompacted) {
 				return fmt.Errorf("watch from revision %d: compacted at %d: %w", from, resp.CompactRevision, errNewGeneration)
@@ -244,11 +296,7 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 			return fmt.Errorf("watch from revision %d: %w", from, err)
 		}
 		p.metrics.sourceRev.Set(float64(resp.Header.Revision))
-		if len(resp.Events) == 0 {
-			continue
-		}
 		now := time.Now()
-		// Group the response's events by revision: one record per revision.
 		for i := 0; i < len(resp.Events); {
 			rev := resp.Events[i].Kv.ModRevision
 			rec = streams.Record{Kind: streams.KindRevision, Revision: rev, Time: now, Events: rec.Events[:0]}
@@ -261,10 +309,6 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 			from = rev + 1
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return fmt.Errorf("watch from revision %d: channel closed", from)
 }
 
 func eventOf(ev *clientv3.Event) streams.Event {

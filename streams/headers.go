@@ -19,16 +19,18 @@ const (
 // MsgID returns the Nats-Msg-Id of part of r:
 // "<cluster-id>:<generation>:<revision>[:<part>]" for revisions, with a
 // kind suffix for the other records, so republishing the same record is
-// deduplicated by the stream.
+// deduplicated by the stream. Snapshot records carry the snapshot's start
+// time (every record of one snapshot has the same Time), so two snapshots
+// at the same revision are different records.
 func MsgID(r *Record, part, parts int) string {
 	id := fmt.Sprintf("%x:%d:%d", r.ClusterID, r.Generation, r.Revision)
 	switch r.Kind {
 	case KindSnapshotBegin:
-		id += ":snap-begin"
+		id += ":snap-" + strconv.FormatInt(r.Time.UnixNano(), 10) + "-begin"
 	case KindSnapshotChunk:
-		id += ":snap-chunk-" + strconv.FormatUint(r.Chunk, 10)
+		id += ":snap-" + strconv.FormatInt(r.Time.UnixNano(), 10) + "-chunk-" + strconv.FormatUint(r.Chunk, 10)
 	case KindSnapshotEnd:
-		id += ":snap-end"
+		id += ":snap-" + strconv.FormatInt(r.Time.UnixNano(), 10) + "-end"
 	case KindEpoch:
 		id += ":epoch-" + r.Leader
 	}

@@ -69,7 +69,8 @@ type Record struct {
 	// Revision is the source revision of a revision record, the snapshot
 	// revision of snapshot records, and the last published revision of an epoch.
 	Revision int64
-	// Time is when the publisher observed the revision (or took the snapshot).
+	// Time is when the publisher observed the revision, or when it started
+	// the snapshot (the same in every record of one snapshot).
 	Time time.Time
 	// Prefix is the key prefix a snapshot covers (snapshot-begin).
 	Prefix []byte

@@ -21,6 +21,7 @@ import (
 // pipeline is a primary etcd, a standby etcd and a JetStream server.
 type pipeline struct {
 	t       *testing.T
+	runs    []*running
 	primary *testenv.Etcd
 	standby *testenv.Etcd
 	js      *testenv.JetStream
@@ -102,7 +103,9 @@ func (p *pipeline) startPublisher(cfg publisher.Config) (*publisher.Publisher, *
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	return pub, start(p.t, pub.Run)
+	r := start(p.t, pub.Run)
+	p.runs = append(p.runs, r)
+	return pub, r
 }
 
 func (p *pipeline) startApplier(cfg applier.Config) (*applier.Applier, *running) {
@@ -111,7 +114,9 @@ func (p *pipeline) startApplier(cfg applier.Config) (*applier.Applier, *running)
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	return ap, start(p.t, ap.Run)
+	r := start(p.t, ap.Run)
+	p.runs = append(p.runs, r)
+	return ap, r
 }
 
 // dump returns every key the rules allow, with its value and version.
@@ -173,6 +178,15 @@ func (p *pipeline) waitConverged(rules *keyspace.Rules, timeout time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	for i, r := range p.runs {
+		select {
+		case <-r.done:
+			if r.err != nil {
+				last += fmt.Sprintf("\ncomponent %d stopped: %v", i, r.err)
+			}
+		default:
+		}
+	}
 	p.t.Fatalf("standby did not converge in %s:\n%s", timeout, last)
 }
 
@@ -193,4 +207,9 @@ func put(t *testing.T, cli *clientv3.Client, k, v string) int64 {
 		t.Fatal(err)
 	}
 	return resp.Header.Revision
+}
+
+func testenvEventually(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, cond, "%s", what)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -30,12 +31,15 @@ type EtcdConfig struct {
 type Etcd struct {
 	Server   *embed.Etcd
 	Endpoint string // http://127.0.0.1:port
+	once     sync.Once
 }
 
-// Close stops the server and waits for it.
+// Close stops the server and waits for it. Closing twice is harmless.
 func (e *Etcd) Close() {
-	e.Server.Close()
-	<-e.Server.Server.StopNotify()
+	e.once.Do(func() {
+		e.Server.Close()
+		<-e.Server.Server.StopNotify()
+	})
 }
 
 // StartEtcd starts a single-member etcd listening on loopback and waits until

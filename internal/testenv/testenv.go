@@ -4,6 +4,8 @@ package testenv
 
 import (
 	"context"
+	"net/url"
+	"strconv"
 	"testing"
 	"time"
 
@@ -48,6 +50,34 @@ func (e *Etcd) start(port int) {
 		cli.Close()
 		srv.Close()
 	})
+}
+
+// Stop stops the server and closes the client; Restart starts it again on
+// the same port and data directory.
+func (e *Etcd) Stop() {
+	e.Client.Close()
+	e.Etcd.Close()
+}
+
+// Restart starts a stopped server again, same port, same data.
+func (e *Etcd) Restart() {
+	e.t.Helper()
+	e.start(e.port())
+}
+
+// Dir returns the data directory.
+func (e *Etcd) Dir() string { return e.dir }
+
+func (e *Etcd) port() int {
+	u, err := url.Parse(e.Endpoint)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	p, err := strconv.Atoi(u.Port())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
 }
 
 // Endpoints returns the client endpoints.
