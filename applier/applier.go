@@ -45,6 +45,7 @@ type Applier struct {
 	nextSeq uint64
 	asm     streams.Assembler
 	txn     txnBuilder
+	leases  leaseMap
 
 	// reseed is set after a gap: the next session starts from the newest
 	// snapshot after the checkpoint and applies it even in the same generation.
@@ -76,7 +77,7 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Applier{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Site}, rules: rules, log: log,
-		metrics: newMetrics(reg), txn: txnBuilder{idx: map[string]int{}}}, nil
+		metrics: newMetrics(reg), txn: txnBuilder{idx: map[string]int{}}, leases: leaseMap{etcd: etcd, m: map[int64]standbyLease{}}}, nil
 }
 
 // Rules returns the effective scope rules.
@@ -162,6 +163,7 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 	}
 	a.asm.Reset()
 	a.txn.reset()
+	a.leases.reset()
 	stream, err := a.js.Stream(ctx, a.cfg.Stream)
 	if err != nil {
 		return 0, fmt.Errorf("open stream %s: %w", a.cfg.Stream, err)

@@ -167,9 +167,16 @@ func (a *Applier) addEvents(ctx context.Context, r *record) error {
 // replaces the earlier one.
 func (a *Applier) add(ctx context.Context, e *streams.Event) error {
 	var op clientv3.Op
-	if e.Type == streams.EventDelete {
+	switch {
+	case e.Type == streams.EventDelete:
 		op = clientv3.OpDelete(string(e.Key))
-	} else {
+	case e.Lease != 0:
+		id, err := a.leases.standbyLease(ctx, e.Lease, e.LeaseTTL)
+		if err != nil {
+			return err
+		}
+		op = clientv3.OpPut(string(e.Key), string(e.Value), clientv3.WithLease(id))
+	default:
 		op = clientv3.OpPut(string(e.Key), string(e.Value))
 	}
 	size := len(e.Key) + len(e.Value) + opOverhead

@@ -34,6 +34,7 @@ type Publisher struct {
 	metrics *metrics
 
 	nc        *nats.Conn
+	leases    leaseTTLs
 	requests  chan struct{} // snapshot requests from appliers (buffer 1)
 	published atomic.Pointer[streams.Position]
 	// forceReason, when set, makes the next session start a new generation.
@@ -60,7 +61,7 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Publisher{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log,
-		metrics: newMetrics(reg), requests: make(chan struct{}, 1)}, nil
+		metrics: newMetrics(reg), requests: make(chan struct{}, 1), leases: leaseTTLs{etcd: etcd, m: map[int64]leaseTTL{}}}, nil
 }
 
 // Published returns the last position acknowledged by the stream (zero
@@ -301,7 +302,15 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 			rev := resp.Events[i].Kv.ModRevision
 			rec = streams.Record{Kind: streams.KindRevision, Revision: rev, Time: now, Events: rec.Events[:0]}
 			for ; i < len(resp.Events) && resp.Events[i].Kv.ModRevision == rev; i++ {
-				rec.Events = append(rec.Events, eventOf(resp.Events[i]))
+				e := eventOf(resp.Events[i])
+				if e.Lease != 0 && e.Type == streams.EventPut {
+					ttl, err := p.leases.remaining(ctx, e.Lease)
+					if err != nil {
+						return fmt.Errorf("revision %d: %w", rev, err)
+					}
+					e.LeaseTTL = ttl
+				}
+				rec.Events = append(rec.Events, e)
 			}
 			if err := s.send(ctx, &rec); err != nil {
 				return err

@@ -99,6 +99,11 @@ func (p *Publisher) snapshot(ctx context.Context, s *sender, reason string, at i
 		for _, r := range resp.Responses {
 			for _, kv := range r.GetResponseRange().Kvs {
 				e := streams.Event{Type: streams.EventPut, Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version, Lease: kv.Lease}
+				if e.Lease != 0 {
+					if e.LeaseTTL, err = p.leases.remaining(ctx, e.Lease); err != nil {
+						return 0, fmt.Errorf("snapshot at revision %d: %w", rev, err)
+					}
+				}
 				chunk.Events = append(chunk.Events, e)
 				chunkBytes += streams.EventSize(&e)
 				published++

@@ -13,7 +13,7 @@ func sampleRecord() Record {
 		Kind: KindRevision, ClusterID: 0xabcdef, Generation: 3, Revision: 1234,
 		Time: time.Unix(0, 1700000000123456789),
 		Events: []Event{
-			{Type: EventPut, Key: []byte("/registry/pods/ns/a"), Value: []byte("v1"), CreateRevision: 10, ModRevision: 1234, Version: 3, Lease: 7},
+			{Type: EventPut, Key: []byte("/registry/pods/ns/a"), Value: []byte("v1"), CreateRevision: 10, ModRevision: 1234, Version: 3, Lease: 7, LeaseTTL: 30},
 			{Type: EventDelete, Key: []byte("/registry/pods/ns/b"), ModRevision: 1234},
 		},
 	}

@@ -37,7 +37,8 @@
 //	bytes prefix, bytes reason, uvarint chunk, uvarint keys, bytes leader,
 //	uvarint event count, then per event:
 //	  1 byte type (1 put, 2 delete), bytes key, bytes value,
-//	  varint create revision, varint mod revision, varint version, varint lease
+//	  varint create revision, varint mod revision, varint version, varint lease,
+//	  varint lease TTL (seconds remaining when observed)
 //
 // where "bytes" is a uvarint length followed by that many bytes. Decoding
 // never panics: truncated, oversized or corrupt input returns an error that

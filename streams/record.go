@@ -59,6 +59,9 @@ type Event struct {
 	ModRevision    int64
 	Version        int64
 	Lease          int64 // source lease ID, 0 when none
+	// LeaseTTL is the source lease's remaining time to live in seconds when
+	// the publisher observed the event (0 without a lease).
+	LeaseTTL int64
 }
 
 // Record is one logical log entry. Which fields are meaningful depends on Kind.
@@ -99,7 +102,7 @@ func (r *Record) EncodedSize() int {
 
 // EventSize returns an upper bound of the encoded size of e.
 func EventSize(e *Event) int {
-	return 1 + 2*binary.MaxVarintLen64 + len(e.Key) + len(e.Value) + 4*binary.MaxVarintLen64
+	return 1 + 2*binary.MaxVarintLen64 + len(e.Key) + len(e.Value) + 5*binary.MaxVarintLen64
 }
 
 // AppendRecord appends the encoding of r to dst.
@@ -128,6 +131,7 @@ func AppendRecord(dst []byte, r *Record) []byte {
 		dst = binary.AppendVarint(dst, e.ModRevision)
 		dst = binary.AppendVarint(dst, e.Version)
 		dst = binary.AppendVarint(dst, e.Lease)
+		dst = binary.AppendVarint(dst, e.LeaseTTL)
 	}
 	return dst
 }
@@ -138,8 +142,8 @@ func appendBytes(dst, b []byte) []byte {
 }
 
 // minEventSize is the smallest possible encoded event: type, two empty
-// byte strings and four one-byte varints.
-const minEventSize = 7
+// byte strings and five one-byte varints.
+const minEventSize = 8
 
 // DecodeRecord decodes a record encoded by AppendRecord. Byte slices of the
 // result alias b. Errors wrap ErrCorrupt.
@@ -186,6 +190,7 @@ func DecodeRecord(b []byte) (Record, error) {
 		e.ModRevision = d.varint("event mod revision")
 		e.Version = d.varint("event version")
 		e.Lease = d.varint("event lease")
+		e.LeaseTTL = d.varint("event lease ttl")
 		if d.err != nil {
 			return Record{}, fmt.Errorf("event %d: %w", i, d.err)
 		}

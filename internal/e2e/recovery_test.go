@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdsync/etcdsync/internal/testenv"
 	"github.com/etcdsync/etcdsync/streams"
 )
 
@@ -236,4 +237,41 @@ func TestSnapshotOrderIsOwnerFirst(t *testing.T) {
 			t.Fatalf("%s (standby rev %d) was written after %s (rev %d)", want[i-1], modRev(want[i-1]), want[i], modRev(want[i]))
 		}
 	}
+}
+
+// A key attached to a lease on the primary is attached to a standby lease
+// with the remaining TTL, so it expires on the standby by itself (here with
+// the publisher stopped, so no delete arrives from the primary).
+func TestLeasedKeysExpireOnStandby(t *testing.T) {
+	p := newPipeline(t)
+	_, pr := p.startPublisher(p.publisherConfig())
+	p.startApplier(rawApplierConfig(p))
+	ctx := context.Background()
+	lease, err := p.primary.Client.Grant(ctx, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"/l/a", "/l/b"} {
+		if _, err := p.primary.Client.Put(ctx, k, "leased", clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(t, p.primary.Client, "/l/plain", "no lease")
+	p.waitConverged(rawRules(t), 10*time.Second)
+	if err := pr.stop(); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := p.standby.Client.Get(ctx, "/l/a")
+	b, _ := p.standby.Client.Get(ctx, "/l/b")
+	if a.Kvs[0].Lease == 0 || a.Kvs[0].Lease != b.Kvs[0].Lease {
+		t.Fatalf("standby leases: /l/a %x, /l/b %x: want one shared standby lease", a.Kvs[0].Lease, b.Kvs[0].Lease)
+	}
+	ttl, err := p.standby.Client.TimeToLive(ctx, clientv3.LeaseID(a.Kvs[0].Lease))
+	if err != nil || ttl.TTL <= 0 || ttl.TTL > 4 {
+		t.Fatalf("standby lease ttl %v, %v: want within (0, 4]", ttl, err)
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		resp, err := p.standby.Client.Get(ctx, "/l/", clientv3.WithPrefix())
+		return err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Key) == "/l/plain"
+	}, "leased keys expire on the standby")
 }
