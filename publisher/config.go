@@ -89,6 +89,9 @@ func (c Config) Validate() error {
 	if c.SnapshotInterval < 0 {
 		return fmt.Errorf("snapshot interval %s: must not be negative", c.SnapshotInterval)
 	}
+	if c.Stream.MaxAge > 0 && (c.SnapshotInterval == 0 || c.SnapshotInterval >= c.Stream.MaxAge) {
+		return fmt.Errorf("snapshot interval %s: must be set and below the stream's max age %s, or the stream loses its last complete snapshot", c.SnapshotInterval, c.Stream.MaxAge)
+	}
 	if c.AckTimeout <= 0 {
 		return fmt.Errorf("ack timeout %s: must be positive", c.AckTimeout)
 	}

@@ -74,6 +74,7 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.Int(&o.maxTxnOps, "max-txn-ops", def.MaxTxnOps, "`N` operations per standby transaction, checkpoint included (the standby's --max-txn-ops)")
 	f.Bytes(&o.maxTxnBytes, "max-txn-bytes", int64(def.MaxTxnBytes), "`SIZE` bound of one standby transaction (below the standby's --max-request-bytes)")
 	f.Float(&o.maxDeleteRatio, "max-delete-ratio", def.MaxDeleteRatio, "largest `RATIO` (0..1) of the standby's in-scope keys a snapshot may delete without --allow-mass-delete")
+	f.Float(&o.maxDeleteRatio, "max-reseed-delete-ratio", def.MaxDeleteRatio, "the same as --max-delete-ratio (`RATIO`)")
 	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
 	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")

@@ -27,6 +27,7 @@ type publishOptions struct {
 	prefix      string
 	maxAge      time.Duration
 	maxBytes    int64
+	snapEvery   time.Duration
 	metricsAddr string
 	log         logFlags
 }
@@ -46,6 +47,8 @@ func publishFlags(o *publishOptions) *flagSet {
 	f.String(&o.prefix, "prefix", "", "publish only keys under `PREFIX` (empty: every key)")
 	f.Duration(&o.maxAge, "max-age", 0, "drop log messages older than `DURATION` (0: keep forever; snapshots keep a complete base)")
 	f.Bytes(&o.maxBytes, "max-bytes", 0, "cap the log stream at `SIZE` (e.g. 10GiB; 0: unlimited); oldest messages go first")
+	f.Duration(&o.snapEvery, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
+		"publish a snapshot every `DURATION` (0: off), so retention can drop old messages while a complete base stays; must be below --max-age")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9090; empty: off)")
 	o.log.register(f, "info")
 	return f
@@ -60,6 +63,7 @@ func (o *publishOptions) config() publisher.Config {
 	cfg.Stream.MaxAge = o.maxAge
 	cfg.Stream.MaxBytes = o.maxBytes
 	cfg.Prefix = o.prefix
+	cfg.SnapshotInterval = o.snapEvery
 	return cfg
 }
 
