@@ -1,6 +1,7 @@
 package applier
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -199,6 +200,26 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 	return start, nil
 }
 
+// watchFence ends the session with ErrPromoted as soon as the checkpoint
+// carries the promoted marker, so an idle applier learns it was fenced
+// without waiting for its next transaction to fail.
+func (a *Applier) watchFence(ctx context.Context, from int64) error {
+	key := a.cfg.checkpointKey()
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for resp := range a.etcd.Watch(wctx, key, clientv3.WithRev(from)) {
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("watch checkpoint %s: %w", key, err)
+		}
+		for _, ev := range resp.Events {
+			if bytes.Contains(ev.Kv.Value, []byte(`"promoted":true`)) {
+				return fmt.Errorf("checkpoint %s: %w", key, ErrPromoted)
+			}
+		}
+	}
+	return nil
+}
+
 // requestSnapshot asks the publisher for a snapshot (best effort: the
 // caller retries until one appears in the stream).
 func (a *Applier) requestSnapshot(ctx context.Context) {
@@ -233,6 +254,8 @@ func (a *Applier) session(ctx context.Context) error {
 	stop := context.AfterFunc(gctx, it.Stop)
 	defer stop()
 	msgs := make(chan Msg, a.cfg.MaxBatchMessages)
+	fenceFrom := a.ckRev + 1
+	g.Go(func() error { return a.watchFence(gctx, fenceFrom) })
 	g.Go(func() error {
 		for {
 			m, err := it.Next()

@@ -114,7 +114,7 @@ func (p *Publisher) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tail, err := ReadTail(ctx, stream, p.subj)
+	tail, err := streams.ReadTail(ctx, stream, p.subj)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,218 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/etcdsync/etcdsync/keyspace"
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// PromoteConfig configures Promote.
+type PromoteConfig struct {
+	// Stream is the log stream name and CheckpointKey the standby's
+	// checkpoint key (default "/etcdsync/checkpoint/<Stream>").
+	Stream, CheckpointKey string
+	// DrainTimeout bounds the wait for the applier to apply everything the
+	// standby's stream holds. Default 30s.
+	DrainTimeout time.Duration
+	// BumpRevision raises the standby etcd's revision above the last
+	// source revision seen, so clients' old resourceVersions cannot land
+	// inside history they never saw.
+	BumpRevision bool
+	// BumpMax bounds the revisions BumpRevision may add. Default 10,000,000.
+	BumpMax int64
+	// Progress, if set, is called while bumping.
+	Progress func(done, total int64)
+}
+
+// PromoteReport is the failover's data-loss report.
+type PromoteReport struct {
+	// Checkpoint is the fenced checkpoint: the standby's final position.
+	Checkpoint Checkpoint `json:"checkpoint"`
+	// StreamLastSeq is the last message the standby's stream held.
+	StreamLastSeq uint64 `json:"stream_last_seq"`
+	// StreamLastRevision is the newest source revision the stream held.
+	StreamLastRevision int64 `json:"stream_last_revision"`
+	// Unapplied counts stream messages after the checkpoint (0 when drained).
+	Unapplied uint64 `json:"unapplied_messages"`
+	// Drained reports whether the applier caught up before the fence.
+	Drained bool `json:"drained"`
+	// DataLossSince is the source time of the last applied revision:
+	// anything the primary committed after it is not on the standby.
+	DataLossSince time.Time `json:"data_loss_since"`
+	// StandbyRevision is the standby etcd's revision after promotion.
+	StandbyRevision int64 `json:"standby_revision"`
+	// Bumped is the number of revisions added by BumpRevision.
+	Bumped int64 `json:"bumped_revisions"`
+}
+
+// ErrNotDrained is wrapped by Promote's error when the applier did not catch
+// up within the drain timeout; the standby is fenced regardless.
+var ErrNotDrained = errors.New("applier did not drain the stream in time")
+
+// Promote makes the standby independent: it waits (bounded) until the
+// applier has applied everything the standby's stream holds, fences the
+// applier (writes the promoted marker into the checkpoint, so its next
+// transaction fails and it stops with ErrPromoted), optionally bumps the
+// standby's revision, and reports the final position. js may be nil when
+// the stream is unreachable (lost with the primary site): the fence still
+// happens, and the report says nothing is known of unapplied messages.
+func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, js jetstream.JetStream) (PromoteReport, error) {
+	if cfg.CheckpointKey == "" {
+		cfg.CheckpointKey = keyspace.OwnPrefix + "checkpoint/" + cfg.Stream
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	if cfg.BumpMax == 0 {
+		cfg.BumpMax = 10_000_000
+	}
+	var rep PromoteReport
+	// Step 1: how far the standby's stream goes.
+	if js != nil {
+		if err := rep.readStream(ctx, js, cfg.Stream); err != nil {
+			return rep, err
+		}
+	}
+	// Step 2: wait for the applier to drain it.
+	deadline := time.Now().Add(cfg.DrainTimeout)
+	for {
+		ck, _, err := ReadCheckpoint(ctx, standby, cfg.CheckpointKey)
+		if err != nil {
+			return rep, err
+		}
+		if ck.Promoted {
+			return rep, fmt.Errorf("promote: standby already promoted at %s: %w", ck.Position, ErrPromoted)
+		}
+		if js == nil || (ck.Position.Seq >= rep.StreamLastSeq && ck.Snapshot == nil) {
+			rep.Drained = js != nil
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// Step 3: fence the applier, guarded by the checkpoint's mod revision.
+	for attempt := 0; ; attempt++ {
+		ck, rev, err := ReadCheckpoint(ctx, standby, cfg.CheckpointKey)
+		if err != nil {
+			return rep, err
+		}
+		ck.Promoted = true
+		resp, err := standby.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(cfg.CheckpointKey), "=", rev)).
+			Then(clientv3.OpPut(cfg.CheckpointKey, ck.encode())).Commit()
+		if err != nil {
+			return rep, fmt.Errorf("promote: fence applier: %w", err)
+		}
+		if resp.Succeeded {
+			rep.Checkpoint, rep.StandbyRevision = ck, resp.Header.Revision
+			break
+		}
+		if attempt > 100 {
+			return rep, fmt.Errorf("promote: fence applier: checkpoint kept changing: %w", ErrConflict)
+		}
+	}
+	rep.DataLossSince = rep.Checkpoint.SourceTime
+	if rep.StreamLastSeq > rep.Checkpoint.Position.Seq {
+		rep.Unapplied = rep.StreamLastSeq - rep.Checkpoint.Position.Seq
+	}
+	// Step 4: make the standby's revision pass every source revision seen.
+	if cfg.BumpRevision {
+		target := max(rep.Checkpoint.Position.Revision, rep.StreamLastRevision)
+		n, rev, err := bumpRevision(ctx, standby, target, cfg)
+		rep.Bumped, rep.StandbyRevision = n, max(rev, rep.StandbyRevision)
+		if err != nil {
+			return rep, err
+		}
+	}
+	if !rep.Drained && js != nil {
+		return rep, fmt.Errorf("promote: %d messages unapplied after %s (the standby is fenced): %w", rep.Unapplied, cfg.DrainTimeout, ErrNotDrained)
+	}
+	return rep, nil
+}
+
+// readStream records the stream's last sequence and newest source revision.
+func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream, name string) error {
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("promote: open stream %s: %w", name, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("promote: read stream %s: %w", name, err)
+	}
+	rep.StreamLastSeq = info.State.LastSeq
+	if info.State.LastSeq == 0 {
+		return nil
+	}
+	m, err := s.GetMsg(ctx, info.State.LastSeq)
+	if err != nil {
+		return fmt.Errorf("promote: read stream %s tail: %w", name, err)
+	}
+	var rev int64
+	if _, err := fmt.Sscan(m.Header.Get(streams.HeaderRevision), &rev); err == nil {
+		rep.StreamLastRevision = rev
+	}
+	return nil
+}
+
+// bumpKey is written repeatedly to raise the standby's revision: each
+// write adds exactly one revision.
+const bumpKey = keyspace.OwnPrefix + "promote/bump"
+
+// bumpWorkers is the number of concurrent writers raising the revision.
+const bumpWorkers = 8
+
+// bumpRevision writes bumpKey until the standby's revision exceeds target,
+// from bumpWorkers writers at once.
+func bumpRevision(ctx context.Context, cli *clientv3.Client, target int64, cfg PromoteConfig) (int64, int64, error) {
+	resp, err := cli.Put(ctx, bumpKey, "start")
+	if err != nil {
+		return 0, 0, fmt.Errorf("promote: bump revision: %w", err)
+	}
+	start := resp.Header.Revision
+	need := target + 1 - start
+	if need > cfg.BumpMax {
+		return 1, start, fmt.Errorf("promote: bump revision: %d revisions needed, more than the limit %d; use `etcdutl snapshot restore --bump-revision` offline instead", need, cfg.BumpMax)
+	}
+	var done, rev atomic.Int64
+	rev.Store(start)
+	g, gctx := errgroup.WithContext(ctx)
+	for range bumpWorkers {
+		g.Go(func() error {
+			for rev.Load() <= target {
+				r, err := cli.Put(gctx, bumpKey, "bump")
+				if err != nil {
+					return fmt.Errorf("promote: bump revision at %d of %d: %w", rev.Load(), target, err)
+				}
+				for cur := rev.Load(); r.Header.Revision > cur && !rev.CompareAndSwap(cur, r.Header.Revision); cur = rev.Load() {
+				}
+				if n := done.Add(1); cfg.Progress != nil && n%10000 == 0 {
+					cfg.Progress(n, need)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return done.Load() + 1, rev.Load(), err
+	}
+	d, err := cli.Delete(ctx, bumpKey)
+	if err != nil {
+		return done.Load() + 1, rev.Load(), fmt.Errorf("promote: bump revision: remove %s: %w", bumpKey, err)
+	}
+	return done.Load() + 2, d.Header.Revision, nil
+}

@@ -1,0 +1,134 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// Status is the pipeline as the standby sees it: its stream and its checkpoint.
+type Status struct {
+	Stream     StreamStatus `json:"stream"`
+	Checkpoint *Checkpoint  `json:"checkpoint,omitempty"` // nil: never applied anything
+	// State is one of "following", "bootstrapping" (a snapshot is being
+	// applied), "waiting" (nothing applied yet), "promoted".
+	State string `json:"state"`
+	// LagMessages counts stream messages not yet applied.
+	LagMessages uint64 `json:"lag_messages"`
+	// LagRevisions is the stream's newest source revision minus the
+	// checkpoint's (same generation only; -1 when not comparable).
+	LagRevisions int64 `json:"lag_revisions"`
+	// LagSeconds is 0 when everything in the stream is applied, otherwise
+	// the time since the publisher observed the last applied revision.
+	LagSeconds float64 `json:"lag_seconds"`
+}
+
+// StreamStatus describes the log stream.
+type StreamStatus struct {
+	Name     string `json:"name"`
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
+	Msgs     uint64 `json:"messages"`
+	Bytes    uint64 `json:"bytes"`
+	// Generation and Revision of the newest complete record (the publisher's position).
+	Generation uint64 `json:"generation"`
+	Revision   int64  `json:"revision"`
+	// NewestSnapshot is the newest snapshot-begin in the stream, if any.
+	NewestSnapshot *SnapshotRef `json:"newest_snapshot,omitempty"`
+}
+
+// SnapshotRef locates a snapshot in the stream.
+type SnapshotRef struct {
+	Seq        uint64    `json:"seq"`
+	Generation uint64    `json:"generation"`
+	Revision   int64     `json:"revision"`
+	Stored     time.Time `json:"stored"`
+}
+
+// ReadStatus reads the stream (js may be nil when unreachable: the stream
+// part stays empty) and the standby's checkpoint.
+func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetStream, stream, site, checkpointKey string) (Status, error) {
+	var st Status
+	st.Stream.Name = stream
+	if checkpointKey == "" {
+		checkpointKey = Config{Stream: stream}.checkpointKey()
+	}
+	if js != nil {
+		if err := st.Stream.read(ctx, js, stream, streams.Subjects{Site: site}); err != nil {
+			return st, err
+		}
+	}
+	ck, rev, err := ReadCheckpoint(ctx, standby, checkpointKey)
+	if err != nil {
+		return st, err
+	}
+	switch {
+	case rev == 0:
+		st.State = "waiting"
+		st.LagMessages = st.Stream.Msgs
+		st.LagRevisions = -1
+		return st, nil
+	case ck.Promoted:
+		st.State = "promoted"
+	case ck.Snapshot != nil:
+		st.State = "bootstrapping"
+	default:
+		st.State = "following"
+	}
+	st.Checkpoint = &ck
+	if st.Stream.LastSeq > ck.Position.Seq {
+		st.LagMessages = st.Stream.LastSeq - ck.Position.Seq
+		if !ck.SourceTime.IsZero() {
+			st.LagSeconds = time.Since(ck.SourceTime).Seconds()
+		}
+	}
+	st.LagRevisions = -1
+	if st.Stream.Generation == ck.Position.Generation && ck.Snapshot == nil {
+		st.LagRevisions = max(st.Stream.Revision-ck.Position.Revision, 0)
+	}
+	return st, nil
+}
+
+func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name string, subj streams.Subjects) error {
+	stream, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("open stream %s: %w", name, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", name, err)
+	}
+	s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes = info.State.FirstSeq, info.State.LastSeq, info.State.Msgs, info.State.Bytes
+	tail, err := streams.ReadTail(ctx, stream, subj)
+	if err != nil {
+		return err
+	}
+	s.Generation, s.Revision = tail.Generation, tail.Revision
+	m, err := stream.GetLastMsgForSubject(ctx, subj.SnapshotBegin())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find newest snapshot: %w", err)
+	}
+	f, err := streams.DecodeFrame(m.Data)
+	if err != nil {
+		return fmt.Errorf("newest snapshot at seq %d: %w", m.Sequence, err)
+	}
+	var a streams.Assembler
+	rec, done, err := a.Add(f)
+	if err != nil {
+		return fmt.Errorf("newest snapshot at seq %d: %w", m.Sequence, err)
+	}
+	if !done {
+		return fmt.Errorf("newest snapshot at seq %d: begin record split in parts: %w", m.Sequence, streams.ErrCorrupt)
+	}
+	s.NewestSnapshot = &SnapshotRef{Seq: m.Sequence, Generation: rec.Generation, Revision: rec.Revision, Stored: m.Time}
+	return nil
+}

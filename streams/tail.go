@@ -1,0 +1,68 @@
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Tail describes the last message of the log.
+type Tail struct {
+	// Seq is the stream sequence of the last log message; 0 for an empty log.
+	Seq        uint64
+	Kind       Kind
+	ClusterID  uint64
+	Generation uint64
+	// Revision is the last source revision whose record is complete in the log.
+	Revision int64
+	// Complete reports whether the log ends at a record boundary from which
+	// the same generation can continue. False for an empty log, a record whose
+	// last part is missing, and an unfinished snapshot.
+	Complete bool
+}
+
+// ReadTail reads the last message of the log stream: where a publisher
+// resumes, and how far the log goes.
+func ReadTail(ctx context.Context, stream jetstream.Stream, subj Subjects) (Tail, error) {
+	msg, err := stream.GetLastMsgForSubject(ctx, subj.LogWildcard())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Tail{}, nil
+	}
+	if err != nil {
+		return Tail{}, fmt.Errorf("read stream tail: %w", err)
+	}
+	f, err := DecodeFrame(msg.Data)
+	if err != nil {
+		return Tail{}, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
+	}
+	t := Tail{Seq: msg.Sequence, Kind: f.Kind}
+	if t.ClusterID, err = strconv.ParseUint(msg.Header.Get(HeaderCluster), 16, 64); err != nil {
+		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s: %w", msg.Sequence, HeaderCluster, err)
+	}
+	if t.Generation, err = strconv.ParseUint(msg.Header.Get(HeaderGeneration), 10, 64); err != nil {
+		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s: %w", msg.Sequence, HeaderGeneration, err)
+	}
+	if t.Revision, err = strconv.ParseInt(msg.Header.Get(HeaderRevision), 10, 64); err != nil {
+		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s: %w", msg.Sequence, HeaderRevision, err)
+	}
+	if part := msg.Header.Get(HeaderPart); part != strings.TrimSpace(fmt.Sprintf("%d/%d", f.Part, f.Parts)) {
+		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s %q disagrees with frame part %d/%d", msg.Sequence, HeaderPart, part, f.Part, f.Parts)
+	}
+	last := f.Part == f.Parts-1
+	switch f.Kind {
+	case KindRevision, KindSnapshotEnd:
+		t.Complete = last
+		if !last {
+			t.Revision-- // the tail revision itself is incomplete
+		}
+	case KindEpoch:
+		t.Complete = t.Revision > 0
+	default:
+		t.Complete = false
+	}
+	return t, nil
+}
