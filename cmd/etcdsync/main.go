@@ -3,6 +3,7 @@
 //
 //	etcdsync publish   watch the primary etcd, publish to the log
 //	etcdsync apply     replay the log into the standby etcd
+//	etcdsync audit     compare the standby with the primary, report and repair drift
 //	etcdsync sandbox   the whole pipeline in one process, with a workload
 //	etcdsync version   print the version
 //
@@ -10,7 +11,8 @@
 // (--etcd-endpoints from ETCDSYNC_ETCD_ENDPOINTS); the command line wins.
 //
 // Exit status: 0 success or a clean shutdown on SIGINT/SIGTERM; 1 a runtime
-// failure (and, for sandbox, drift); 2 bad usage.
+// failure (and, for sandbox and audit, drift); 2 bad usage (and, for audit,
+// could not audit).
 package main
 
 import (
@@ -55,6 +57,9 @@ type command struct {
 var commands = []command{
 	{"publish", "watch the primary etcd and publish its revisions to the JetStream log", runPublish},
 	{"apply", "replay the log into the standby etcd (exactly once, scoped by keyspace rules)", runApply},
+	{"audit", "compare the standby with the primary at a consistent point; report, publish and repair drift", runAudit},
+	{"status", "show the stream, the standby's checkpoint and the lag", runStatus},
+	{"promote", "fail over: drain, fence the applier, report the standby's final position", runPromote},
 	{"sandbox", "run two embedded etcds, embedded NATS, the pipeline and a workload, then check consistency", runSandbox},
 	{"version", "print the version", runVersion},
 }
@@ -91,6 +96,8 @@ var errDrift = errors.New("drift")
 // exitStatus reports err on stderr and maps it to an exit status.
 func exitStatus(ctx context.Context, cmd string, err error, stderr io.Writer) int {
 	var ue *usageError
+	var ae *auditError
+	var se *statusError
 	switch {
 	case err == nil, errors.Is(err, errHelp):
 		return exitOK
@@ -99,6 +106,14 @@ func exitStatus(ctx context.Context, cmd string, err error, stderr io.Writer) in
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "etcdsync %s: %s\nRun 'etcdsync %s -h' for usage.\n", cmd, ue.msg, cmd)
 		return exitUsage
+	case errors.As(err, &ae):
+		fmt.Fprintf(stderr, "etcdsync %s: could not audit: %v\n", cmd, ae.err)
+		return exitUsage
+	case errors.As(err, &se):
+		fmt.Fprintf(stderr, "etcdsync %s: could not read status: %v\n", cmd, se.err)
+		return exitUsage
+	case errors.Is(err, errLagging):
+		return exitFailure
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		// Interrupted during startup: a clean shutdown.
 		return exitOK
@@ -115,7 +130,7 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nRun 'etcdsync <command> -h' for the flags of a command. Every flag is also read from\n")
 	fmt.Fprintf(w, "ETCDSYNC_<FLAG> (e.g. --etcd-endpoints from ETCDSYNC_ETCD_ENDPOINTS); the command line wins.\n")
-	fmt.Fprintf(w, "Exit status: 0 success or clean shutdown, 1 failure (sandbox: drift), 2 bad usage.\n")
+	fmt.Fprintf(w, "Exit status: 0 success or clean shutdown, 1 failure (sandbox, audit: drift), 2 bad usage (audit: could not audit).\n")
 }
 
 func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {

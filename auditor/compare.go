@@ -1,0 +1,287 @@
+package auditor
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// partialRetries and partialWait bound how long Audit waits for the applier
+// to finish a record split across standby transactions.
+const (
+	partialRetries = 50
+	partialWait    = 20 * time.Millisecond
+)
+
+// cut is the consistent point of one audit.
+type cut struct {
+	standbyRev int64
+	pos        streams.Position
+}
+
+// readCut reads the checkpoint from the standby: the response's revision is
+// S and the checkpoint is its value at S. A checkpoint whose record is half
+// applied (Partial) is not a consistent point: it is read again until the
+// applier completes the record.
+func (a *Auditor) readCut(ctx context.Context) (cut, error) {
+	key := a.cfg.checkpointKey()
+	for attempt := 0; ; attempt++ {
+		resp, err := a.standby.Get(ctx, key)
+		if err != nil {
+			return cut{}, fmt.Errorf("read standby checkpoint %s: %w", key, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return cut{}, fmt.Errorf("no checkpoint at %s on the standby: %w", key, ErrNotBootstrapped)
+		}
+		var ck applier.Checkpoint
+		if err := json.Unmarshal(resp.Kvs[0].Value, &ck); err != nil {
+			return cut{}, fmt.Errorf("decode standby checkpoint %s: %w", key, err)
+		}
+		switch {
+		case ck.Promoted:
+			return cut{}, fmt.Errorf("checkpoint %s: the standby was promoted, there is no primary to compare with", key)
+		case ck.Snapshot != nil:
+			return cut{}, fmt.Errorf("checkpoint %s: snapshot at source revision %d being applied (%d keys so far): %w",
+				key, ck.Snapshot.Revision, ck.Snapshot.Keys, ErrNotBootstrapped)
+		case ck.Position.Revision == 0:
+			return cut{}, fmt.Errorf("checkpoint %s holds no source revision: %w", key, ErrNotBootstrapped)
+		case ck.Partial != nil:
+			if attempt >= partialRetries {
+				return cut{}, fmt.Errorf("checkpoint %s: a record after source revision %d stays half applied (the applier stopped mid-record?); retry later",
+					key, ck.Position.Revision)
+			}
+			select {
+			case <-ctx.Done():
+				return cut{}, ctx.Err()
+			case <-time.After(partialWait):
+			}
+			continue
+		}
+		return cut{standbyRev: resp.Header.Revision, pos: ck.Position}, nil
+	}
+}
+
+// keyRange returns the range of keys compared: the publisher's prefix, or
+// every key.
+func (a *Auditor) keyRange() (start, end string) {
+	if a.cfg.Prefix == "" {
+		return "\x00", "\x00"
+	}
+	return a.cfg.Prefix, clientv3.GetPrefixRangeEnd(a.cfg.Prefix)
+}
+
+// checkPrimary checks, with one small read, that the primary is the cluster
+// the standby follows and still holds revision P.
+func (a *Auditor) checkPrimary(ctx context.Context, c cut) error {
+	start, end := a.keyRange()
+	resp, err := a.primary.Get(ctx, start, clientv3.WithRange(end), clientv3.WithRev(c.pos.Revision),
+		clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if err != nil {
+		return a.primaryErr(err, c)
+	}
+	if id := resp.Header.ClusterId; id != c.pos.ClusterID {
+		return fmt.Errorf("the standby follows source cluster %x but the primary is cluster %x: check --primary-endpoints", c.pos.ClusterID, id)
+	}
+	return nil
+}
+
+// primaryErr maps the primary's answer to a read at P.
+func (a *Auditor) primaryErr(err error, c cut) error {
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return fmt.Errorf("read primary at source revision %d: %w: retry when the applier has caught up, or re-seed the standby", c.pos.Revision, ErrCompacted)
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return fmt.Errorf("read primary at source revision %d: the primary is behind the standby's checkpoint (restored from a backup?): %w", c.pos.Revision, err)
+	}
+	return fmt.Errorf("read primary at source revision %d: %w", c.pos.Revision, err)
+}
+
+// compare reads both sides at the cut, page by page, and merges them.
+func (a *Auditor) compare(ctx context.Context, rep *Report, c cut) error {
+	start, end := a.keyRange()
+	g, gctx := errgroup.WithContext(ctx)
+	primary := make(chan []*mvccpb.KeyValue, 1)
+	standby := make(chan []*mvccpb.KeyValue, 1)
+	g.Go(func() error {
+		err := a.pages(gctx, a.primary, start, end, c.pos.Revision, primary)
+		if err != nil {
+			return a.primaryErr(err, c)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		err := a.pages(gctx, a.standby, start, end, c.standbyRev, standby)
+		if err != nil {
+			return fmt.Errorf("read standby at revision %d: %w", c.standbyRev, err)
+		}
+		return nil
+	})
+	g.Go(func() error { return a.merge(gctx, rep, primary, standby) })
+	return g.Wait()
+}
+
+// pages sends every key of [start, end) at revision rev to out, one page
+// per Get, in key order, and closes out.
+func (a *Auditor) pages(ctx context.Context, cli *clientv3.Client, start, end string, rev int64, out chan<- []*mvccpb.KeyValue) error {
+	defer close(out)
+	key := start
+	for {
+		resp, err := cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(a.cfg.PageSize))
+		if err != nil {
+			return fmt.Errorf("read page after %q: %w", key, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil
+		}
+		// The next page starts after this one's last key; the merge owns
+		// the page once sent.
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		select {
+		case out <- resp.Kvs:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !resp.More {
+			return nil
+		}
+	}
+}
+
+// side iterates over the in-scope keys of one side's pages.
+type side struct {
+	a    *Auditor
+	ch   <-chan []*mvccpb.KeyValue
+	page []*mvccpb.KeyValue
+	cur  *mvccpb.KeyValue // nil at the end
+	n    int64            // in-scope keys seen
+}
+
+// next advances to the next in-scope key; cur is nil at the end.
+func (s *side) next(ctx context.Context) error {
+	for {
+		for len(s.page) > 0 {
+			kv := s.page[0]
+			s.page[0] = nil // let the page go as it is consumed
+			s.page = s.page[1:]
+			if s.a.inScope(kv.Key) {
+				s.cur = kv
+				s.n++
+				return nil
+			}
+		}
+		select {
+		case p, ok := <-s.ch:
+			if !ok {
+				s.cur = nil
+				return nil
+			}
+			s.page = p
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// merge walks both sides in key order and records every difference.
+func (a *Auditor) merge(ctx context.Context, rep *Report, primary, standby <-chan []*mvccpb.KeyValue) error {
+	p, s := &side{a: a, ch: primary}, &side{a: a, ch: standby}
+	if err := p.next(ctx); err != nil {
+		return err
+	}
+	if err := s.next(ctx); err != nil {
+		return err
+	}
+	began := time.Now()
+	lastProgress := began
+	for p.cur != nil || s.cur != nil {
+		var cmp int
+		switch {
+		case p.cur == nil:
+			cmp = 1
+		case s.cur == nil:
+			cmp = -1
+		default:
+			cmp = bytes.Compare(p.cur.Key, s.cur.Key)
+		}
+		rep.Compared++
+		var err error
+		switch {
+		case cmp < 0:
+			k := newKeyDrift(p.cur.Key, Missed)
+			k.PrimaryModRevision, k.PrimarySHA256 = p.cur.ModRevision, hash(p.cur.Value)
+			a.record(rep, k)
+			err = p.next(ctx)
+		case cmp > 0:
+			k := newKeyDrift(s.cur.Key, Surplus)
+			k.StandbyModRevision, k.StandbySHA256 = s.cur.ModRevision, hash(s.cur.Value)
+			a.record(rep, k)
+			err = s.next(ctx)
+		default:
+			if !bytes.Equal(p.cur.Value, s.cur.Value) {
+				k := newKeyDrift(p.cur.Key, Mismatched)
+				k.PrimaryModRevision, k.PrimarySHA256 = p.cur.ModRevision, hash(p.cur.Value)
+				k.StandbyModRevision, k.StandbySHA256 = s.cur.ModRevision, hash(s.cur.Value)
+				a.record(rep, k)
+			}
+			if err = p.next(ctx); err == nil {
+				err = s.next(ctx)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if a.cfg.Progress != nil && rep.Compared%1024 == 0 && time.Since(lastProgress) >= 200*time.Millisecond {
+			lastProgress = time.Now()
+			a.cfg.Progress(rep.Compared, lastProgress.Sub(began))
+		}
+	}
+	rep.PrimaryKeys, rep.StandbyKeys = p.n, s.n
+	if a.cfg.Progress != nil {
+		a.cfg.Progress(rep.Compared, time.Since(began))
+	}
+	return nil
+}
+
+// record adds a drifted key to the report.
+func (a *Auditor) record(rep *Report, k KeyDrift) {
+	switch k.State {
+	case Missed:
+		rep.Missed.add(k, a.cfg.MaxKeys)
+	case Surplus:
+		rep.Surplus.add(k, a.cfg.MaxKeys)
+	case Mismatched:
+		rep.Mismatched.add(k, a.cfg.MaxKeys)
+	}
+	if len(rep.tracked) < a.cfg.tracked() {
+		rep.tracked = append(rep.tracked, k)
+	}
+}
+
+// inScope reports whether key is compared: under the prefix (guaranteed by
+// the ranges read) and allowed by the rules.
+func (a *Auditor) inScope(key []byte) bool {
+	return a.rules.Allowed(key) && bytes.HasPrefix(key, a.prefix)
+}
+
+// hash returns the hex SHA-256 of v.
+func hash(v []byte) string {
+	h := sha256.Sum256(v)
+	return hex.EncodeToString(h[:])
+}
+
+// clusterHex formats a cluster ID like streams.Position does.
+func clusterHex(id uint64) string { return strconv.FormatUint(id, 16) }

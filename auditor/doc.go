@@ -1,0 +1,119 @@
+// Package auditor compares the standby etcd with the primary at one
+// consistent point, reports the drift (keys missed, surplus, mismatched),
+// publishes it as drift events on JetStream, serves it over HTTP, and
+// repairs it on request without racing the applier.
+//
+// # The consistent cut
+//
+// The applier writes its checkpoint (applier.Checkpoint, default key
+// "/etcdsync/checkpoint/<stream>") in the same standby transaction as the
+// operations it covers. So at any standby revision S, the standby's
+// in-scope keyspace is exactly the primary's in-scope keyspace at the
+// source revision P recorded in the checkpoint at S. Audit reads the
+// checkpoint (the response's header revision is S), then reads the standby
+// pinned at S and the primary pinned at P (clientv3.WithRev), both in key
+// order with paginated Gets of Config.PageSize keys, and merges the two
+// streams. Writes that reach either side during the audit are invisible to
+// it: there are no false positives from revisions in flight.
+//
+// An audit cannot run (it returns an error, and `etcdsync audit --once`
+// exits 2) when the checkpoint is absent or a snapshot is being applied
+// (ErrNotBootstrapped); when the primary has compacted past P
+// (ErrCompacted: retry when the applier has caught up, or re-seed); when
+// the primary is not the cluster the checkpoint follows; or while a record
+// split across standby transactions stays half applied (checkpoint
+// Partial; Audit waits up to a second for the applier to finish it).
+//
+// # Invariants
+//
+//   - Audit never writes to either etcd; it reads each side at one pinned
+//     revision.
+//   - Memory is bounded by a page per side (each side's reader runs one
+//     page ahead of the merge) plus the drifted keys remembered
+//     (Config.MaxTrackedKeys), never by the size of the keyspace.
+//   - Scope: a key is compared when it is under Config.Prefix (the
+//     publisher's prefix) and keyspace.Rules.Allowed by Config.Scope, the
+//     applier's rules. Keys outside are neither reported nor repaired.
+//   - Values are compared byte for byte (both values are in memory for the
+//     merge, so this is exact and cheaper than hashing both); reports and
+//     events carry the SHA-256 of each side's value of a drifted key, never
+//     the value.
+//   - Repair never races the applier: every repair transaction compares
+//     the checkpoint's mod revision (as just read) and the key's standby
+//     mod revision (as the audit saw it), and writes only the key, never the
+//     checkpoint. A key is repaired only if the primary's current value is
+//     still the one compared at P; otherwise it is in flight and skipped.
+//     Surplus keys are deleted only with Config.RepairSurplus.
+//
+// # Drift events
+//
+// With a JetStream context, every report is published on the drift stream
+// (default "ETCDSYNC_DRIFT"; subjects "etcdsync.<site>.drift" and
+// "etcdsync.<site>.drift.>"; file storage, MaxAge default 7 days, discard
+// old), created or updated on the first audit. Each run publishes up to
+// Config.MaxEvents per-key events on "etcdsync.<site>.drift.key", in key
+// order, then exactly one summary event on "etcdsync.<site>.drift.summary"
+// (also when nothing drifted). Each message has a Nats-Msg-Id of
+// "<run_id>:<index>" or "<run_id>:summary". Bodies are JSON; consumers
+// should ignore unknown fields and check "schema". Subscribe with
+// `nats sub 'etcdsync.primary.drift.>'` or a durable consumer on the stream.
+//
+// Summary event (schema "etcdsync.drift.summary/v1"):
+//
+//	schema               string  "etcdsync.drift.summary/v1"
+//	run_id               string  identifies the run; key events carry the same
+//	time                 string  RFC 3339 time of publication
+//	site                 string  the site of the log (subject token)
+//	prefix               string  publisher prefix compared ("" = every key)
+//	cluster_id           string  source (primary) cluster ID, hex
+//	generation           number  generation of the log the standby follows
+//	source_revision      number  P: primary revision compared
+//	standby_revision     number  S: standby revision compared
+//	stream_seq           number  log stream sequence of the checkpoint at S
+//	consistent           bool    true when nothing drifted
+//	keys_compared        number  distinct in-scope keys seen on either side
+//	missed               number  keys on the primary only
+//	surplus              number  keys on the standby only
+//	mismatched           number  keys whose values differ
+//	key_events           number  per-key events published before this summary
+//	key_events_truncated bool    more keys drifted than key_events
+//	duration_seconds     number  time the comparison took
+//
+// Key event (schema "etcdsync.drift.key/v1"): run_id, time, site,
+// cluster_id, generation, source_revision and standby_revision as above, and
+//
+//	index                number  0-based index of the event in its run
+//	key                  string  the etcd key (invalid UTF-8 replaced)
+//	key_base64           string  exact key, base64; only when key is not UTF-8
+//	state                string  "missed", "surplus" or "mismatched"
+//	primary_mod_revision number  key's mod revision on the primary at P (absent if 0)
+//	standby_mod_revision number  key's mod revision on the standby at S (absent if 0)
+//	primary_sha256       string  hex SHA-256 of the primary's value (absent for surplus)
+//	standby_sha256       string  hex SHA-256 of the standby's value (absent for missed)
+//
+// Example key event:
+//
+//	{"schema":"etcdsync.drift.key/v1","run_id":"20250101T120000Z-1a2b3c4d",
+//	 "time":"2025-01-01T12:00:00.41Z","site":"primary","cluster_id":"cdf818194e3a8c32",
+//	 "generation":1,"source_revision":48211,"standby_revision":51007,"index":0,
+//	 "key":"/registry/configmaps/app/settings","state":"mismatched",
+//	 "primary_mod_revision":48100,"standby_mod_revision":50990,
+//	 "primary_sha256":"9f86d08...","standby_sha256":"60303ae..."}
+//
+// Example summary event:
+//
+//	{"schema":"etcdsync.drift.summary/v1","run_id":"20250101T120000Z-1a2b3c4d",
+//	 "time":"2025-01-01T12:00:00.41Z","site":"primary","prefix":"",
+//	 "cluster_id":"cdf818194e3a8c32","generation":1,"source_revision":48211,
+//	 "standby_revision":51007,"stream_seq":48390,"consistent":false,
+//	 "keys_compared":10234,"missed":0,"surplus":0,"mismatched":1,
+//	 "key_events":1,"key_events_truncated":false,"duration_seconds":0.31}
+//
+// # HTTP and metrics
+//
+// CheckHandler serves the last report (/check). Metrics, registered on the
+// Registerer given to New: etcdsync_auditor_keys{state="missed|surplus|mismatched"},
+// etcdsync_auditor_keys_compared, etcdsync_auditor_last_run_timestamp_seconds,
+// etcdsync_auditor_last_run_duration_seconds, etcdsync_auditor_errors_total
+// and etcdsync_auditor_repaired_keys_total.
+package auditor

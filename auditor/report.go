@@ -1,0 +1,235 @@
+package auditor
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// State is the kind of drift of one key.
+type State string
+
+// Drift states.
+const (
+	// Missed: the key is on the primary (at the source revision) and not
+	// on the standby.
+	Missed State = "missed"
+	// Surplus: the key is on the standby only.
+	Surplus State = "surplus"
+	// Mismatched: the key is on both sides with different values.
+	Mismatched State = "mismatched"
+)
+
+// KeyDrift is one drifted key as the audit saw it.
+type KeyDrift struct {
+	// Key is the etcd key. Bytes that are not valid UTF-8 are replaced in
+	// JSON; KeyBase64 then holds the exact key.
+	Key string `json:"key"`
+	// KeyBase64 is the key in standard base64, set only when Key is not
+	// valid UTF-8.
+	KeyBase64 string `json:"key_base64,omitempty"`
+	// State says how the key drifted.
+	State State `json:"state"`
+	// PrimaryModRevision is the key's mod revision on the primary at the
+	// source revision (0 for surplus keys).
+	PrimaryModRevision int64 `json:"primary_mod_revision,omitempty"`
+	// StandbyModRevision is the key's mod revision on the standby at the
+	// standby revision (0 for missed keys).
+	StandbyModRevision int64 `json:"standby_mod_revision,omitempty"`
+	// PrimarySHA256 and StandbySHA256 are the hex SHA-256 of the values on
+	// each side (empty where the key is absent). Values themselves never
+	// leave etcd.
+	PrimarySHA256 string `json:"primary_sha256,omitempty"`
+	StandbySHA256 string `json:"standby_sha256,omitempty"`
+}
+
+// newKeyDrift returns the KeyDrift of key, encoding it when it is not UTF-8.
+func newKeyDrift(key []byte, st State) KeyDrift {
+	k := KeyDrift{Key: string(key), State: st}
+	if !utf8.Valid(key) {
+		k.KeyBase64 = base64.StdEncoding.EncodeToString(key)
+	}
+	return k
+}
+
+// rawKey returns the exact key bytes.
+func (k KeyDrift) rawKey() (string, error) {
+	if k.KeyBase64 == "" {
+		return k.Key, nil
+	}
+	b, err := base64.StdEncoding.DecodeString(k.KeyBase64)
+	if err != nil {
+		return "", fmt.Errorf("decode key_base64 of %q: %w", k.Key, err)
+	}
+	return string(b), nil
+}
+
+// DriftList counts the keys of one state and lists the first of them.
+type DriftList struct {
+	// Count is the number of keys in this state.
+	Count int64 `json:"count"`
+	// Keys are the first Config.MaxKeys of them, in key order.
+	Keys []KeyDrift `json:"keys"`
+}
+
+func (l *DriftList) add(k KeyDrift, limit int) {
+	l.Count++
+	if len(l.Keys) < limit {
+		l.Keys = append(l.Keys, k)
+	}
+}
+
+// EventStatus tells whether a report was published as drift events.
+type EventStatus struct {
+	// Published is true when every event was acknowledged by JetStream.
+	Published bool `json:"published"`
+	// Stream and Subject say where: Subject is the prefix of the summary
+	// and key subjects.
+	Stream  string `json:"stream,omitempty"`
+	Subject string `json:"subject,omitempty"`
+	// Messages is the number of messages acknowledged (summary included).
+	Messages int `json:"messages"`
+	// Truncated is true when more keys drifted than per-key events were sent.
+	Truncated bool `json:"truncated,omitempty"`
+	// Error says why events were not (completely) published.
+	Error string `json:"error,omitempty"`
+}
+
+// Report is the outcome of one audit: the position compared and the keys
+// that differ.
+type Report struct {
+	// ID identifies the run; drift events carry it as run_id.
+	ID string `json:"id"`
+	// Time is when the audit started; DurationSeconds how long it took.
+	Time            time.Time `json:"time"`
+	DurationSeconds float64   `json:"duration_seconds"`
+	// Site and Prefix are the configured site and publisher prefix.
+	Site   string `json:"site"`
+	Prefix string `json:"prefix"`
+	// ClusterID (hex), Generation, SourceRevision (P) and StreamSeq are
+	// the standby's checkpoint at StandbyRevision (S): the standby was
+	// read at S and the primary at P.
+	ClusterID       string `json:"cluster_id"`
+	Generation      uint64 `json:"generation"`
+	SourceRevision  int64  `json:"source_revision"`
+	StreamSeq       uint64 `json:"stream_seq"`
+	StandbyRevision int64  `json:"standby_revision"`
+	// Compared counts the distinct in-scope keys seen on either side;
+	// PrimaryKeys and StandbyKeys count each side's in-scope keys.
+	Compared    int64 `json:"keys_compared"`
+	PrimaryKeys int64 `json:"primary_keys"`
+	StandbyKeys int64 `json:"standby_keys"`
+	// Consistent is true when nothing drifted.
+	Consistent bool `json:"consistent"`
+	// Missed, Surplus and Mismatched count and list the drifted keys.
+	Missed     DriftList `json:"missed"`
+	Surplus    DriftList `json:"surplus"`
+	Mismatched DriftList `json:"mismatched"`
+	// Events says whether the report went out as drift events.
+	Events EventStatus `json:"events"`
+
+	// tracked are the first Config.MaxTrackedKeys drifted keys of every
+	// state, in key order, for events and Repair (not serialized).
+	tracked []KeyDrift
+}
+
+// Drifted returns the number of drifted keys.
+func (r *Report) Drifted() int64 { return r.Missed.Count + r.Surplus.Count + r.Mismatched.Count }
+
+// Position returns the source position the standby held at StandbyRevision.
+func (r *Report) Position() streams.Position {
+	id, _ := strconv.ParseUint(r.ClusterID, 16, 64)
+	return streams.Position{ClusterID: id, Generation: r.Generation, Revision: r.SourceRevision, Seq: r.StreamSeq}
+}
+
+// keys returns the drifted keys Repair works on: the tracked keys of a
+// report from Audit, or the listed keys of a report read back from JSON.
+func (r *Report) keys() (keys []KeyDrift, untracked int64) {
+	if r.tracked != nil {
+		return r.tracked, r.Drifted() - int64(len(r.tracked))
+	}
+	for _, l := range []struct {
+		st   State
+		list *DriftList
+	}{{Missed, &r.Missed}, {Mismatched, &r.Mismatched}, {Surplus, &r.Surplus}} {
+		for _, k := range l.list.Keys {
+			if k.State == "" {
+				k.State = l.st
+			}
+			keys = append(keys, k)
+		}
+	}
+	return keys, r.Drifted() - int64(len(keys))
+}
+
+// printable returns k as is when every rune prints, quoted otherwise.
+func printable(k string) string {
+	for _, c := range k {
+		if c == utf8.RuneError || !strconv.IsPrint(c) {
+			return strconv.Quote(k)
+		}
+	}
+	return k
+}
+
+// WriteText writes the report for people: the position compared, each kind
+// of drift with its first keys, and what to do about it.
+func (r *Report) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "etcdsync audit %s at %s (%.2fs)\n", r.ID, r.Time.UTC().Format(time.RFC3339), r.DurationSeconds)
+	fmt.Fprintf(&b, "position: standby revision %d holds source cluster %s generation %d revision %d (stream seq %d)\n",
+		r.StandbyRevision, r.ClusterID, r.Generation, r.SourceRevision, r.StreamSeq)
+	prefix := "every key"
+	if r.Prefix != "" {
+		prefix = "keys under " + strconv.Quote(r.Prefix)
+	}
+	fmt.Fprintf(&b, "compared: %d in-scope keys (%s; primary %d, standby %d)\n", r.Compared, prefix, r.PrimaryKeys, r.StandbyKeys)
+	if r.Consistent {
+		fmt.Fprintf(&b, "result: CONSISTENT, no drift\n")
+	} else {
+		fmt.Fprintf(&b, "result: DRIFT, %d key(s) differ (%d missed, %d surplus, %d mismatched)\n",
+			r.Drifted(), r.Missed.Count, r.Surplus.Count, r.Mismatched.Count)
+	}
+	section := func(l *DriftList, title, what, fix string) {
+		if l.Count == 0 {
+			return
+		}
+		fmt.Fprintf(&b, "\nLOCAL ETCD %s: %d (%s)\n", title, l.Count, what)
+		for _, k := range l.Keys {
+			fmt.Fprintf(&b, "  %s", printable(k.Key))
+			if k.State == Mismatched {
+				fmt.Fprintf(&b, "  primary sha256:%.12s standby sha256:%.12s", k.PrimarySHA256, k.StandbySHA256)
+			}
+			b.WriteString("\n")
+		}
+		if n := l.Count - int64(len(l.Keys)); n > 0 {
+			fmt.Fprintf(&b, "  ... and %d more (--max-keys, or --json)\n", n)
+		}
+		fmt.Fprintf(&b, "  what to do: %s\n", fix)
+	}
+	section(&r.Missed, "missed keys", "on the primary, not on the standby",
+		"re-apply them from the primary with `etcdsync audit --once --repair`")
+	section(&r.Surplus, "surplus keys", "on the standby only",
+		"confirm with the team that nobody wrote them on the standby on purpose, then delete them with `etcdsync audit --once --repair --repair-surplus`")
+	section(&r.Mismatched, "mismatched keys", "different values",
+		"re-apply the primary's values with `etcdsync audit --once --repair`")
+	b.WriteString("\n")
+	switch e := r.Events; {
+	case e.Published:
+		fmt.Fprintf(&b, "drift events: %d messages published on %s.> (stream %s)", e.Messages, e.Subject, e.Stream)
+		if e.Truncated {
+			b.WriteString("; per-key events truncated (--max-events)")
+		}
+		b.WriteString("\n")
+	default:
+		fmt.Fprintf(&b, "drift events: not published: %s\n", e.Error)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

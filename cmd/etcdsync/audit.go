@@ -1,0 +1,347 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/etcdsync/etcdsync/auditor"
+	"github.com/etcdsync/etcdsync/keyspace"
+)
+
+// defaultAuditMetricsAddr is where `audit --interval` serves /check and
+// /metrics by default: loopback, a port of its own (9094), since the
+// auditor usually runs next to an applier serving on another port.
+const defaultAuditMetricsAddr = "127.0.0.1:9094"
+
+// auditError is an audit that could not run (an etcd unreachable, no
+// checkpoint, the primary compacted past the source revision): exit 2.
+type auditError struct{ err error }
+
+func (e *auditError) Error() string { return e.err.Error() }
+func (e *auditError) Unwrap() error { return e.err }
+
+// auditOptions are the flags of `etcdsync audit`.
+type auditOptions struct {
+	primary       etcdFlags
+	standby       etcdFlags
+	nats          natsFlags
+	site          string
+	stream        string
+	checkpointKey string
+	prefix        string
+	scope         scopeFlags
+	once          bool
+	interval      time.Duration
+	json          bool
+	maxKeys       int
+	maxEvents     int
+	pageSize      int
+	repair        bool
+	repairSurplus bool
+	driftStream   string
+	driftMaxAge   time.Duration
+	metricsAddr   string
+	log           logFlags
+}
+
+// registerSide defines the connection flags of one etcd (side "primary" or
+// "standby"): --<side>-endpoints, TLS and auth.
+func registerSide(f *flagSet, e *etcdFlags, side string) {
+	f.List(&e.endpoints, side+"-endpoints", nil, "comma-separated client `URLS` of the "+side+" etcd (required)")
+	f.String(&e.cacert, side+"-cacert", "", "`FILE` with the CA certificates that verify the "+side+" etcd servers (TLS)")
+	f.String(&e.cert, side+"-cert", "", "client certificate `FILE` for the "+side+" etcd (TLS; needs --"+side+"-key)")
+	f.String(&e.key, side+"-key", "", "client key `FILE` for the "+side+" etcd (TLS; needs --"+side+"-cert)")
+	f.String(&e.username, side+"-username", "", "`USER` of the "+side+" etcd (etcd auth)")
+	f.String(&e.password, side+"-password", "", "`PASSWORD` of the "+side+" etcd (etcd auth; prefer the environment variable)")
+}
+
+// validateSide checks the flags of one etcd without touching the network.
+func validateSide(cmd, side string, e *etcdFlags) error {
+	if len(e.endpoints) == 0 {
+		return usageErrorf(cmd, "--%s-endpoints is required", side)
+	}
+	if (e.cert == "") != (e.key == "") {
+		return usageErrorf(cmd, "--%s-cert and --%s-key must be given together", side, side)
+	}
+	if e.password != "" && e.username == "" {
+		return usageErrorf(cmd, "--%s-password needs --%s-username", side, side)
+	}
+	return nil
+}
+
+func auditFlags(o *auditOptions) *flagSet {
+	def := auditor.DefaultConfig()
+	f := newFlagSet("audit", "--primary-endpoints URLS --standby-endpoints URLS [--once|--interval D] [flags]",
+		"Compares the standby etcd with the primary at one consistent point: the standby at its\n"+
+			"revision S, the primary at the source revision P of the applier's checkpoint at S, so\n"+
+			"writes in flight never show as drift. Reports keys missed (primary only), surplus\n"+
+			"(standby only) and mismatched (values differ, compared byte for byte; SHA-256 shown),\n"+
+			"within the same scope rules as `apply` (give it the same scope flags and --prefix).\n"+
+			"With --nats-url every report is also published as drift events on\n"+
+			"etcdsync.<site>.drift.summary and etcdsync.<site>.drift.key (stream --drift-stream).\n\n"+
+			"--once audits once: exit 0 consistent, 1 drift found, 2 could not audit. Otherwise it\n"+
+			"audits every --interval and serves /check (the last report; JSON with\n"+
+			"Accept: application/json or ?format=json), /metrics, /healthz and /readyz on --metrics-addr.\n"+
+			"--repair (implies --once) re-applies missed and mismatched keys from the primary, never\n"+
+			"racing the applier, then audits again; surplus keys are deleted only with --repair-surplus.")
+	registerSide(f, &o.primary, "primary")
+	registerSide(f, &o.standby, "standby")
+	o.nats.register(f, "`URL` of the NATS servers for drift events (comma-separated); empty: no drift events")
+	f.String(&o.site, "site", def.Site, "`NAME` of the publishing site in subjects (etcdsync.<NAME>.drift.>)")
+	f.String(&o.stream, "stream", def.Stream, "`NAME` of the log stream (names the checkpoint key)")
+	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the applier's checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
+	f.String(&o.prefix, "prefix", "", "the publisher's --prefix: compare only keys under `PREFIX` (empty: every key)")
+	o.scope.register(f, nil)
+	f.Bool(&o.once, "once", false, "audit once and exit: 0 consistent, 1 drift, 2 could not audit")
+	f.Duration(&o.interval, "interval", def.Interval, "time between audits without --once (the Data Check `INTERVAL`)")
+	f.Bool(&o.json, "json", false, "print the report as JSON (with --once)")
+	f.Int(&o.maxKeys, "max-keys", def.MaxKeys, "list the first `N` keys of each kind of drift")
+	f.Int(&o.maxEvents, "max-events", def.MaxEvents, "publish at most `N` per-key drift events per audit (the summary is always published)")
+	f.Int(&o.pageSize, "page-size", int(def.PageSize), "`N` keys per paginated read of each etcd")
+	f.Bool(&o.repair, "repair", false, "re-apply missed and mismatched keys from the primary, then audit again (implies --once)")
+	f.Bool(&o.repairSurplus, "repair-surplus", false, "with --repair, also delete surplus keys from the standby (confirm with the team first)")
+	f.String(&o.driftStream, "drift-stream", def.DriftStream, "`NAME` of the stream holding drift events")
+	f.Duration(&o.driftMaxAge, "drift-max-age", def.DriftMaxAge, "keep drift events for `DURATION`")
+	f.String(&o.metricsAddr, "metrics-addr", defaultAuditMetricsAddr, "serve /check, /metrics, /healthz and /readyz on `ADDR` without --once (empty: off)")
+	o.log.register(f, "info")
+	return f
+}
+
+// config builds the auditor configuration from the flags.
+func (o *auditOptions) config() auditor.Config {
+	cfg := auditor.DefaultConfig()
+	cfg.Stream = o.stream
+	cfg.Site = o.site
+	cfg.CheckpointKey = o.checkpointKey
+	cfg.Prefix = o.prefix
+	cfg.Scope = o.scope.config()
+	cfg.Interval = o.interval
+	cfg.MaxKeys = o.maxKeys
+	cfg.MaxEvents = o.maxEvents
+	cfg.PageSize = int64(o.pageSize)
+	cfg.RepairSurplus = o.repairSurplus
+	cfg.DriftStream = o.driftStream
+	cfg.DriftMaxAge = o.driftMaxAge
+	return cfg
+}
+
+func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const cmd = "audit"
+	var o auditOptions
+	if err := auditFlags(&o).parse(args, stdout); err != nil {
+		return err
+	}
+	if err := validateSide(cmd, "primary", &o.primary); err != nil {
+		return err
+	}
+	if err := validateSide(cmd, "standby", &o.standby); err != nil {
+		return err
+	}
+	if err := o.nats.validate(cmd); err != nil {
+		return err
+	}
+	if o.repairSurplus && !o.repair {
+		return usageErrorf(cmd, "--repair-surplus needs --repair")
+	}
+	once := o.once || o.repair
+	log, err := o.log.logger(cmd, stderr)
+	if err != nil {
+		return err
+	}
+	cfg := o.config()
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		return usageErrorf(cmd, "%v", err)
+	}
+	if once && !o.json && isTerminal(stderr) {
+		cfg.Progress = func(n int64, d time.Duration) {
+			fmt.Fprintf(stderr, "\raudit: %d keys compared (%.0f keys/s)   ", n, float64(n)/max(d.Seconds(), 1e-3))
+		}
+	}
+	// A single audit that cannot reach an etcd could not audit (exit 2).
+	fail := func(err error) error {
+		if once && !errors.Is(err, context.Canceled) {
+			return &auditError{err: err}
+		}
+		return err
+	}
+
+	primary, err := o.primary.connect(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("primary %w", err))
+	}
+	defer primary.Close()
+	standby, err := o.standby.connect(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("standby %w", err))
+	}
+	defer standby.Close()
+	var (
+		js    jetstream.JetStream
+		conns []*nats.Conn
+	)
+	if o.nats.url != "" {
+		nc, err := o.nats.connect(o.nats.url, "etcdsync-audit", log)
+		if err != nil {
+			return fail(err)
+		}
+		defer nc.Close()
+		if js, err = jetstream.New(nc); err != nil {
+			return fail(fmt.Errorf("nats %s: %w", o.nats.url, err))
+		}
+		conns = append(conns, nc)
+	}
+
+	reg := newRegistry()
+	a, err := auditor.New(cfg, primary, standby, js, reg)
+	if err != nil {
+		return err
+	}
+	if !once {
+		log.Info("auditor starting", "primary", o.primary.endpoints, "standby", o.standby.endpoints, "nats", o.nats.url,
+			"interval", cfg.Interval, "site", cfg.Site, "prefix", cfg.Prefix, "keyspace", cfg.Scope.Mode)
+		if js == nil {
+			log.Warn("no --nats-url: reports are not published as drift events")
+		}
+		return runAuditServed(ctx, log, o.metricsAddr, reg, conns, a)
+	}
+	return auditOnce(ctx, &o, a, stdout, stderr)
+}
+
+// auditOnce audits, prints the report, repairs on request and maps the
+// outcome to the exit status.
+func auditOnce(ctx context.Context, o *auditOptions, a *auditor.Auditor, stdout, stderr io.Writer) error {
+	rep, err := a.Audit(ctx)
+	clearProgress(stderr, o)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
+		return &auditError{err: err}
+	}
+	out := struct {
+		Report *auditor.Report       `json:"report"`
+		Repair *auditor.RepairResult `json:"repair,omitempty"`
+		After  *auditor.Report       `json:"after_repair,omitempty"`
+	}{Report: &rep}
+	if !o.json {
+		if err := rep.WriteText(stdout); err != nil {
+			return err
+		}
+	}
+	final := &rep
+	if o.repair && !rep.Consistent {
+		res, err := a.Repair(ctx, rep)
+		out.Repair = &res
+		if !o.json {
+			writeRepair(stdout, &rep, &res)
+		}
+		if err != nil {
+			return &auditError{err: fmt.Errorf("repair: %w", err)}
+		}
+		after, err := a.Audit(ctx)
+		clearProgress(stderr, o)
+		if err != nil {
+			return &auditError{err: fmt.Errorf("audit after repair: %w", err)}
+		}
+		out.After, final = &after, &after
+		if !o.json {
+			fmt.Fprintf(stdout, "\nafter repair:\n")
+			if err := after.WriteText(stdout); err != nil {
+				return err
+			}
+		}
+	}
+	if o.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		var v any = out
+		if out.Repair == nil {
+			v = out.Report // without --repair: the report alone
+		}
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+	}
+	if !final.Consistent {
+		return errDrift
+	}
+	return nil
+}
+
+// writeRepair prints what a repair changed and skipped.
+func writeRepair(w io.Writer, rep *auditor.Report, res *auditor.RepairResult) {
+	fmt.Fprintf(w, "\nrepair of audit %s: %d keys changed, %d skipped\n", rep.ID, len(res.Changed), len(res.Skipped))
+	for _, c := range res.Changed {
+		fmt.Fprintf(w, "  %-6s %-10s %q (standby revision %d)\n", c.Action, c.State, c.Key, c.StandbyRevision)
+	}
+	for _, s := range res.Skipped {
+		fmt.Fprintf(w, "  skip   %-10s %q: %s\n", s.State, s.Key, s.Reason)
+	}
+	if res.Untracked > 0 {
+		fmt.Fprintf(w, "  %d drifted keys were not tracked by this audit: run the repair again\n", res.Untracked)
+	}
+}
+
+// clearProgress erases the progress line, if one was drawn.
+func clearProgress(stderr io.Writer, o *auditOptions) {
+	if !o.json && isTerminal(stderr) {
+		fmt.Fprintf(stderr, "\r%60s\r", "")
+	}
+}
+
+// runAuditServed runs the auditor's interval loop and, when addr is set, an
+// HTTP server with /check, /metrics, /healthz and /readyz, like runServed.
+func runAuditServed(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, conns []*nats.Conn, a *auditor.Auditor) error {
+	if addr == "" {
+		return runServed(ctx, log, "", reg, conns, a.Run)
+	}
+	h := &health{conns: conns}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/check", a.CheckHandler())
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.Handle("/readyz", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	log.Info("serving metrics", "addr", ln.Addr().String(), "paths", "/check /metrics /healthz /readyz")
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("metrics server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer scancel()
+		return srv.Shutdown(sctx)
+	})
+	g.Go(func() error {
+		defer cancel()
+		h.running.Store(true)
+		defer h.running.Store(false)
+		return a.Run(gctx)
+	})
+	return g.Wait()
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// statusError marks a status that could not be read (exit status 2).
+type statusError struct{ err error }
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+
+// errLagging is returned by status when the standby lags beyond --max-lag.
+var errLagging = fmt.Errorf("standby lagging")
+
+type statusOptions struct {
+	standby       etcdFlags
+	nats          natsFlags
+	site          string
+	stream        string
+	checkpointKey string
+	maxLag        time.Duration
+	json          bool
+	log           logFlags
+}
+
+func statusFlags(o *statusOptions) *flagSet {
+	f := newFlagSet("status", "--standby-endpoints URLS --nats-url URL [--json] [--max-lag D]",
+		"Shows the pipeline as the standby sees it: the log stream (first/last sequence, bytes,\n"+
+			"generation, newest snapshot, the publisher's last revision), the applier's checkpoint\n"+
+			"and the lag in messages, revisions and seconds.\n"+
+			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping), 2 could not read.")
+	registerSide(f, &o.standby, "standby")
+	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream not shown)")
+	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of the publishing site in subjects")
+	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
+	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
+	f.Duration(&o.maxLag, "max-lag", 30*time.Second, "exit 1 when the standby is behind by more than `DURATION`")
+	f.Bool(&o.json, "json", false, "print JSON instead of a table")
+	o.log.register(f, "warn")
+	return f
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	const cmd = "status"
+	var o statusOptions
+	if err := statusFlags(&o).parse(args, stdout); err != nil {
+		return err
+	}
+	if err := validateSide(cmd, "standby", &o.standby); err != nil {
+		return err
+	}
+	if err := o.nats.validate(cmd); err != nil {
+		return err
+	}
+	log, err := o.log.logger(cmd, stderr)
+	if err != nil {
+		return err
+	}
+	cli, err := o.standby.connect(ctx)
+	if err != nil {
+		return &statusError{fmt.Errorf("standby %w", err)}
+	}
+	defer cli.Close()
+	var js jetstream.JetStream
+	if o.nats.url != "" {
+		nc, err := o.nats.connect(o.nats.url, "etcdsync-status", log)
+		if err != nil {
+			return &statusError{err}
+		}
+		defer nc.Close()
+		if js, err = jetstream.New(nc); err != nil {
+			return &statusError{err}
+		}
+	}
+	st, err := applier.ReadStatus(ctx, cli, js, o.stream, o.site, o.checkpointKey)
+	if err != nil {
+		return &statusError{err}
+	}
+	if o.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			return err
+		}
+	} else {
+		printStatus(stdout, st)
+	}
+	if st.State != "following" || st.LagSeconds > o.maxLag.Seconds() {
+		return errLagging
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, st applier.Status) {
+	s := st.Stream
+	fmt.Fprintf(w, "stream %s\n", s.Name)
+	fmt.Fprintf(w, "  sequences      %d..%d (%d messages, %d bytes)\n", s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes)
+	fmt.Fprintf(w, "  publisher at   generation %d, revision %d\n", s.Generation, s.Revision)
+	if n := s.NewestSnapshot; n != nil {
+		fmt.Fprintf(w, "  newest snapshot seq %d, generation %d, revision %d, stored %s\n", n.Seq, n.Generation, n.Revision, n.Stored.UTC().Format(time.RFC3339))
+	} else {
+		fmt.Fprintf(w, "  newest snapshot none (an applier that needs one will request it)\n")
+	}
+	fmt.Fprintf(w, "standby applier  %s\n", st.State)
+	if ck := st.Checkpoint; ck != nil {
+		fmt.Fprintf(w, "  checkpoint     generation %d, revision %d, seq %d (%s)\n", ck.Position.Generation, ck.Position.Revision, ck.Position.Seq, ck.Position)
+		fmt.Fprintf(w, "  applied at     %s (source time %s)\n", ck.AppliedAt.UTC().Format(time.RFC3339), ck.SourceTime.UTC().Format(time.RFC3339Nano))
+		if sn := ck.Snapshot; sn != nil {
+			fmt.Fprintf(w, "  snapshot       applying revision %d of generation %d: %d keys in %d chunks so far\n", sn.Revision, sn.Generation, sn.Keys, sn.Chunks)
+		}
+	}
+	lagRev := "n/a (different generation or bootstrapping)"
+	if st.LagRevisions >= 0 {
+		lagRev = fmt.Sprint(st.LagRevisions)
+	}
+	fmt.Fprintf(w, "lag              %d messages, %s revisions, %.3fs\n", st.LagMessages, lagRev, st.LagSeconds)
+}
