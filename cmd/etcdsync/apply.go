@@ -55,6 +55,7 @@ type applyOptions struct {
 	allowMassDelete bool
 	checkpointKey   string
 	printRules      bool
+	elect           electFlags
 	metricsAddr     string
 	log             logFlags
 }
@@ -77,6 +78,7 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.Float(&o.maxDeleteRatio, "max-reseed-delete-ratio", def.MaxDeleteRatio, "the same as --max-delete-ratio (`RATIO`)")
 	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
+	o.elect.register(f, "standby")
 	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9091; empty: off)")
 	o.log.register(f, "info")
@@ -114,6 +116,9 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := o.etcd.validate(cmd); err != nil {
 		return err
 	}
+	if err := o.elect.validate(cmd); err != nil {
+		return err
+	}
 	if o.nats.url == "" {
 		return usageErrorf(cmd, "--nats-url is required (the NATS servers holding the log, e.g. nats://nats.standby:4222)")
 	}
@@ -148,7 +153,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log.Info("applier starting", "etcd", o.etcd.endpoints, "nats", o.nats.url, "stream", cfg.Stream, "site", cfg.Site,
 		"exclude_namespaces", cfg.Scope.ExcludeNamespaces, "keyspace", cfg.Scope.Mode)
-	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, ap.Run)
+	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, o.elect.wrap(cmd, cfg.Stream, cli, log, nil, ap.Run))
 	log.Info("applier stopped", "position", ap.Applied().Position.String())
 	return err
 }

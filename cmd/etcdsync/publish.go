@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +29,7 @@ type publishOptions struct {
 	maxAge      time.Duration
 	maxBytes    int64
 	snapEvery   time.Duration
+	elect       electFlags
 	metricsAddr string
 	log         logFlags
 }
@@ -49,6 +51,7 @@ func publishFlags(o *publishOptions) *flagSet {
 	f.Bytes(&o.maxBytes, "max-bytes", 0, "cap the log stream at `SIZE` (e.g. 10GiB; 0: unlimited); oldest messages go first")
 	f.Duration(&o.snapEvery, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
 		"publish a snapshot every `DURATION` (0: off), so retention can drop old messages while a complete base stays; must be below --max-age")
+	o.elect.register(f, "primary")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9090; empty: off)")
 	o.log.register(f, "info")
 	return f
@@ -74,6 +77,9 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if err := o.etcd.validate(cmd); err != nil {
+		return err
+	}
+	if err := o.elect.validate(cmd); err != nil {
 		return err
 	}
 	if err := o.nats.validate(cmd); err != nil {
@@ -133,7 +139,8 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	log.Info("publisher starting", "etcd", o.etcd.endpoints, "nats", natsURL, "stream", cfg.Stream.Name, "site", cfg.Stream.Site, "prefix", cfg.Prefix)
-	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, pub.Run)
+	isFenced := func(err error) bool { return errors.Is(err, publisher.ErrFenced) }
+	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, o.elect.wrap(cmd, cfg.Stream.Name, cli, log, isFenced, pub.Run))
 	log.Info("publisher stopped", "position", pub.Published().String())
 	return err
 }
