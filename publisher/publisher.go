@@ -144,7 +144,7 @@ func (p *Publisher) session(ctx context.Context) error {
 	}
 
 	// Step 3: fence every earlier publisher.
-	epochSeq, err := p.writeEpoch(ctx, tail.Seq, clusterID, gen, resumeRev)
+	epochSeq, err := p.writeEpoch(ctx, tail.StreamLastSeq, clusterID, gen, resumeRev)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package streams
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -27,6 +28,12 @@ type ServerConfig struct {
 	SyncInterval time.Duration
 	// Name is the server name. Default "etcdsync".
 	Name string
+	// LeafListen, if set, accepts leafnode connections on host:port (the
+	// primary site's hub for the standby site's server).
+	LeafListen string
+	// LeafRemotes are leafnode URLs (nats-leaf://host:port) this server
+	// connects to (the standby site's link to the primary site).
+	LeafRemotes []string
 }
 
 // DefaultServerConfig returns the defaults of an embedded server.
@@ -81,6 +88,26 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 		SyncInterval:    cfg.SyncInterval,
 		NoSigs:          true,
 		NoLog:           true,
+	}
+	if cfg.LeafListen != "" {
+		lh, lp, err := net.SplitHostPort(cfg.LeafListen)
+		if err != nil {
+			return nil, fmt.Errorf("start embedded nats: leafnode address %q: %w", cfg.LeafListen, err)
+		}
+		if opts.LeafNode.Port, err = strconv.Atoi(lp); err != nil {
+			return nil, fmt.Errorf("start embedded nats: leafnode address %q: bad port", cfg.LeafListen)
+		}
+		opts.LeafNode.Host = lh
+	}
+	for _, r := range cfg.LeafRemotes {
+		u, err := url.Parse(r)
+		if err != nil || u.Host == "" {
+			return nil, fmt.Errorf("start embedded nats: leafnode remote %q: not a nats-leaf://host:port URL", r)
+		}
+		opts.LeafNode.Remotes = append(opts.LeafNode.Remotes, &server.RemoteLeafOpts{URLs: []*url.URL{u}})
+	}
+	if len(cfg.LeafRemotes) > 0 {
+		opts.LeafNode.ReconnectInterval = time.Second
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

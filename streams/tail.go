@@ -12,8 +12,12 @@ import (
 
 // Tail describes the last message of the log.
 type Tail struct {
-	// Seq is the stream sequence of the last log message; 0 for an empty log.
-	Seq        uint64
+	// Seq is the stream sequence of the last log message of this site; 0
+	// when the log holds none.
+	Seq uint64
+	// StreamLastSeq is the stream's last sequence: a promoted mirror also
+	// holds the previous primary site's messages, on other subjects.
+	StreamLastSeq uint64
 	Kind       Kind
 	ClusterID  uint64
 	Generation uint64
@@ -28,9 +32,13 @@ type Tail struct {
 // ReadTail reads the last message of the log stream: where a publisher
 // resumes, and how far the log goes.
 func ReadTail(ctx context.Context, stream jetstream.Stream, subj Subjects) (Tail, error) {
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return Tail{}, fmt.Errorf("read stream tail: %w", err)
+	}
 	msg, err := stream.GetLastMsgForSubject(ctx, subj.LogWildcard())
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return Tail{}, nil
+		return Tail{StreamLastSeq: info.State.LastSeq}, nil
 	}
 	if err != nil {
 		return Tail{}, fmt.Errorf("read stream tail: %w", err)
@@ -39,7 +47,7 @@ func ReadTail(ctx context.Context, stream jetstream.Stream, subj Subjects) (Tail
 	if err != nil {
 		return Tail{}, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
 	}
-	t := Tail{Seq: msg.Sequence, Kind: f.Kind}
+	t := Tail{Seq: msg.Sequence, StreamLastSeq: max(info.State.LastSeq, msg.Sequence), Kind: f.Kind}
 	if t.ClusterID, err = strconv.ParseUint(msg.Header.Get(HeaderCluster), 16, 64); err != nil {
 		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s: %w", msg.Sequence, HeaderCluster, err)
 	}

@@ -58,6 +58,7 @@ var commands = []command{
 	{"publish", "watch the primary etcd and publish its revisions to the JetStream log", runPublish},
 	{"apply", "replay the log into the standby etcd (exactly once, scoped by keyspace rules)", runApply},
 	{"audit", "compare the standby with the primary at a consistent point; report, publish and repair drift", runAudit},
+	{"streams", "set up a site's log stream: streams init --role primary|standby", runStreams},
 	{"status", "show the stream, the standby's checkpoint and the lag", runStatus},
 	{"promote", "fail over: drain, fence the applier, report the standby's final position", runPromote},
 	{"sandbox", "run two embedded etcds, embedded NATS, the pipeline and a workload, then check consistency", runSandbox},

@@ -22,6 +22,7 @@ type promoteOptions struct {
 	drainTimeout  time.Duration
 	bumpRevision  bool
 	bumpMax       int
+	newSite       string
 	json          bool
 	log           logFlags
 }
@@ -42,6 +43,7 @@ func promoteFlags(o *promoteOptions) *flagSet {
 	f.Duration(&o.drainTimeout, "drain-timeout", 30*time.Second, "wait up to `DURATION` for the applier to drain the stream")
 	f.Bool(&o.bumpRevision, "bump-revision", false, "raise the standby's revision above the last source revision seen")
 	f.Int(&o.bumpMax, "bump-max", 10_000_000, "refuse --bump-revision when more than `N` revisions are needed (use etcdutl snapshot restore --bump-revision offline)")
+	f.String(&o.newSite, "publish-site", "standby", "site `NAME` the new primary's publisher will use: a mirror stream becomes writable on etcdsync.<NAME>.log.>")
 	f.Bool(&o.json, "json", false, "print the report as JSON")
 	o.log.register(f, "info")
 	return f
@@ -90,6 +92,16 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	rep, err := applier.Promote(ctx, cfg, cli, js)
 	if err != nil && !errors.Is(err, applier.ErrNotDrained) {
 		return err
+	}
+	if js != nil {
+		// The standby's mirror becomes the new primary's writable log.
+		if s, serr := js.Stream(ctx, o.stream); serr == nil && s.CachedInfo().Config.Mirror != nil {
+			if _, serr := streams.PromoteMirror(ctx, js, o.stream, o.newSite); serr != nil {
+				return serr
+			}
+			log.Info("mirror stream promoted to a writable log", "stream", o.stream, "site", o.newSite)
+			fmt.Fprintf(stdout, "stream %s is now writable on etcdsync.%s.log.>: start `etcdsync publish --site %s` here\n", o.stream, o.newSite, o.newSite)
+		}
 	}
 	if o.json {
 		enc := json.NewEncoder(stdout)
