@@ -18,9 +18,9 @@ type Tail struct {
 	// StreamLastSeq is the stream's last sequence: a promoted mirror also
 	// holds the previous primary site's messages, on other subjects.
 	StreamLastSeq uint64
-	Kind       Kind
-	ClusterID  uint64
-	Generation uint64
+	Kind          Kind
+	ClusterID     uint64
+	Generation    uint64
 	// Revision is the last source revision whose record is complete in the log.
 	Revision int64
 	// Complete reports whether the log ends at a record boundary from which
