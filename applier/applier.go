@@ -94,15 +94,16 @@ func (a *Applier) Applied() Checkpoint {
 
 // terminal reports errors that retrying from the checkpoint cannot fix.
 func terminal(err error) bool {
-	return errors.Is(err, ErrMassDelete) || errors.Is(err, ErrNoBase) ||
+	return errors.Is(err, ErrMassDelete) ||
 		errors.Is(err, streams.ErrCorrupt) || errors.Is(err, ErrPromoted)
 }
 
 // Run applies the log until ctx is cancelled (returns nil) or an error that
-// needs an operator: ErrMassDelete, ErrNoBase, ErrPromoted or a corrupt
-// message (streams.ErrCorrupt). A gap (ErrGap) re-seeds: the applier
-// restarts from the newest snapshot after its checkpoint, asking the
-// publisher for one if the stream holds none. Other errors (unreachable
+// needs an operator: ErrMassDelete, ErrPromoted or a corrupt message
+// (streams.ErrCorrupt). A gap (ErrGap) or a revision of a history the
+// standby has no base of (ErrNoBase) re-seeds: the applier restarts from the
+// newest snapshot after its checkpoint, asking the publisher for one if the
+// stream holds none. Other errors (unreachable
 // servers, ErrConflict) restart from the durable checkpoint after a capped
 // exponential backoff.
 func (a *Applier) Run(ctx context.Context) error {
@@ -118,8 +119,10 @@ func (a *Applier) Run(ctx context.Context) error {
 			a.metrics.stopped.Inc()
 			return err
 		}
-		if errors.Is(err, ErrGap) {
-			a.log.Warn("gap in the log: re-seeding from a snapshot", "err", err)
+		if errors.Is(err, ErrGap) || errors.Is(err, ErrNoBase) {
+			// The log the standby needs is gone, or belongs to a history
+			// the standby holds no base of: a snapshot makes it exact.
+			a.log.Warn("cannot continue from the checkpoint: re-seeding from a snapshot", "err", err)
 			a.metrics.gaps.Inc()
 			a.reseed = true
 			bo.Reset()

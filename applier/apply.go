@@ -123,6 +123,9 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 	case streams.KindSnapshotChunk:
 		s := w.Snapshot
 		if s == nil || s.ClusterID != r.ClusterID || s.Generation != r.Generation || s.Revision != r.Revision {
+			if err := a.checkHistory(r); err != nil {
+				return err
+			}
 			w.Position.Seq = r.seq // a snapshot the standby does not need
 			return nil
 		}
@@ -134,6 +137,22 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 		w.Position.Seq = r.seq
 	case streams.KindSnapshotEnd:
 		return a.endSnapshot(ctx, r)
+	}
+	return nil
+}
+
+// checkHistory fails with ErrNoBase when r belongs to a history (cluster,
+// generation) the standby holds no base of and r cannot start one: the
+// checkpoint is foreign to this stream, or the record that would have
+// started the generation is gone. Run re-seeds.
+func (a *Applier) checkHistory(r *record) error {
+	w := &a.work
+	if w.Snapshot != nil {
+		return nil // a snapshot in progress; another snapshot's records are skipped
+	}
+	if w.Position.ClusterID != r.ClusterID || w.Position.Generation != r.Generation || w.Position.Seq == 0 {
+		return fmt.Errorf("%s record of cluster %x generation %d at seq %d, standby holds %s: %w",
+			r.Kind, r.ClusterID, r.Generation, r.seq, w.Position, ErrNoBase)
 	}
 	return nil
 }

@@ -22,7 +22,7 @@ var (
 	// in-scope keys than allowed.
 	ErrMassDelete = errors.New("snapshot would delete too many standby keys")
 	// ErrNoBase means a revision arrived for a generation the standby holds
-	// no snapshot of.
+	// no snapshot of (Run re-seeds).
 	ErrNoBase = errors.New("no snapshot applied for this generation")
 )
 

@@ -46,6 +46,9 @@ func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
 	w := &a.work
 	s := w.Snapshot
 	if s == nil || s.ClusterID != r.ClusterID || s.Generation != r.Generation || s.Revision != r.Revision {
+		if err := a.checkHistory(r); err != nil {
+			return err
+		}
 		w.Position.Seq = r.seq
 		return nil
 	}

@@ -275,3 +275,21 @@ func TestLeasedKeysExpireOnStandby(t *testing.T) {
 		return err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Key) == "/l/plain"
 	}, "leased keys expire on the standby")
 }
+
+// A standby whose checkpoint belongs to another history (another stream's
+// sequence space, another cluster: a former standby re-joining after a
+// failover) re-seeds instead of applying revisions it has no base for.
+func TestForeignCheckpointReseeds(t *testing.T) {
+	p := newPipeline(t)
+	put(t, p.standby.Client, "/etcdsync/checkpoint/"+streams.DefaultStream,
+		`{"position":{"ClusterID":1234,"Generation":7,"Revision":99,"Part":0,"Seq":2}}`)
+	put(t, p.primary.Client, "/f/a", "1")
+	p.startPublisher(p.publisherConfig())
+	rules := rawRules(t)
+	// Let the stream run past the foreign checkpoint's sequence.
+	for i := 0; i < 5; i++ {
+		put(t, p.primary.Client, fmt.Sprintf("/f/k%d", i), "v")
+	}
+	p.startApplier(rawApplierConfig(p))
+	p.waitConverged(rules, 30*time.Second)
+}
