@@ -69,6 +69,15 @@ func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
 	if n > a.cfg.MassDeleteMinKeys && !a.cfg.AllowMassDelete && float64(n) > a.cfg.MaxDeleteRatio*float64(s.InScopeBefore) {
 		return &MassDeleteError{Delete: n, InScope: s.InScopeBefore, MaxRatio: a.cfg.MaxDeleteRatio}
 	}
+	if n > 0 {
+		// Say what goes: on a re-joining old primary these are the writes
+		// it took after the last revision that reached this side.
+		shown := make([]string, 0, min(n, 20))
+		for _, k := range stale[:min(n, 20)] {
+			shown = append(shown, string(k))
+		}
+		a.log.Warn("snapshot deletes standby keys it does not hold", "count", n, "first_keys", shown)
+	}
 	// Step 3: delete them, then move the position to the snapshot.
 	for _, k := range stale {
 		if err := a.add(ctx, &streams.Event{Type: streams.EventDelete, Key: k}); err != nil {
