@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -57,6 +58,7 @@ type applyOptions struct {
 	printRules      bool
 	elect           electFlags
 	metricsAddr     string
+	readyMaxLag     time.Duration
 	log             logFlags
 }
 
@@ -81,6 +83,7 @@ func applyFlags(o *applyOptions) *flagSet {
 	o.elect.register(f, "standby")
 	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9091; empty: off)")
+	f.Duration(&o.readyMaxLag, "ready-max-lag", 30*time.Second, "/readyz answers 503 while the stream holds unapplied messages and the last applied revision was observed more than `DURATION` ago")
 	o.log.register(f, "info")
 	return f
 }
@@ -119,6 +122,9 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := o.elect.validate(cmd); err != nil {
 		return err
 	}
+	if o.readyMaxLag <= 0 {
+		return usageErrorf(cmd, "--ready-max-lag must be positive")
+	}
 	if o.nats.url == "" {
 		return usageErrorf(cmd, "--nats-url is required (the NATS servers holding the log, e.g. nats://nats.standby:4222)")
 	}
@@ -153,7 +159,11 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log.Info("applier starting", "etcd", o.etcd.endpoints, "nats", o.nats.url, "stream", cfg.Stream, "site", cfg.Site,
 		"exclude_namespaces", cfg.Scope.ExcludeNamespaces, "keyspace", cfg.Scope.Mode)
-	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, o.elect.wrap(cmd, cfg.Stream, cli, log, nil, ap.Run))
+	ready, err := applyReadiness(cli, nc, cfg, o.readyMaxLag)
+	if err != nil {
+		return err
+	}
+	err = runServedReady(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, ready, o.elect.wrap(cmd, cfg.Stream, cli, log, nil, ap.Run))
 	log.Info("applier stopped", "position", ap.Applied().Position.String())
 	return err
 }

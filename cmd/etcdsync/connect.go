@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -132,6 +134,9 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 	cfg.Logger = zap.NewNop()
 	cli, err := clientv3.New(cfg)
 	if err != nil {
+		if perr := probeEtcd(ctx, cfg.Endpoints, cfg.TLS); perr != nil {
+			return nil, fmt.Errorf("etcd %s: %w", where, perr)
+		}
 		return nil, fmt.Errorf("etcd %s: %w", where, err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
@@ -140,6 +145,9 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 		cli.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if perr := probeEtcd(ctx, cfg.Endpoints, cfg.TLS); perr != nil {
+			return nil, fmt.Errorf("etcd %s: %w", where, perr)
 		}
 		if errors.Is(cctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("etcd %s: no answer within %s (is it running, reachable, and speaking the scheme given?): %w", where, connectTimeout, err)
@@ -203,4 +211,67 @@ func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, err
 		return nil, fmt.Errorf("nats %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// probeEtcd explains why the etcd endpoints cannot be used, when a TCP
+// dial or a TLS handshake shows it: it returns nil when any endpoint
+// accepts a connection (and, for https or with TLS flags, a handshake).
+func probeEtcd(ctx context.Context, endpoints []string, cfg *tls.Config) error {
+	var first error
+	for _, ep := range endpoints {
+		err := probeEndpoint(ctx, ep, cfg)
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// probeEndpoint probes one endpoint; see probeEtcd.
+func probeEndpoint(ctx context.Context, endpoint string, cfg *tls.Config) error {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return nil // clientv3 reports malformed endpoints itself
+	}
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if u.Scheme != "https" && cfg == nil {
+		return nil
+	}
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	c := cfg.Clone()
+	if c.ServerName == "" {
+		c.ServerName = u.Hostname()
+	}
+	tc := tls.Client(conn, c)
+	_ = tc.SetDeadline(time.Now().Add(2 * time.Second))
+	err = tc.HandshakeContext(ctx)
+	if err == nil {
+		// With TLS 1.3 the server judges the client certificate after the
+		// client's handshake completes: wait briefly for its verdict.
+		_ = tc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = tc.Read(make([]byte, 1))
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+	}
+	var verr *tls.CertificateVerificationError
+	var oe *net.OpError
+	switch {
+	case errors.As(err, &verr):
+		return fmt.Errorf("TLS: the server's certificate is not trusted (check --etcd-cacert): %w", err)
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		return fmt.Errorf("TLS: the server rejected the client certificate (check --etcd-cert, --etcd-key and the CA the server trusts): %w", err)
+	}
+	return fmt.Errorf("TLS handshake: %w", err)
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -25,12 +26,31 @@ type EtcdConfig struct {
 	MaxTxnOps uint
 	// MaxRequestBytes is etcd's --max-request-bytes. Default 1.5 MiB.
 	MaxRequestBytes uint
+	// ClientTLS, when set, serves clients over TLS (https URLs). Default nil:
+	// plain http.
+	ClientTLS *TLS
+}
+
+// TLS is the client-facing TLS of an embedded etcd (etcd's --cert-file,
+// --key-file, --trusted-ca-file and --client-cert-auth).
+type TLS struct {
+	// CertFile and KeyFile are the server's certificate and key (PEM).
+	// Required. With ClientCertAuth the certificate also serves as the
+	// client certificate of etcd's own gateway, so it should allow client
+	// authentication as well as server authentication.
+	CertFile, KeyFile string
+	// TrustedCAFile holds the CA certificates that verify client
+	// certificates (PEM).
+	TrustedCAFile string
+	// ClientCertAuth rejects clients without a certificate signed by a CA
+	// in TrustedCAFile.
+	ClientCertAuth bool
 }
 
 // Etcd is a running embedded etcd.
 type Etcd struct {
 	Server   *embed.Etcd
-	Endpoint string // http://127.0.0.1:port
+	Endpoint string // http://127.0.0.1:port, or https:// with ClientTLS
 	once     sync.Once
 }
 
@@ -43,7 +63,9 @@ func (e *Etcd) Close() {
 }
 
 // StartEtcd starts a single-member etcd listening on loopback and waits until
-// it serves. Starting again on the same Dir restarts the same member with its data.
+// it serves (at most 30s). Starting again on the same Dir restarts the same
+// member with its data. It returns an error when the directory is missing, a
+// ClientTLS file is missing, or the server does not start.
 func StartEtcd(c EtcdConfig) (*Etcd, error) {
 	if c.Dir == "" {
 		return nil, fmt.Errorf("start embedded etcd: data directory is required")
@@ -70,7 +92,23 @@ func StartEtcd(c EtcdConfig) (*Etcd, error) {
 	// The embedded server's own logs (including the errors it prints while
 	// shutting down) are not etcdsync's to show.
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", cport)}
+	scheme := "http"
+	if t := c.ClientTLS; t != nil {
+		if t.CertFile == "" || t.KeyFile == "" {
+			return nil, fmt.Errorf("start embedded etcd: client TLS needs a certificate and a key file")
+		}
+		if t.ClientCertAuth && t.TrustedCAFile == "" {
+			return nil, fmt.Errorf("start embedded etcd: client certificate auth needs a trusted CA file")
+		}
+		scheme = "https"
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       t.CertFile,
+			KeyFile:        t.KeyFile,
+			TrustedCAFile:  t.TrustedCAFile,
+			ClientCertAuth: t.ClientCertAuth,
+		}
+	}
+	cu := url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", cport)}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", pport)}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
