@@ -223,6 +223,48 @@ func (a *Applier) watchFence(ctx context.Context, from int64) error {
 	return nil
 }
 
+// lagEvery is how often the applier compares its position with the stream.
+const lagEvery = 2 * time.Second
+
+// monitorLag keeps the lag gauges true while nothing is applied: messages
+// and revisions waiting in the stream, and, when some wait, the time since
+// the publisher observed the last applied revision (so a stalled applier
+// shows a growing lag, not its last apply latency).
+func (a *Applier) monitorLag(ctx context.Context) {
+	t := time.NewTicker(lagEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		stream, err := a.js.Stream(ctx, a.cfg.Stream)
+		if err != nil {
+			continue
+		}
+		tail, err := streams.ReadTail(ctx, stream, a.subj)
+		if err != nil {
+			continue
+		}
+		ck := a.Applied()
+		if ck.Position.Seq == 0 {
+			continue
+		}
+		waiting := uint64(0)
+		if tail.StreamLastSeq > ck.Position.Seq {
+			waiting = tail.StreamLastSeq - ck.Position.Seq
+		}
+		a.metrics.lagMsgs.Set(float64(waiting))
+		if tail.Generation == ck.Position.Generation && tail.ClusterID == ck.Position.ClusterID {
+			a.metrics.lagRevs.Set(float64(max(tail.Revision-ck.Position.Revision, 0)))
+		}
+		if waiting > 0 && !ck.SourceTime.IsZero() {
+			a.metrics.lag.Set(time.Since(ck.SourceTime).Seconds())
+		}
+	}
+}
+
 // requestSnapshot asks the publisher for a snapshot (best effort: the
 // caller retries until one appears in the stream).
 func (a *Applier) requestSnapshot(ctx context.Context) {
@@ -259,6 +301,7 @@ func (a *Applier) session(ctx context.Context) error {
 	msgs := make(chan Msg, a.cfg.MaxBatchMessages)
 	fenceFrom := a.ckRev + 1
 	g.Go(func() error { return a.watchFence(gctx, fenceFrom) })
+	g.Go(func() error { a.monitorLag(gctx); return nil })
 	g.Go(func() error {
 		for {
 			m, err := it.Next()

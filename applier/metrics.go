@@ -12,6 +12,8 @@ type metrics struct {
 	txns       prometheus.Histogram
 	checkpoint prometheus.Gauge
 	lag        prometheus.Gauge
+	lagMsgs    prometheus.Gauge
+	lagRevs    prometheus.Gauge
 	snapshots  prometheus.Counter
 	gaps       prometheus.Counter
 	errors     prometheus.Counter
@@ -24,14 +26,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		ops:        prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_keys_total", Help: "Key operations (puts and deletes) written to the standby."}),
 		txns:       prometheus.NewHistogram(prometheus.HistogramOpts{Name: "etcdsync_applier_txn_duration_seconds", Help: "Latency of standby transactions.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		checkpoint: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_checkpoint_revision", Help: "Source revision of the standby's checkpoint."}),
-		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_lag_seconds", Help: "Apply time minus the time the publisher observed the last applied revision."}),
+		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_lag_seconds", Help: "Apply time minus the time the publisher observed the last applied revision; while messages wait, now minus that time."}),
+		lagMsgs:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_lag_messages", Help: "Stream messages not yet applied (checked every 2s)."}),
+		lagRevs:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_lag_revisions", Help: "Newest source revision in the stream minus the checkpoint's (same generation; checked every 2s)."}),
 		snapshots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_snapshots_applied_total", Help: "Snapshots applied (bootstraps and re-seeds)."}),
 		gaps:       prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_gaps_total", Help: "Gaps detected in the log (each leads to a re-seed)."}),
 		errors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_errors_total", Help: "Sessions ended by a retryable error."}),
 		stopped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_stopped_total", Help: "Times the applier stopped on an error that needs an operator or a re-seed."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.snapshots, m.gaps, m.errors, m.stopped)
+		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped)
 	}
 	return m
 }

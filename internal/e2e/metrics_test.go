@@ -3,14 +3,18 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/internal/testenv"
 	"github.com/etcdsync/etcdsync/keyspace"
 	"github.com/etcdsync/etcdsync/publisher"
 )
@@ -141,4 +145,47 @@ func TestMetricsFollowRevisions(t *testing.T) {
 	if got := pub.Published().Revision; got != last {
 		t.Errorf("Published() at revision %d, metrics at %d", got, last)
 	}
+}
+
+// While the standby stalls (its transactions hang), the lag gauges show
+// the messages and revisions waiting and a lag that grows, not the last
+// apply latency.
+func TestLagGaugesWhileStalled(t *testing.T) {
+	p := newPipeline(t)
+	stall := make(chan struct{})
+	var stalled atomic.Bool
+	cli, err := clientv3.New(clientv3.Config{Endpoints: p.standby.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			if method == "/etcdserverpb.KV/Txn" && stalled.Load() {
+				select {
+				case <-stall:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return invoker(ctx, method, req, reply, cc, opts...)
+		})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	p.startPublisher(p.publisherConfig())
+	reg := prometheus.NewRegistry()
+	ap, err := applier.New(rawApplierConfig(p), cli, p.conn(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, ap.Run)
+	put(t, p.primary.Client, "/lag/a", "1")
+	p.waitConverged(rawRules(t), 20*time.Second)
+	stalled.Store(true)
+	defer close(stall)
+	for i := 0; i < 3; i++ {
+		put(t, p.primary.Client, fmt.Sprintf("/lag/k%d", i), "v")
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		return metricValue(t, reg, "etcdsync_applier_lag_messages") >= 3 &&
+			metricValue(t, reg, "etcdsync_applier_lag_revisions") >= 3 &&
+			metricValue(t, reg, "etcdsync_applier_lag_seconds") >= 2
+	}, "lag gauges reflect the stall")
 }
