@@ -1,0 +1,325 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"sigs.k8s.io/yaml"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// natsValues are the values files of the NATS Helm chart, by site (the
+// JetStream domain).
+var natsValues = map[string]string{"primary": "nats/primary-values.yaml", "standby": "nats/standby-values.yaml"}
+
+// mirrorFiles are the mirror stream configurations: the site that creates
+// the mirror, and the domain it mirrors from.
+var mirrorFiles = []struct{ file, site, from string }{
+	{"nats/standby-mirror.json", "standby", "primary"},
+	{"nats/primary-mirror.json", "primary", "standby"},
+}
+
+// lookup walks a decoded YAML map along path.
+func lookup(v any, path ...string) any {
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p]
+	}
+	return v
+}
+
+// TestNATSValues checks the Helm values that the design depends on: a
+// 3-node JetStream cluster with file storage, one JetStream domain per site,
+// a leafnode listener, and on the standby a TLS leafnode remote.
+func TestNATSValues(t *testing.T) {
+	for site, file := range natsValues {
+		t.Run(site, func(t *testing.T) {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v map[string]any
+			if err := yaml.UnmarshalStrict(b, &v); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			want := map[string]any{
+				"config.cluster.enabled":              true,
+				"config.cluster.replicas":             float64(3),
+				"config.jetstream.enabled":            true,
+				"config.jetstream.merge.domain":       site,
+				"config.leafnodes.enabled":            true,
+				"config.leafnodes.tls.enabled":        true,
+				"config.jetstream.fileStore.pvc.size": "50Gi",
+			}
+			for path, w := range want {
+				var got any
+				if err := json.Unmarshal(mustJSON(t, lookup(v, strings.Split(path, ".")...)), &got); err != nil {
+					t.Fatal(err)
+				}
+				if got != w {
+					t.Errorf("%s: %s = %v, want %v", file, path, got, w)
+				}
+			}
+			remotes, _ := lookup(v, "config", "leafnodes", "merge", "remotes").([]any)
+			if site == "standby" {
+				if len(remotes) != 1 {
+					t.Fatalf("%s: want one leafnode remote to the primary, have %v", file, remotes)
+				}
+				urls, _ := lookup(remotes[0], "urls").([]any)
+				if len(urls) == 0 {
+					t.Fatalf("%s: leafnode remote without urls", file)
+				}
+				for _, u := range urls {
+					if s, _ := u.(string); !strings.HasPrefix(s, "tls://") {
+						t.Errorf("%s: leafnode remote %v: want tls://", file, u)
+					}
+				}
+				if lookup(remotes[0], "tls", "cert_file") == nil || lookup(remotes[0], "tls", "ca_file") == nil {
+					t.Errorf("%s: leafnode remote needs a client certificate and a CA", file)
+				}
+			} else if len(remotes) != 0 {
+				t.Errorf("%s: the primary dials no leafnode remote", file)
+			}
+		})
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// readMirror decodes a mirror file strictly into the JetStream stream
+// configuration (the JSON the nats CLI's --config and the JetStream API
+// take).
+func readMirror(t *testing.T, file string) jetstream.StreamConfig {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg jetstream.StreamConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return cfg
+}
+
+// TestNATSMirrorFiles checks that each mirror names the log stream the
+// components use, mirrors the other site's domain, and keeps the
+// publisher's retention.
+func TestNATSMirrorFiles(t *testing.T) {
+	for _, mf := range mirrorFiles {
+		cfg := readMirror(t, mf.file)
+		if cfg.Name != streams.DefaultStream || cfg.Mirror == nil || cfg.Mirror.Name != streams.DefaultStream {
+			t.Errorf("%s: name %q mirror %+v: want %s mirroring %s (the --stream of the manifests)", mf.file, cfg.Name, cfg.Mirror, streams.DefaultStream, streams.DefaultStream)
+			continue
+		}
+		if cfg.Mirror.External == nil || cfg.Mirror.External.APIPrefix != "$JS."+mf.from+".API" {
+			t.Errorf("%s: mirror external %+v, want API $JS.%s.API", mf.file, cfg.Mirror.External, mf.from)
+		}
+		if len(cfg.Subjects) != 0 {
+			t.Errorf("%s: a mirror has no subjects", mf.file)
+		}
+		if cfg.Storage != jetstream.FileStorage || cfg.Replicas != 3 {
+			t.Errorf("%s: storage %v replicas %d, want file and 3", mf.file, cfg.Storage, cfg.Replicas)
+		}
+		if cfg.MaxAge != 24*time.Hour || cfg.MaxBytes != 20<<30 || cfg.MaxMsgSize < streams.DefaultMaxMsgSize {
+			t.Errorf("%s: max_age %s max_bytes %d max_msg_size %d: want the publisher's 24h and 20GiB, and the log's max message size", mf.file, cfg.MaxAge, cfg.MaxBytes, cfg.MaxMsgSize)
+		}
+	}
+}
+
+// site is one embedded NATS server standing for a site's cluster.
+type site struct {
+	srv  *server.Server
+	opts *server.Options
+	js   jetstream.JetStream
+}
+
+func startSite(t *testing.T, domain string, remote *url.URL) *site {
+	t.Helper()
+	opts := &server.Options{
+		ServerName: domain, Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		JetStream: true, JetStreamDomain: domain, StoreDir: t.TempDir(),
+		LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: -1},
+	}
+	if remote != nil {
+		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: []*url.URL{remote}}}
+		opts.LeafNode.ReconnectInterval = 100 * time.Millisecond
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats server %s not ready", domain)
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &site{srv: srv, opts: opts, js: js}
+}
+
+// publish appends n log messages the way the publisher's subjects look.
+func publish(t *testing.T, ctx context.Context, js jetstream.JetStream, siteName string, n int) {
+	t.Helper()
+	subj := streams.Subjects{Site: siteName}.Revision()
+	for i := 1; i <= n; i++ {
+		if _, err := js.Publish(ctx, subj, fmt.Appendf(nil, "%s-%d", siteName, i)); err != nil {
+			t.Fatalf("publish %s: %v", subj, err)
+		}
+	}
+}
+
+// waitMirrored waits until the mirror holds exactly the origin's messages
+// with the origin's sequence numbers.
+func waitMirrored(t *testing.T, ctx context.Context, origin, mirror jetstream.JetStream, want uint64) {
+	t.Helper()
+	o, err := origin.Stream(ctx, streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m, err := mirror.Stream(ctx, streams.DefaultStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := m.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == want && info.State.LastSeq == want {
+			for seq := uint64(1); seq <= want; seq++ {
+				a, err := o.GetMsg(ctx, seq)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := m.GetMsg(ctx, seq)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(a.Data) != string(b.Data) || a.Subject != b.Subject {
+					t.Fatalf("seq %d: mirror holds %s %q, origin %s %q", seq, b.Subject, b.Data, a.Subject, a.Data)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mirror holds %d messages (last seq %d), want %d; mirror info %+v", info.State.Msgs, info.State.LastSeq, want, info.Mirror)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestNATSMirrorAcrossLeafnode runs the runbook's NATS steps on two real
+// servers (one per site, JetStream domains primary and standby, the
+// standby dialing the primary as a leafnode): install (mirror the primary's
+// log on the standby from standby-mirror.json), failover (delete the
+// mirror, the promoted site's publisher creates its own log) and turning
+// the old primary into the standby (replace its log with primary-mirror.json,
+// which mirrors back over the same leafnode connection).
+func TestNATSMirrorAcrossLeafnode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two NATS servers")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// Install: the primary's log (created as the publisher creates it), and
+	// the standby dialing the primary's leafnode listener.
+	primary := startSite(t, "primary", nil)
+	if primary.opts.LeafNode.Port <= 0 {
+		t.Fatalf("leafnode port not resolved: %d", primary.opts.LeafNode.Port)
+	}
+	standby := startSite(t, "standby", &url.URL{Scheme: "nats-leaf", Host: fmt.Sprintf("127.0.0.1:%d", primary.opts.LeafNode.Port)})
+	deadline := time.Now().Add(20 * time.Second)
+	for primary.srv.NumLeafNodes() == 0 || standby.srv.NumLeafNodes() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("leafnode did not connect")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	logCfg := streams.DefaultLogConfig()
+	logCfg.MaxAge, logCfg.MaxBytes = 24*time.Hour, 20<<30 // as deploy/kustomize/primary
+	if _, err := streams.EnsureLogStream(ctx, primary.js, logCfg); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, ctx, primary.js, "primary", 20)
+
+	// The standby's mirror, from the file the runbook feeds `nats stream
+	// add --config` (one server here, so one replica).
+	cfg := readMirror(t, "nats/standby-mirror.json")
+	cfg.Replicas = 1
+	if _, err := standby.js.CreateStream(ctx, cfg); err != nil {
+		t.Fatalf("create mirror from standby-mirror.json: %v", err)
+	}
+	waitMirrored(t, ctx, primary.js, standby.js, 20)
+	publish(t, ctx, primary.js, "primary", 5)
+	waitMirrored(t, ctx, primary.js, standby.js, 25)
+
+	// Failover: the mirror is deleted and the promoted site's publisher
+	// (--site standby) creates its own log in domain standby.
+	if err := standby.js.DeleteStream(ctx, streams.DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	newCfg := logCfg
+	newCfg.Site = "standby"
+	if _, err := streams.EnsureLogStream(ctx, standby.js, newCfg); err != nil {
+		t.Fatalf("the promoted site's publisher cannot create its log: %v", err)
+	}
+	publish(t, ctx, standby.js, "standby", 10)
+	// The old primary's stream (etcdsync.primary.log.>) stored none of the
+	// new log's messages although the sites are connected.
+	old, err := primary.js.Stream(ctx, streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := old.Info(ctx); err != nil || info.State.Msgs != 25 {
+		t.Fatalf("old primary stream: %v, %+v; want its 25 messages only", err, info.State)
+	}
+
+	// The old primary becomes the standby: its log is replaced by a mirror
+	// of the new primary's, over the same leafnode connection.
+	if err := primary.js.DeleteStream(ctx, streams.DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	back := readMirror(t, "nats/primary-mirror.json")
+	back.Replicas = 1
+	if _, err := primary.js.CreateStream(ctx, back); err != nil {
+		t.Fatalf("create mirror from primary-mirror.json: %v", err)
+	}
+	waitMirrored(t, ctx, standby.js, primary.js, 10)
+}
