@@ -7,9 +7,11 @@ PKGS := ./...
 build:
 	$(GO) build -o bin/etcdsync ./cmd/etcdsync
 
-# The test command the README and CI run.
+# The test command the README and CI run: the module, then the deployment
+# material (deploy/ is its own module: Kubernetes types, kustomize, rules).
 test:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
 
 vet:
 	$(GO) vet $(PKGS)
@@ -30,3 +32,12 @@ fuzz:
 	$(GO) test -run=NONE -fuzz=FuzzDecode -fuzztime=30s ./streams
 	$(GO) test -run=NONE -fuzz=FuzzParse -fuzztime=30s ./keyspace
 	$(GO) test -run=NONE -fuzz=FuzzAllowed -fuzztime=30s ./keyspace
+
+# etcdsync against `etcdctl make-mirror` and etcd's own limit, on real etcd
+# processes (bench/ is its own module; its wrappers build etcd and etcdctl).
+# ARGS=--quick for a run under ~3 minutes; ARGS="--profile DIR" for CPU profiles.
+.PHONY: bench
+bench:
+	$(GO) build -o bench/bin/etcdsync ./cmd/etcdsync
+	cd bench && $(GO) build -o bin/etcd ./cmd/etcd && $(GO) build -o bin/etcdctl ./cmd/etcdctl && $(GO) build -o bin/bench .
+	bench/bin/bench --bin bench/bin $(ARGS)
