@@ -14,8 +14,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/etcdsync/etcdsync/keyspace"
 	"github.com/etcdsync/etcdsync/streams"
@@ -177,6 +179,15 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
 	}
 	start := ck.Position.Seq + 1
+	recreated := ck.Position.Seq != 0 && info.State.LastSeq < ck.Position.Seq
+	if recreated {
+		// The stream is shorter than the checkpoint: it was recreated (or
+		// this checkpoint belongs to another stream). Its sequences mean
+		// nothing here; any snapshot in it will do.
+		a.log.Warn("the stream ends before the checkpoint (recreated?): re-seeding",
+			"checkpoint_seq", ck.Position.Seq, "stream_last_seq", info.State.LastSeq)
+		a.reseed = true
+	}
 	if info.State.FirstSeq > start && ck.Position.Seq != 0 {
 		a.log.Warn("the stream no longer holds the messages after the checkpoint: re-seeding",
 			"checkpoint_seq", ck.Position.Seq, "stream_first_seq", info.State.FirstSeq)
@@ -188,7 +199,7 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		// start from the newest snapshot after the checkpoint.
 		msg, err := stream.GetLastMsgForSubject(ctx, a.subj.SnapshotBegin())
 		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && (msg.Sequence <= ck.Position.Seq || msg.Sequence < info.State.FirstSeq)):
+		case errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && ((msg.Sequence <= ck.Position.Seq && !recreated) || msg.Sequence < info.State.FirstSeq)):
 			a.requestSnapshot(ctx)
 			return 0, errNoSnapshot
 		case err != nil:
@@ -210,18 +221,45 @@ func (a *Applier) watchFence(ctx context.Context, from int64) error {
 	key := a.cfg.checkpointKey()
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for resp := range a.etcd.Watch(wctx, key, clientv3.WithRev(from)) {
-		if err := resp.Err(); err != nil {
-			return fmt.Errorf("watch checkpoint %s: %w", key, err)
-		}
-		for _, ev := range resp.Events {
-			if bytes.Contains(ev.Kv.Value, []byte(`"promoted":true`)) {
-				return fmt.Errorf("checkpoint %s: %w", key, ErrPromoted)
+	for {
+		compacted := false
+		for resp := range a.etcd.Watch(wctx, key, clientv3.WithRev(from)) {
+			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+				compacted = true
+				break
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("watch checkpoint %s: %w", key, err)
+			}
+			for _, ev := range resp.Events {
+				if bytes.Contains(ev.Kv.Value, []byte(`"promoted":true`)) {
+					return fmt.Errorf("checkpoint %s: %w", key, ErrPromoted)
+				}
 			}
 		}
+		if !compacted {
+			return nil
+		}
+		// The standby compacted past the checkpoint's last change: look
+		// at it now, then watch from there.
+		resp, err := a.etcd.Get(wctx, key)
+		if err != nil {
+			return fmt.Errorf("read checkpoint %s: %w", key, err)
+		}
+		if len(resp.Kvs) > 0 && bytes.Contains(resp.Kvs[0].Value, []byte(`"promoted":true`)) {
+			return fmt.Errorf("checkpoint %s: %w", key, ErrPromoted)
+		}
+		from = resp.Header.Revision + 1
 	}
-	return nil
 }
+
+// bufferBytes bounds the bytes of messages pulled from the stream and not
+// yet applied, twice: in the consumer's buffer and between reader and applier.
+const bufferBytes = 32 << 20
+
+// msgWeight is what a message holds of bufferBytes (a message larger than
+// the bound holds all of it).
+func msgWeight(data []byte) int64 { return min(int64(len(data))+64, bufferBytes) }
 
 // lagEvery is how often the applier compares its position with the stream.
 const lagEvery = 2 * time.Second
@@ -290,7 +328,9 @@ func (a *Applier) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume stream %s from seq %d: %w", a.cfg.Stream, start, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(a.cfg.MaxBatchMessages))
+	// Bound what waits in memory by bytes: a snapshot chunk is up to
+	// half a MiB, a revision message a few hundred bytes.
+	it, err := cons.Messages(jetstream.PullMaxBytes(bufferBytes))
 	if err != nil {
 		return fmt.Errorf("consume stream %s from seq %d: %w", a.cfg.Stream, start, err)
 	}
@@ -299,6 +339,7 @@ func (a *Applier) session(ctx context.Context) error {
 	stop := context.AfterFunc(gctx, it.Stop)
 	defer stop()
 	msgs := make(chan Msg, a.cfg.MaxBatchMessages)
+	held := semaphore.NewWeighted(bufferBytes) // bytes read but not yet applied
 	fenceFrom := a.ckRev + 1
 	g.Go(func() error { return a.watchFence(gctx, fenceFrom) })
 	g.Go(func() error { a.monitorLag(gctx); return nil })
@@ -306,7 +347,7 @@ func (a *Applier) session(ctx context.Context) error {
 		for {
 			m, err := it.Next()
 			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) && gctx.Err() != nil {
 					return nil
 				}
 				return fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
@@ -314,6 +355,9 @@ func (a *Applier) session(ctx context.Context) error {
 			md, err := m.Metadata()
 			if err != nil {
 				return fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
+			}
+			if err := held.Acquire(gctx, msgWeight(m.Data())); err != nil {
+				return nil // cancelled
 			}
 			select {
 			case msgs <- Msg{Seq: md.Sequence.Stream, Data: m.Data()}:
@@ -341,7 +385,11 @@ func (a *Applier) session(ctx context.Context) error {
 					break drain
 				}
 			}
-			if err := a.ApplyBatch(gctx, batch); err != nil {
+			err := a.ApplyBatch(gctx, batch)
+			for _, m := range batch {
+				held.Release(msgWeight(m.Data))
+			}
+			if err != nil {
 				return err
 			}
 		}

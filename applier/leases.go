@@ -14,8 +14,8 @@ import (
 // source lease, so it expires on the standby too.
 //
 // A source lease kept alive on the primary is not kept alive on the
-// standby: its keys expire there after the TTL they had when written
-// unless the primary writes them again.
+// standby: its keys expire there after the TTL they had when last written
+// (a write carrying a longer remaining TTL gets a fresh standby lease).
 type leaseMap struct {
 	etcd *clientv3.Client
 	m    map[int64]standbyLease
@@ -30,7 +30,10 @@ type standbyLease struct {
 // with ttl seconds (at least 1) when there is none or it is about to expire.
 func (l *leaseMap) standbyLease(ctx context.Context, src, ttl int64) (clientv3.LeaseID, error) {
 	now := time.Now()
-	if e, ok := l.m[src]; ok && e.expires.After(now.Add(time.Second)) {
+	// Reuse the standby lease while it outlives the source lease's TTL as
+	// the event carries it (within a second); a source lease kept alive
+	// and written again gets a fresh standby lease with its new TTL.
+	if e, ok := l.m[src]; ok && !e.expires.Before(now.Add(time.Duration(ttl-1)*time.Second)) && e.expires.After(now.Add(time.Second)) {
 		return e.id, nil
 	}
 	ttl = max(ttl, 1)

@@ -52,6 +52,11 @@ type PromoteReport struct {
 	StandbyRevision int64 `json:"standby_revision"`
 	// Bumped is the number of revisions added by BumpRevision.
 	Bumped int64 `json:"bumped_revisions"`
+	// Inconsistent, when set, says why the standby's keyspace is not a copy
+	// of the primary at any one revision (a snapshot was half applied).
+	Inconsistent string `json:"inconsistent,omitempty"`
+
+	drainTo uint64 // last sequence the applier can reach
 }
 
 // ErrNotDrained is wrapped by Promote's error when the applier did not catch
@@ -92,7 +97,7 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 		if ck.Promoted {
 			return rep, fmt.Errorf("promote: standby already promoted at %s: %w", ck.Position, ErrPromoted)
 		}
-		if js == nil || (ck.Position.Seq >= rep.StreamLastSeq && ck.Snapshot == nil) {
+		if js == nil || (ck.Position.Seq >= rep.drainTo && ck.Snapshot == nil) {
 			rep.Drained = js != nil
 			break
 		}
@@ -126,6 +131,9 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 		}
 	}
 	rep.DataLossSince = rep.Checkpoint.SourceTime
+	if sn := rep.Checkpoint.Snapshot; sn != nil {
+		rep.Inconsistent = fmt.Sprintf("a snapshot at source revision %d (generation %d) was half applied (%d keys): the standby mixes its older state with part of that snapshot; re-seed it or audit before serving", sn.Revision, sn.Generation, sn.Keys)
+	}
 	if rep.StreamLastSeq > rep.Checkpoint.Position.Seq {
 		rep.Unapplied = rep.StreamLastSeq - rep.Checkpoint.Position.Seq
 	}
@@ -165,6 +173,13 @@ func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream
 	var rev int64
 	if _, err := fmt.Sscan(m.Header.Get(streams.HeaderRevision), &rev); err == nil {
 		rep.StreamLastRevision = rev
+	}
+	rep.drainTo = rep.StreamLastSeq
+	if f, err := streams.DecodeFrame(m.Data); err == nil && f.Part < f.Parts-1 {
+		// The primary died half-way through a record: its first parts
+		// can never be applied, so drained means everything before it.
+		rep.drainTo = rep.StreamLastSeq - uint64(f.Part) - 1
+		rep.StreamLastRevision--
 	}
 	return nil
 }

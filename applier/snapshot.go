@@ -22,16 +22,18 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 		return err
 	}
 	s := &SnapshotState{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Prefix: string(r.Prefix)}
+	// Every key this snapshot writes gets a mod revision above the base;
+	// whatever is not above it at the end (including keys an interrupted
+	// earlier snapshot wrote) is absent from this snapshot.
+	base, n, err := a.countInScope(ctx, s.Prefix)
+	if err != nil {
+		return err
+	}
+	s.BaseRevision, s.InScopeBefore = base, n
 	if w.Snapshot != nil {
-		// A snapshot was interrupted (the publisher restarted): keys written
-		// by it since the first base must still count as not-in-snapshot.
-		s.BaseRevision, s.InScopeBefore = w.Snapshot.BaseRevision, w.Snapshot.InScopeBefore
-	} else {
-		base, n, err := a.countInScope(ctx, s.Prefix)
-		if err != nil {
-			return err
-		}
-		s.BaseRevision, s.InScopeBefore = base, n
+		// An interrupted snapshot: the mass-delete guard still compares
+		// with the keyspace as it was before the first one began.
+		s.InScopeBefore = w.Snapshot.InScopeBefore
 	}
 	a.log.Info("snapshot apply started", "cluster_id", fmt.Sprintf("%x", r.ClusterID), "generation", r.Generation,
 		"revision", r.Revision, "reason", r.Reason, "standby_in_scope_keys", s.InScopeBefore, "seq", r.seq)

@@ -37,6 +37,10 @@ type Config struct {
 	// same generation, so retention can drop old messages while a complete
 	// base stays in the stream. 0 disables them. Default 4h.
 	SnapshotInterval time.Duration
+	// ProgressInterval is how often the publisher asks etcd for watch
+	// progress and, when the prefix was idle, publishes an empty revision
+	// record at the source's current revision. Default 5s.
+	ProgressInterval time.Duration
 	// AckTimeout bounds the wait for one acknowledgement. Default 10s.
 	AckTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after an error.
@@ -59,6 +63,7 @@ func DefaultConfig() Config {
 		SnapshotPageSize:   1000,
 		SnapshotChunkBytes: 512 << 10,
 		SnapshotInterval:   4 * time.Hour,
+		ProgressInterval:   5 * time.Second,
 		AckTimeout:         10 * time.Second,
 		MinBackoff:         100 * time.Millisecond,
 		MaxBackoff:         10 * time.Second,
@@ -85,6 +90,9 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotChunkBytes < 1 {
 		return fmt.Errorf("snapshot chunk bytes %d: must be at least 1", c.SnapshotChunkBytes)
+	}
+	if c.ProgressInterval <= 0 {
+		return fmt.Errorf("progress interval %s: must be positive", c.ProgressInterval)
 	}
 	if c.SnapshotInterval < 0 {
 		return fmt.Errorf("snapshot interval %s: must not be negative", c.SnapshotInterval)

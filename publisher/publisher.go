@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/etcdsync/etcdsync/streams"
 )
@@ -139,7 +141,13 @@ func (p *Publisher) session(ctx context.Context) error {
 		reason = fmt.Sprintf("%s: source revision %d is behind the stream's %d (restored etcd?)", ReasonContinuity, curRev, tail.Revision)
 	}
 	gen, resumeRev := tail.Generation, tail.Revision
-	if reason != "" {
+	switch {
+	case tail.Seq == 0:
+		// A first start (or a recreated stream): a generation number never
+		// used before, so a standby holding a checkpoint of an older stream
+		// can never take this history for its own.
+		gen, resumeRev = uint64(time.Now().Unix()), 0
+	case reason != "":
 		gen, resumeRev = tail.Generation+1, 0
 	}
 
@@ -165,7 +173,7 @@ func (p *Publisher) session(ctx context.Context) error {
 	g.Go(func() error { return p.checkAcks(gctx, acks, stream, epochSeq) })
 	g.Go(func() error {
 		defer close(acks)
-		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, clusterID: clusterID, gen: gen}
+		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen}
 		from := resumeRev + 1
 		if reason != "" {
 			rev, err := p.snapshot(gctx, pub, reason, 0)
@@ -181,6 +189,14 @@ func (p *Publisher) session(ctx context.Context) error {
 		p.forceReason = ReasonContinuity + ": source compacted past the stream's revision"
 	}
 	return err
+}
+
+// requestProgress asks etcd for a progress notification on the watch of
+// ctx. If it fails, the next tick asks again.
+func (p *Publisher) requestProgress(ctx context.Context) {
+	if err := p.etcd.RequestProgress(ctx); err != nil {
+		p.log.Debug("request watch progress", "err", err)
+	}
 }
 
 // onSnapshotRequest queues a snapshot and answers the requester.
@@ -222,6 +238,7 @@ type sender struct {
 	p         *Publisher
 	acks      chan<- pending
 	epochSeq  uint64
+	last      uint64 // stream sequence the next message must follow
 	clusterID uint64
 	gen       uint64
 }
@@ -235,10 +252,17 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 	}
 	pos := streams.Position{ClusterID: s.clusterID, Generation: s.gen, Revision: rec.Revision, Part: len(msgs) - 1}
 	for i, m := range msgs {
-		fut, err := s.p.js.PublishMsgAsync(m, jetstream.WithExpectLastSequenceForSubject(s.epochSeq, s.p.subj.Epoch()))
+		// Chain every message to the one before it: the publisher is the
+		// stream's only writer, so it knows the sequence each message must
+		// follow. A message lost in a reconnect then fails every later one
+		// instead of leaving a hole, and the session restarts from the tail.
+		fut, err := s.p.js.PublishMsgAsync(m,
+			jetstream.WithExpectLastSequence(s.last),
+			jetstream.WithExpectLastSequenceForSubject(s.epochSeq, s.p.subj.Epoch()))
 		if err != nil {
 			return fmt.Errorf("publish %s record at revision %d: %w", rec.Kind, rec.Revision, err)
 		}
+		s.last++
 		s.p.metrics.bytes.Add(float64(len(m.Data)))
 		select {
 		case s.acks <- pending{fut: fut, rec: pos, last: i == len(msgs)-1}:
@@ -253,7 +277,12 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 // revision until ctx ends or the watch fails.
 func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithPrefix()}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// The client multiplexes watches with the same context metadata on one
+	// stream, and etcd answers a progress request only when every watcher
+	// on that stream is synced: a session of its own keeps an earlier
+	// session's watch, still closing, from swallowing the answers.
+	wctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(ctx),
+		"etcdsync-watch-session", strconv.FormatUint(s.epochSeq, 10)))
 	defer cancel()
 	wch := p.etcd.Watch(wctx, p.cfg.Prefix, opts...)
 	var periodic <-chan time.Time
@@ -262,24 +291,54 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 		defer t.Stop()
 		periodic = t.C
 	}
-	var rec streams.Record
+	progress := time.NewTicker(p.cfg.ProgressInterval)
+	defer progress.Stop()
+	var (
+		rec   streams.Record
+		due   string // reason of a snapshot waiting for the next progress notification
+		retry <-chan time.Time
+	)
 	for {
-		// A snapshot when one is due is pinned at the last revision
-		// published, so it sits exactly at its place in the log; otherwise
-		// the next watch response becomes one record per revision.
+		// Snapshots and progress records wait for a progress notification:
+		// its header revision H says every event up to H was delivered, so
+		// a snapshot pinned at H sits exactly at its place in the log, and
+		// the log's position moves to H even when the prefix is idle (a
+		// restart then resumes from a revision etcd has not compacted).
 		var resp clientv3.WatchResponse
+		if due != "" && retry == nil {
+			retry = time.After(time.Second) // the fallback if etcd sends no progress
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-periodic:
-			if _, err := p.snapshot(ctx, s, ReasonPeriodic, from-1); err != nil {
-				return err
+			if due == "" {
+				due = ReasonPeriodic
 			}
+			p.requestProgress(wctx)
 			continue
 		case <-p.requests:
-			if _, err := p.snapshot(ctx, s, ReasonRequested+": asked for over "+p.subj.ControlSnapshot(), from-1); err != nil {
-				return err
+			if due == "" {
+				due = ReasonRequested + ": asked for over " + p.subj.ControlSnapshot()
 			}
+			p.requestProgress(wctx)
+			continue
+		case <-retry:
+			// No progress answer (etcd sends none while the watch's start
+			// revision is ahead of the store): snapshot at the source's
+			// current revision. Events up to it that arrive afterwards
+			// are in the snapshot, and an applier that re-seeds from it
+			// skips them (it applies only revisions above its position).
+			retry = nil
+			if due != "" {
+				if _, err := p.snapshot(ctx, s, due, 0); err != nil {
+					return err
+				}
+				due = ""
+			}
+			continue
+		case <-progress.C:
+			p.requestProgress(wctx)
 			continue
 		case r, ok := <-wch:
 			if !ok {
@@ -289,6 +348,26 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 				return fmt.Errorf("watch from revision %d: channel closed", from)
 			}
 			resp = r
+		}
+		if resp.IsProgressNotify() {
+			h := resp.Header.Revision
+			p.metrics.sourceRev.Set(float64(h))
+			if h > from-1 {
+				// A revision record without events: the log's position
+				// is H (and the applier can measure its lag while idle).
+				rec = streams.Record{Kind: streams.KindRevision, Revision: h, Time: time.Now()}
+				if err := s.send(ctx, &rec); err != nil {
+					return err
+				}
+				from = h + 1
+			}
+			if due != "" {
+				if _, err := p.snapshot(ctx, s, due, from-1); err != nil {
+					return err
+				}
+				due, retry = "", nil
+			}
+			continue
 		}
 		if err := resp.Err(); err != nil {
 			if resp.CompactRevision != 0 || errors.Is(err, rpctypes.ErrCompacted) {

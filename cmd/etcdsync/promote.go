@@ -118,6 +118,9 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func printPromote(w io.Writer, rep applier.PromoteReport) {
 	ck := rep.Checkpoint
 	fmt.Fprintf(w, "standby promoted: the applier is fenced and will not write again\n")
+	if rep.Inconsistent != "" {
+		fmt.Fprintf(w, "  WARNING          %s\n", rep.Inconsistent)
+	}
 	fmt.Fprintf(w, "  final position   generation %d, source revision %d, stream seq %d (%s)\n", ck.Position.Generation, ck.Position.Revision, ck.Position.Seq, ck.Position)
 	fmt.Fprintf(w, "  source time      %s: anything the primary committed after it is not on the standby\n", rep.DataLossSince.UTC().Format(time.RFC3339Nano))
 	if rep.StreamLastSeq > 0 {

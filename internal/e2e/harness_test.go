@@ -213,3 +213,16 @@ func testenvEventually(t *testing.T, cond func() bool, what string) {
 	t.Helper()
 	testenv.Eventually(t, 10*time.Second, cond, "%s", what)
 }
+
+func clientv3WithPrefix() clientv3.OpOption { return clientv3.WithPrefix() }
+
+func prefixRules(t *testing.T, prefix string) *keyspace.Rules {
+	cfg := keyspace.DefaultConfig()
+	cfg.Mode = keyspace.ModeRaw
+	cfg.IncludePrefixes = []string{prefix}
+	r, err := keyspace.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
