@@ -20,6 +20,10 @@
 //     publisher stored the same record first) also means ErrFenced: a
 //     session never repeats a record of its own, because it starts exactly
 //     at the tail its epoch fenced.
+//   - Every data message also expects the stream's last sequence to be the
+//     one before it, so a message lost in a reconnect cannot leave a hole.
+//   - Progress: while the prefix is idle, an empty revision record at the
+//     watch's progress revision moves the log's position with the source.
 //   - Publishing is asynchronous with a bounded window; acknowledgements are
 //     checked in publish order; any error ends the session, and the next
 //     session re-reads the tail (with capped exponential backoff).
