@@ -111,6 +111,7 @@ func terminal(err error) bool {
 func (a *Applier) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = a.cfg.MinBackoff, a.cfg.MaxBackoff, 0
+	bo.Reset() // start from InitialInterval, not the library default
 	for {
 		start := time.Now()
 		err := a.session(ctx)
@@ -255,7 +256,7 @@ func (a *Applier) watchFence(ctx context.Context, from int64) error {
 
 // bufferBytes bounds the bytes of messages pulled from the stream and not
 // yet applied, twice: in the consumer's buffer and between reader and applier.
-const bufferBytes = 32 << 20
+const bufferBytes = 16 << 20
 
 // msgWeight is what a message holds of bufferBytes (a message larger than
 // the bound holds all of it).

@@ -23,6 +23,11 @@
 //     mod-revision is not above the standby revision recorded when the
 //     snapshot began) is deleted, unless that would delete more than
 //     MaxDeleteRatio of the standby's in-scope keys (ErrMassDelete).
+//   - Snapshot transactions are sent one at a time, like revisions: etcd
+//     reorders concurrent transactions, and the snapshot's owner-first order
+//     (CRDs, Namespaces, then ascending CreateRevision) must reach the
+//     standby as published, or its garbage collector could see a child
+//     before its owner.
 //   - Scope: keys the rules exclude are never written or deleted.
 //   - Corrupt messages stop the applier (errors wrap streams.ErrCorrupt)
 //     before anything of their batch is written.

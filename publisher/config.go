@@ -29,7 +29,8 @@ type Config struct {
 	// KubernetesPrefix is the apiserver's etcd prefix, used only to order
 	// snapshots (CustomResourceDefinitions, then Namespaces, first). Default "/registry".
 	KubernetesPrefix string
-	// SnapshotPageSize is the number of keys per paginated snapshot Get. Default 1000.
+	// SnapshotPageSize is the number of keys per paginated snapshot Get
+	// (keys only). Default 5000.
 	SnapshotPageSize int64
 	// SnapshotChunkBytes is the target size of one snapshot chunk. Default 512 KiB.
 	SnapshotChunkBytes int
@@ -60,7 +61,7 @@ func DefaultConfig() Config {
 		MaxMessageBytes:    1000 << 10,
 		Window:             256,
 		KubernetesPrefix:   "/registry",
-		SnapshotPageSize:   1000,
+		SnapshotPageSize:   5000,
 		SnapshotChunkBytes: 512 << 10,
 		SnapshotInterval:   4 * time.Hour,
 		ProgressInterval:   5 * time.Second,

@@ -82,6 +82,7 @@ func (p *Publisher) Published() streams.Position {
 func (p *Publisher) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = p.cfg.MinBackoff, p.cfg.MaxBackoff, 0
+	bo.Reset() // start from InitialInterval, not the library default
 	for {
 		start := time.Now()
 		err := p.session(ctx)

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// env describes the machine and the versions measured.
+type env struct {
+	machine  string
+	versions string
+}
+
+func describeEnv(binDir string) env {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	e := env{machine: fmt.Sprintf("nproc %d, %s, linux %s, %s %s/%s",
+		runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version(), runtime.GOOS, runtime.GOARCH)}
+
+	first := func(bin string, args ...string) string {
+		out, err := exec.Command(filepath.Join(binDir, bin), args...).Output()
+		if err != nil {
+			return "unknown"
+		}
+		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return line
+	}
+	deps := map[string]string{}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			deps[d.Path] = d.Version
+		}
+	}
+	rev := "unknown"
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		rev = strings.TrimSpace(string(out))
+		if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+			rev += " + uncommitted changes"
+		}
+	}
+	e.versions = fmt.Sprintf("%s; %s; etcd client %s; nats-server %s (embedded); nats.go %s; etcdsync %s",
+		first("etcd", "--version"), first("etcdctl", "version"), deps["go.etcd.io/etcd/client/v3"],
+		deps["github.com/nats-io/nats-server/v2"], deps["github.com/nats-io/nats.go"], rev)
+	return e
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+func ratio(mm, es time.Duration) string {
+	if mm <= 0 || es <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f×", mm.Seconds()/es.Seconds())
+}
+
+func share(rate, limit float64) string {
+	if rate <= 0 || limit <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f%%", 100*rate/limit)
+}
+
+// printReport prints the machine, the versions and one table.
+func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
+	var es, mm *result
+	for _, r := range results {
+		if strings.HasPrefix(r.name, "etcdsync") {
+			es = r
+		} else {
+			mm = r
+		}
+	}
+	if es == nil {
+		es = &result{name: "etcdsync (not run)"}
+	}
+	if mm == nil {
+		mm = &result{name: "make-mirror (not run)"}
+	}
+	mode := "full"
+	if o.quick {
+		mode = "quick"
+	}
+	fmt.Fprintf(w, "\netcdsync benchmark (%s run, %s)\n", mode, time.Now().Format(time.RFC3339))
+	fmt.Fprintf(w, "machine:  %s\n", e.machine)
+	fmt.Fprintf(w, "versions: %s\n", e.versions)
+	if len(o.standbyArgs)+len(o.applyArgs)+len(o.publishArgs) > 0 || o.etcdsyncBin != "" {
+		fmt.Fprintf(w, "EXPERIMENT: standby etcd %q, apply %q, publish %q, etcdsync binary %q\n", o.standbyArgs, o.applyArgs, o.publishArgs, o.etcdsyncBin)
+	}
+	fmt.Fprintf(w, "setup:    two single-member etcd processes (default flags, fsync on), NATS JetStream embedded in the bench process (file store);\n")
+	if o.profileDir != "" {
+		fmt.Fprintf(w, "          publisher and applier IN the bench process (--profile: RSS not measured)\n")
+	} else {
+		fmt.Fprintf(w, "          `etcdsync publish` and `etcdsync apply` as processes (kubernetes preset); `etcdctl make-mirror --endpoints <primary> <standby>`\n")
+	}
+	fmt.Fprintln(w)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "workload\t%s\t%s\tratio (mm/es)\tshare of etcd's limit (es / mm)\n", es.name, mm.name)
+	fmt.Fprintf(tw, "--------\t--------\t-----------\t-------------\t-------------------------------\n")
+	w1Rate := func(r *result) float64 {
+		if r.w1 <= 0 {
+			return 0
+		}
+		return float64(r.w1Keys) / r.w1.Seconds()
+	}
+	w1 := func(r *result) string {
+		if r.w1 <= 0 {
+			return failed(r)
+		}
+		return fmt.Sprintf("%s (%.0f keys/s)", fmtDur(r.w1), w1Rate(r))
+	}
+	fmt.Fprintf(tw, "W1 bootstrap %dk keys × 1 KiB, standby empty: until standby holds all\t%s\t%s\t%s\t%s / %s of %.0f keys/s batched\n",
+		o.keys/1000, w1(es), w1(mm), ratio(mm.w1, es.w1), share(w1Rate(es), lim.batched), share(w1Rate(mm), lim.batched), lim.batched)
+
+	w2Rate := func(r *result) float64 {
+		if r.w2Complete <= 0 {
+			return 0
+		}
+		return float64(o.burst) / r.w2Complete.Seconds()
+	}
+	w2 := func(r *result, d time.Duration) string {
+		if r.w2Complete <= 0 {
+			return failed(r)
+		}
+		return fmtDur(d)
+	}
+	burst := func(r *result) string {
+		if r.w2Primary <= 0 {
+			return failed(r)
+		}
+		return fmt.Sprintf("%s (%.0f puts/s)", fmtDur(r.w2Primary), float64(o.burst)/r.w2Primary.Seconds())
+	}
+	fmt.Fprintf(tw, "W2 burst %dk single puts, %d clients: primary took\t%s\t%s\t\t\n", o.burst/1000, o.clients, burst(es), burst(mm))
+	fmt.Fprintf(tw, "W2   standby holds every key, from burst start\t%s\t%s\t%s\t%s / %s of %.0f puts/s single\n",
+		w2(es, es.w2Complete), w2(mm, mm.w2Complete), ratio(mm.w2Complete, es.w2Complete),
+		share(w2Rate(es), lim.single), share(w2Rate(mm), lim.single), lim.single)
+	fmt.Fprintf(tw, "W2   standby holds every key, after burst end\t%s\t%s\t%s\t\n",
+		w2(es, es.w2After), w2(mm, mm.w2After), ratio(mm.w2After, es.w2After))
+	fmt.Fprintf(tw, "W2   lag p50 / p99 / max during the burst (ratio of p99)\t%s\t%s\t%s\t\n",
+		es.w2Lag, mm.w2Lag, ratio(mm.w2Lag.pct(0.99), es.w2Lag.pct(0.99)))
+	fmt.Fprintf(tw, "W3 steady %d rev/s × %s: lag p50 / p99 / max (ratio of p99)\t%s\t%s\t%s\t%s\n",
+		o.steadyRate, o.steadyFor, es.w3Lag, mm.w3Lag, ratio(mm.w3Lag.pct(0.99), es.w3Lag.pct(0.99)),
+		fmt.Sprintf("primary wrote %.0f / %.0f rev/s", es.w3Rate, mm.w3Rate))
+	rss := func(r *result) string {
+		if len(r.rss) == 0 {
+			return "n/a"
+		}
+		var parts []string
+		for _, nb := range r.rss {
+			parts = append(parts, nb.name+" "+mib(nb.bytes))
+		}
+		return strings.Join(parts, ", ")
+	}
+	fmt.Fprintf(tw, "peak RSS (VmHWM over W1–W3)\t%s\t%s\t\t\n", rss(es), rss(mm))
+	fmt.Fprintf(tw, "etcd's limit (standby): txns of 128 puts, 8 in flight\t%.0f keys/s\t\t\t\n", lim.batched)
+	fmt.Fprintf(tw, "etcd's limit (standby): txns of 128 puts, 1 in flight (a serial writer)\t%.0f keys/s\t\t\t\n", lim.serial)
+	fmt.Fprintf(tw, "etcd's limit (standby): single puts, %d clients\t%.0f puts/s\t\t\t\n", o.clients, lim.single)
+	tw.Flush()
+
+	// Targets (from the issue), judged on this run only.
+	fmt.Fprintf(w, "\ntargets (etcdsync, this run):\n")
+	check := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "MISSED"
+	}
+	if es.w1 > 0 {
+		fmt.Fprintf(w, "  W1 ≥ 25k keys/s end to end:           %.0f keys/s  %s\n", w1Rate(es), check(w1Rate(es) >= 25000))
+	}
+	if es.w2Complete > 0 {
+		fmt.Fprintf(w, "  W2 complete ≤ 1 s after burst end:    %s  %s\n", fmtDur(es.w2After), check(es.w2After <= time.Second))
+		fmt.Fprintf(w, "  W2 lag p99 ≤ 500 ms during the burst: %s  %s\n", fmtDur(es.w2Lag.pct(0.99)), check(!es.w2Lag.lowerBnd && es.w2Lag.pct(0.99) <= 500*time.Millisecond))
+	}
+	if len(es.w3Lag.samples) > 0 {
+		fmt.Fprintf(w, "  W3 lag p99 ≤ 100 ms:                  %s  %s\n", fmtDur(es.w3Lag.pct(0.99)), check(!es.w3Lag.lowerBnd && es.w3Lag.pct(0.99) <= 100*time.Millisecond))
+	}
+	for _, nb := range es.rss {
+		fmt.Fprintf(w, "  peak RSS %-9s ≤ 150 MiB:          %s  %s\n", nb.name, mib(nb.bytes), check(nb.bytes <= 150<<20))
+	}
+	fmt.Fprintf(w, "\nCPU seconds per process during each workload (2 cores are shared by everything):\n")
+	for _, r := range []*result{es, mm} {
+		for _, line := range r.cpu {
+			fmt.Fprintf(w, "  %-12s %s\n", strings.Fields(r.name)[0], line)
+		}
+	}
+	for _, r := range []*result{es, mm} {
+		if r.err != nil {
+			fmt.Fprintf(w, "\n%s FAILED: %v\n", r.name, r.err)
+		}
+	}
+	fmt.Fprintf(w, "\nnotes: lag = arrival of a marker key on the standby (watch) − return of its Put on the primary, one marker per %s;\n", o.lagEvery)
+	fmt.Fprintf(w, "       \"holds every key\" = first count-only Get on the standby's /registry/ equal to the primary's (polls spaced by the remaining time, %s near the end);\n", o.poll)
+	fmt.Fprintf(w, "       W2 share = burst keys / time from burst start to complete, against etcd's single-put rate; timings on a shared 2-core machine are noisy.\n")
+}
+
+func failed(r *result) string {
+	if r.err != nil {
+		return "failed"
+	}
+	return "n/a"
+}
