@@ -43,8 +43,17 @@ func TestStatusAndPromote(t *testing.T) {
 	if st.State != "following" || st.Checkpoint == nil || st.Checkpoint.Position.Revision != last || st.LagMessages != 0 || st.Stream.Revision != last {
 		t.Fatalf("status %+v: want following at revision %d with no lag", st, last)
 	}
-	if code, out, _ := runCmd(t, "status", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr); code != exitOK || !strings.Contains(out, "following") {
+	if code, out, _ := runCmd(t, "status", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr); code != exitOK || !strings.Contains(out, "following") || !strings.Contains(out, "last audit       none") {
 		t.Fatalf("status table: exit %d\n%s", code, out)
+	}
+	// An audit publishes its summary; status shows it.
+	if code, out, stderr := runCmd(t, "audit", "--once", "--primary-endpoints", primary.Endpoint, "--standby-endpoints", standby.Endpoint,
+		"--nats-url", "nats://"+natsAddr); code != exitOK {
+		t.Fatalf("audit: exit %d\n%s%s", code, out, stderr)
+	}
+	if code, out, _ := runCmd(t, "status", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr); code != exitOK ||
+		!strings.Contains(out, "last audit") || !strings.Contains(out, ": consistent (") {
+		t.Fatalf("status after an audit: exit %d\n%s", code, out)
 	}
 
 	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr, "--bump-revision", "--drain-timeout", "10s")

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/auditor"
 	"github.com/etcdsync/etcdsync/streams"
 )
 
@@ -28,6 +29,7 @@ type statusOptions struct {
 	site          string
 	stream        string
 	checkpointKey string
+	driftStream   string
 	maxLag        time.Duration
 	json          bool
 	log           logFlags
@@ -44,6 +46,7 @@ func statusFlags(o *statusOptions) *flagSet {
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of the publishing site in subjects")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
+	f.String(&o.driftStream, "drift-stream", streams.DefaultDriftStream, "`NAME` of the stream holding the auditor's drift events (the last audit is shown)")
 	f.Duration(&o.maxLag, "max-lag", 30*time.Second, "exit 1 when the standby is behind by more than `DURATION`")
 	f.Bool(&o.json, "json", false, "print JSON instead of a table")
 	o.log.register(f, "warn")
@@ -86,19 +89,60 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return &statusError{err}
 	}
+	out := statusOutput{Status: st}
+	if js != nil {
+		out.LastAudit = lastAudit(ctx, js, o.driftStream, o.site)
+	}
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
+		if err := enc.Encode(out); err != nil {
 			return err
 		}
 	} else {
 		printStatus(stdout, st)
+		printLastAudit(stdout, out.LastAudit)
 	}
 	if st.State != "following" || st.LagSeconds > o.maxLag.Seconds() {
 		return errLagging
 	}
 	return nil
+}
+
+// statusOutput is what `status --json` prints.
+type statusOutput struct {
+	applier.Status
+	LastAudit *auditor.SummaryEvent `json:"last_audit,omitempty"`
+}
+
+// lastAudit reads the newest drift summary the auditor published (nil when
+// there is none or it cannot be read: the audit part is informational).
+func lastAudit(ctx context.Context, js jetstream.JetStream, stream, site string) *auditor.SummaryEvent {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil
+	}
+	m, err := s.GetLastMsgForSubject(ctx, auditor.SummarySubject(site))
+	if err != nil {
+		return nil
+	}
+	var sum auditor.SummaryEvent
+	if json.Unmarshal(m.Data, &sum) != nil || sum.Schema != auditor.SummarySchema {
+		return nil
+	}
+	return &sum
+}
+
+func printLastAudit(w io.Writer, a *auditor.SummaryEvent) {
+	if a == nil {
+		fmt.Fprintf(w, "last audit       none published (run etcdsync audit with --nats-url)\n")
+		return
+	}
+	verdict := "consistent"
+	if !a.Consistent {
+		verdict = fmt.Sprintf("DRIFT: %d missed, %d surplus, %d mismatched", a.Missed, a.Surplus, a.Mismatched)
+	}
+	fmt.Fprintf(w, "last audit       %s at source revision %d: %s (%d keys compared)\n", a.Time.UTC().Format(time.RFC3339), a.SourceRevision, verdict, a.KeysCompared)
 }
 
 func printStatus(w io.Writer, st applier.Status) {
