@@ -49,6 +49,8 @@ type Applier struct {
 	asm     streams.Assembler
 	txn     txnBuilder
 	leases  leaseMap
+	// progressAt is when the last snapshot progress line was logged.
+	progressAt time.Time
 
 	// reseed is set after a gap: the next session starts from the newest
 	// snapshot after the checkpoint and applies it even in the same generation.

@@ -135,6 +135,10 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 		s.Chunks++
 		s.Keys += uint64(len(r.Events))
 		w.Position.Seq = r.seq
+		if time.Since(a.progressAt) >= 2*time.Second {
+			a.progressAt = time.Now()
+			a.log.Info("snapshot apply progress", "revision", s.Revision, "keys", s.Keys, "chunks", s.Chunks, "seq", r.seq)
+		}
 	case streams.KindSnapshotEnd:
 		return a.endSnapshot(ctx, r)
 	}
