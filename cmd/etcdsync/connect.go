@@ -161,6 +161,7 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 type natsFlags struct {
 	url    string
 	creds  string
+	nkey   string
 	cacert string
 	cert   string
 	key    string
@@ -169,6 +170,7 @@ type natsFlags struct {
 func (n *natsFlags) register(f *flagSet, urlHelp string) {
 	f.String(&n.url, "nats-url", "", urlHelp)
 	f.String(&n.creds, "nats-creds", "", "NATS credentials `FILE` (JWT and NKey seed)")
+	f.String(&n.nkey, "nats-nkey", "", "`FILE` holding an NKey seed (NATS nkey authentication without a JWT)")
 	f.String(&n.cacert, "nats-cacert", "", "`FILE` with the CA certificates that verify the NATS servers (TLS)")
 	f.String(&n.cert, "nats-cert", "", "client certificate `FILE` for NATS (TLS; needs --nats-key)")
 	f.String(&n.key, "nats-key", "", "client key `FILE` for NATS (TLS; needs --nats-cert)")
@@ -177,6 +179,9 @@ func (n *natsFlags) register(f *flagSet, urlHelp string) {
 func (n *natsFlags) validate(cmd string) error {
 	if (n.cert == "") != (n.key == "") {
 		return usageErrorf(cmd, "--nats-cert and --nats-key must be given together")
+	}
+	if n.creds != "" && n.nkey != "" {
+		return usageErrorf(cmd, "--nats-creds and --nats-nkey are exclusive (a creds file holds its own NKey seed)")
 	}
 	return nil
 }
@@ -199,6 +204,13 @@ func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, err
 	}
 	if n.creds != "" {
 		opts = append(opts, nats.UserCredentials(n.creds))
+	}
+	if n.nkey != "" {
+		opt, err := nats.NkeyOptionFromSeed(n.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey %s: %w", n.nkey, err)
+		}
+		opts = append(opts, opt)
 	}
 	if n.cacert != "" {
 		opts = append(opts, nats.RootCAs(n.cacert))
