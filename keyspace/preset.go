@@ -24,7 +24,7 @@ var presetSubtrees = []struct{ segment, why string }{
 	{"minions", "nodes belong to the cluster that runs them"},
 	{"csinodes", "node-bound"},
 	{"volumeattachments", "node-bound"},
-	{"events", "ephemeral; their TTL lease is not replicated"},
+	{"events", "ephemeral, and about the primary's own objects and nodes"},
 }
 
 // presetKeys are single keys (relative to the prefix) that point at the
