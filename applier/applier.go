@@ -46,9 +46,11 @@ type Applier struct {
 	ckRev   int64      // mod revision of the checkpoint key (0: absent)
 	work    Checkpoint // after everything handed to the transaction builder
 	nextSeq uint64
-	asm     streams.Assembler
-	txn     txnBuilder
-	leases  leaseMap
+	// sessionStart is the first sequence of the session.
+	sessionStart uint64
+	asm          streams.Assembler
+	txn          txnBuilder
+	leases       leaseMap
 	// progressAt is when the last snapshot progress line was logged.
 	progressAt time.Time
 
@@ -182,7 +184,18 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("read stream %s: %w", a.cfg.Stream, err)
 	}
 	start := ck.Position.Seq + 1
-	recreated := ck.Position.Seq != 0 && info.State.LastSeq < ck.Position.Seq
+	recreated := false
+	if ck.Position.Seq != 0 && info.State.LastSeq < ck.Position.Seq {
+		// The stream ends before the checkpoint: either a mirror still
+		// filling up to the origin's sequences (same history: wait for
+		// it), or a recreated stream (another history: its sequences mean
+		// nothing here).
+		tail, err := streams.ReadTail(ctx, stream, a.subj)
+		if err != nil {
+			return 0, err
+		}
+		recreated = tail.Seq == 0 || tail.ClusterID != ck.Position.ClusterID || tail.Generation != ck.Position.Generation
+	}
 	if recreated {
 		// The stream is shorter than the checkpoint: it was recreated (or
 		// this checkpoint belongs to another stream). Its sequences mean
@@ -213,7 +226,7 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 			a.log.Info("re-seeding from snapshot", "seq", start, "checkpoint", ck.Position.String())
 		}
 	}
-	a.nextSeq = start
+	a.nextSeq, a.sessionStart = start, start
 	return start, nil
 }
 
@@ -370,7 +383,6 @@ func (a *Applier) session(ctx context.Context) error {
 		}
 	})
 	g.Go(func() error {
-		defer it.Stop()
 		batch := make([]Msg, 0, a.cfg.MaxBatchMessages)
 		for {
 			select {

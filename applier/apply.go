@@ -77,6 +77,12 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decode message at seq %d: %w", m.Seq, err)
 		}
+		if f.Part != 0 && !a.asm.Pending() && m.Seq == a.sessionStart {
+			// The session starts in the middle of a record: the checkpoint
+			// does not belong to this stream's history (a recreated stream
+			// grown past it). Not corruption: re-seed.
+			return nil, fmt.Errorf("session starts at seq %d inside a record (part %d of %d): %w", m.Seq, f.Part, f.Parts, ErrNoBase)
+		}
 		if a.asm.Pending() && f.Kind == streams.KindEpoch {
 			// A publisher died half-way through a record; its successor's
 			// epoch abandons the fragment (it starts a new generation).

@@ -179,7 +179,6 @@ func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream
 		// The primary died half-way through a record: its first parts
 		// can never be applied, so drained means everything before it.
 		rep.drainTo = rep.StreamLastSeq - uint64(f.Part) - 1
-		rep.StreamLastRevision--
 	}
 	return nil
 }

@@ -13,7 +13,11 @@ import (
 // this generation (a periodic snapshot it is past).
 func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 	w := &a.work
-	if !a.reseed && w.Snapshot == nil && w.Position.Seq != 0 && w.Position.ClusterID == r.ClusterID && w.Position.Generation == r.Generation {
+	if !a.reseed && w.Snapshot == nil && w.Position.Seq != 0 && w.Position.ClusterID == r.ClusterID && w.Position.Generation == r.Generation &&
+		r.Revision <= w.Position.Revision {
+		// A periodic snapshot of the history the standby follows, at or
+		// below its position: nothing to learn from it. (One above the
+		// position would mean revisions missing before it: apply it.)
 		w.Position.Seq = r.seq
 		return nil
 	}

@@ -147,7 +147,7 @@ func (p *Publisher) session(ctx context.Context) error {
 		// A first start (or a recreated stream): a generation number never
 		// used before, so a standby holding a checkpoint of an older stream
 		// can never take this history for its own.
-		gen, resumeRev = uint64(time.Now().Unix()), 0
+		gen, resumeRev = uint64(time.Now().UnixNano()), 0
 	case reason != "":
 		gen, resumeRev = tail.Generation+1, 0
 	}
@@ -326,13 +326,12 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 			continue
 		case <-retry:
 			// No progress answer (etcd sends none while the watch's start
-			// revision is ahead of the store): snapshot at the source's
-			// current revision. Events up to it that arrive afterwards
-			// are in the snapshot, and an applier that re-seeds from it
-			// skips them (it applies only revisions above its position).
+			// revision is ahead of the store, nor to an unsynced watcher):
+			// snapshot at the last revision published, so the snapshot
+			// still sits exactly at its place in the log.
 			retry = nil
 			if due != "" {
-				if _, err := p.snapshot(ctx, s, due, 0); err != nil {
+				if _, err := p.snapshot(ctx, s, due, from-1); err != nil {
 					return err
 				}
 				due = ""
