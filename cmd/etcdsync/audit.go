@@ -7,15 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/etcdsync/etcdsync/auditor"
 	"github.com/etcdsync/etcdsync/keyspace"
@@ -306,42 +302,5 @@ func clearProgress(stderr io.Writer, o *auditOptions) {
 // runAuditServed runs the auditor's interval loop and, when addr is set, an
 // HTTP server with /check, /metrics, /healthz and /readyz, like runServed.
 func runAuditServed(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, conns []*nats.Conn, a *auditor.Auditor) error {
-	if addr == "" {
-		return runServed(ctx, log, "", reg, conns, a.Run)
-	}
-	h := &health{conns: conns}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics listener: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/check", a.CheckHandler())
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.Handle("/readyz", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Info("serving metrics", "addr", ln.Addr().String(), "paths", "/check /metrics /healthz /readyz")
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("metrics server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer scancel()
-		return srv.Shutdown(sctx)
-	})
-	g.Go(func() error {
-		defer cancel()
-		h.running.Store(true)
-		defer h.running.Store(false)
-		return a.Run(gctx)
-	})
-	return g.Wait()
+	return runServedReady(ctx, log, addr, reg, conns, nil, a.Run, route{path: "/check", handler: a.CheckHandler()})
 }

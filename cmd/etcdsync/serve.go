@@ -93,10 +93,16 @@ func runServed(ctx context.Context, log *slog.Logger, addr string, reg *promethe
 	return runServedReady(ctx, log, addr, reg, conns, nil, fn)
 }
 
+// route is one more path a component serves next to /metrics, /healthz and /readyz.
+type route struct {
+	path    string
+	handler http.Handler
+}
+
 // runServedReady is runServed with a readiness check: /readyz also calls
 // ready (nil: none) once fn runs and every connection is up, and answers
-// 503 with its error.
-func runServedReady(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, conns []*nats.Conn, ready readyCheck, fn func(context.Context) error) error {
+// 503 with its error. extra adds paths (the auditor's /check).
+func runServedReady(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, conns []*nats.Conn, ready readyCheck, fn func(context.Context) error, extra ...route) error {
 	h := &health{conns: conns, ready: ready}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -110,8 +116,13 @@ func runServedReady(ctx context.Context, log *slog.Logger, addr string, reg *pro
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.Handle("/readyz", h)
+		paths := "/metrics /healthz /readyz"
+		for _, r := range extra {
+			mux.Handle(r.path, r.handler)
+			paths += " " + r.path
+		}
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		log.Info("serving metrics", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
+		log.Info("serving metrics", "addr", ln.Addr().String(), "paths", paths)
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics server: %w", err)
