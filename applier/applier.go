@@ -27,6 +27,10 @@ import (
 // checkpoint carries the promoted marker and the applier must not write.
 var ErrPromoted = errors.New("standby promoted: applier fenced")
 
+// errStreamBehind means the stream holds nothing yet to decide whether it
+// is the checkpoint's history (a mirror filling up) or a new one.
+var errStreamBehind = errors.New("waiting for the stream")
+
 // errNoSnapshot means the stream holds no snapshot the applier can use yet;
 // one was requested from the publisher.
 var errNoSnapshot = errors.New("the stream holds no usable snapshot yet; one was requested from the publisher")
@@ -194,7 +198,13 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		recreated = tail.Seq == 0 || tail.ClusterID != ck.Position.ClusterID || tail.Generation != ck.Position.Generation
+		if tail.Seq == 0 {
+			// Nothing to tell the two apart yet (an empty mirror, or a
+			// new stream before its publisher's first snapshot): wait.
+			return 0, fmt.Errorf("stream %s ends at seq %d before the checkpoint's %d and holds no record yet: %w",
+				a.cfg.Stream, info.State.LastSeq, ck.Position.Seq, errStreamBehind)
+		}
+		recreated = tail.ClusterID != ck.Position.ClusterID || tail.Generation != ck.Position.Generation
 	}
 	if recreated {
 		// The stream is shorter than the checkpoint: it was recreated (or

@@ -146,3 +146,46 @@ func TestApplierStartsAfterStandbyCompaction(t *testing.T) {
 	put(t, p.primary.Client, "/sc/b", "2")
 	p.waitConverged(rules, 20*time.Second)
 }
+
+// A stream that ends before the checkpoint and holds no record yet (an
+// empty mirror, a new stream before its first snapshot) is waited for: the
+// applier neither re-seeds from nothing nor stops; once the new history
+// appears it re-seeds.
+func TestEmptyStreamBeforeCheckpointWaits(t *testing.T) {
+	p := newPipeline(t)
+	_, pr := p.startPublisher(p.publisherConfig())
+	_, ar := p.startApplier(rawApplierConfig(p))
+	for i := 0; i < 10; i++ {
+		put(t, p.primary.Client, fmt.Sprintf("/es/k%d", i), "v")
+	}
+	rules := rawRules(t)
+	p.waitConverged(rules, 20*time.Second)
+	if err := ar.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pr.stop(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := p.js.JS.DeleteStream(ctx, streams.DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := streams.EnsureLogStream(ctx, p.js.JS, streams.DefaultLogConfig()); err != nil {
+		t.Fatal(err)
+	}
+	ap, r := p.startApplier(rawApplierConfig(p))
+	time.Sleep(1500 * time.Millisecond)
+	select {
+	case <-r.done:
+		t.Fatalf("applier stopped on an empty stream: %v", r.err)
+	default:
+	}
+	if ap.Applied().Position.Seq != 0 {
+		t.Fatalf("applier wrote a checkpoint from an empty stream: %s", ap.Applied().Position)
+	}
+	if _, err := p.primary.Client.Delete(ctx, "/es/k1"); err != nil {
+		t.Fatal(err)
+	}
+	p.startPublisher(p.publisherConfig())
+	p.waitConverged(rules, 30*time.Second)
+}
