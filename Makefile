@@ -41,3 +41,9 @@ bench:
 	$(GO) build -o bench/bin/etcdsync ./cmd/etcdsync
 	cd bench && $(GO) build -o bin/etcd ./cmd/etcd && $(GO) build -o bin/etcdctl ./cmd/etcdctl && $(GO) build -o bin/bench .
 	bench/bin/bench --bin bench/bin $(ARGS)
+
+# Each mutant deletes one mechanism; the test named beside it must go red
+# (internal/mutants/*.txt). MUTANTS=regexp runs a subset.
+.PHONY: mutants
+mutants:
+	$(GO) run ./internal/mutants $(if $(MUTANTS),-run '$(MUTANTS)')

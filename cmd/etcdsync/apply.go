@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,10 +33,18 @@ func (s *scopeFlags) register(f *flagSet, defExcludeNamespaces []string) {
 	f.List(&s.excludeResources, "exclude-resource", nil, "comma-separated `RESOURCES` to exclude: built-in by name (pods, services) or group/resource (cr.example.com/foos)")
 }
 
+// podNamespaceEnv names the namespace etcdsync runs in, set from the
+// downward API in every shipped manifest. The applier and auditor always
+// exclude it: both sites run etcdsync (and its Secrets and configuration)
+// there, and neither may receive the other's.
+const podNamespaceEnv = "POD_NAMESPACE"
+
+// config builds the scope; the own namespace comes from $POD_NAMESPACE.
 func (s *scopeFlags) config() keyspace.Config {
 	return keyspace.Config{
 		Mode:              s.mode,
 		Prefix:            s.prefix,
+		OwnNamespace:      os.Getenv(podNamespaceEnv),
 		ExcludeNamespaces: s.excludeNamespaces,
 		ExcludePrefixes:   s.excludePrefixes,
 		IncludePrefixes:   s.includePrefixes,

@@ -209,6 +209,23 @@ func TestPrintRules(t *testing.T) {
 	}
 }
 
+// TestPrintRulesOwnNamespace: apply and audit exclude the namespace they
+// run in (POD_NAMESPACE), and --print-rules says why.
+func TestPrintRulesOwnNamespace(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "etcdsync")
+	code, stdout, stderr := runCmd(t, "apply", "--print-rules")
+	if code != exitOK {
+		t.Fatalf("exit %d; stderr %q", code, stderr)
+	}
+	if !strings.Contains(stdout, `exclude namespace "etcdsync"`) || !strings.Contains(stdout, "POD_NAMESPACE") {
+		t.Errorf("rules do not exclude the own namespace and say why:\n%s", stdout)
+	}
+	t.Setenv("POD_NAMESPACE", "Not_A_Label")
+	if code, _, stderr := runCmd(t, "apply", "--print-rules"); code != exitUsage || !strings.Contains(stderr, "POD_NAMESPACE") {
+		t.Errorf("bad POD_NAMESPACE: exit %d, stderr %q", code, stderr)
+	}
+}
+
 func TestPrintRulesFromEnvRaw(t *testing.T) {
 	t.Setenv("ETCDSYNC_KEYSPACE", "raw")
 	t.Setenv("ETCDSYNC_EXCLUDE_PREFIX", "/app/secret/")
