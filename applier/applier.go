@@ -117,6 +117,11 @@ func terminal(err error) bool {
 // servers, ErrConflict) restart from the durable checkpoint after a capped
 // exponential backoff.
 func (a *Applier) Run(ctx context.Context) error {
+	if a.cfg.LogKeys == nil {
+		a.log.Warn("the log is unauthenticated: without a log key ring (--log-key-file) anyone who can publish to the stream can write into the standby")
+	} else {
+		a.log.Info("log messages are authenticated", "signing_key", a.cfg.LogKeys.SigningKeyID(), "keys", a.cfg.LogKeys.IDs())
+	}
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = a.cfg.MinBackoff, a.cfg.MaxBackoff, 0
 	bo.Reset() // start from InitialInterval, not the library default

@@ -77,6 +77,12 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decode message at seq %d: %w", m.Seq, err)
 		}
+		// Mirrors keep the origin's sequences, so the message before this
+		// one is m.Seq-1 on both sites.
+		if err := a.cfg.LogKeys.Verify(f, m.Seq-1); err != nil {
+			a.metrics.unauthenticated.Inc()
+			return nil, fmt.Errorf("message at seq %d: %w", m.Seq, err)
+		}
 		if f.Part != 0 && !a.asm.Pending() && m.Seq == a.sessionStart {
 			// The session starts in the middle of a record: the checkpoint
 			// does not belong to this stream's history (a recreated stream

@@ -81,6 +81,11 @@ type Config struct {
 	AllowMassDelete bool
 	// MinBackoff and MaxBackoff bound the retry delay. Defaults 100ms and 10s.
 	MinBackoff, MaxBackoff time.Duration
+	// LogKeys verifies every message's MAC before anything of its batch is
+	// written: a message without a valid MAC for its stream position stops
+	// the applier (errors wrap streams.ErrUnauthenticated). nil accepts an
+	// unauthenticated log.
+	LogKeys *streams.KeyRing
 	// Logger receives events; nil discards them. Debug prints each revision.
 	Logger *slog.Logger
 }

@@ -49,6 +49,9 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Leader names this publisher in epoch markers. Default "<hostname>-<pid>".
 	Leader string
+	// LogKeys signs every message (its first key) for its stream position;
+	// nil publishes an unauthenticated log.
+	LogKeys *streams.KeyRing
 	// Logger receives events; nil discards them.
 	Logger *slog.Logger
 }

@@ -42,8 +42,10 @@ func MsgID(r *Record, part, parts int) string {
 
 // NewMsgs encodes r into one or more messages (parts) on the log subjects
 // of subj, each at most maxMsg bytes of body, with headers and Msg-Id set.
-func NewMsgs(subj Subjects, r *Record, maxMsg int) ([]*nats.Msg, error) {
-	frames, err := SplitRecord(r, maxMsg)
+// With a non-nil ring every message is signed for its position: the first
+// follows stream sequence prevSeq, each next one the message before it.
+func NewMsgs(subj Subjects, r *Record, maxMsg int, ring *KeyRing, prevSeq uint64) ([]*nats.Msg, error) {
+	frames, err := SplitRecord(r, maxMsg, ring, prevSeq)
 	if err != nil {
 		return nil, err
 	}

@@ -69,6 +69,7 @@ type applyOptions struct {
 	metricsAddr     string
 	readyMaxLag     time.Duration
 	log             logFlags
+	logKey          logKeyFlag
 }
 
 func applyFlags(o *applyOptions) *flagSet {
@@ -90,6 +91,7 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
 	o.elect.register(f, "standby")
+	o.logKey.register(f, "a message without a valid MAC for its position stops the applier before anything of its batch is written")
 	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9091; empty: off)")
 	f.Duration(&o.readyMaxLag, "ready-max-lag", 30*time.Second, "/readyz answers 503 while the stream holds unapplied messages and the last applied revision was observed more than `DURATION` ago")
@@ -146,6 +148,9 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg := o.config()
 	cfg.Logger = log
+	if cfg.LogKeys, err = o.logKey.load(cmd); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageErrorf(cmd, "%v", err)
 	}

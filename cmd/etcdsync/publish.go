@@ -32,6 +32,7 @@ type publishOptions struct {
 	elect       electFlags
 	metricsAddr string
 	log         logFlags
+	logKey      logKeyFlag
 }
 
 func publishFlags(o *publishOptions) *flagSet {
@@ -52,6 +53,7 @@ func publishFlags(o *publishOptions) *flagSet {
 	f.Duration(&o.snapEvery, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
 		"publish a snapshot every `DURATION` (0: off), so retention can drop old messages while a complete base stays; must be below --max-age")
 	o.elect.register(f, "primary")
+	o.logKey.register(f, "every message is signed for its stream position")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9090; empty: off)")
 	o.log.register(f, "info")
 	return f
@@ -91,6 +93,9 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	cfg := o.config()
 	cfg.Logger = log
+	if cfg.LogKeys, err = o.logKey.load(cmd); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageErrorf(cmd, "%v", err)
 	}
