@@ -29,12 +29,16 @@ type TooLargeError struct {
 }
 
 func (e *TooLargeError) Error() string {
+	what := fmt.Sprintf("key %q: a request of %d bytes (the key alone under the checkpoint compare)", e.Key, e.Bytes)
+	fix := "raise the standby etcd's --max-request-bytes (and the applier's) above it"
 	if e.Key == "" {
-		return fmt.Sprintf("the standby refused a transaction of %d bytes as too large (configured request limit %d bytes): lower --max-txn-bytes or set --max-request-bytes to the standby's",
-			e.Bytes, e.Limit)
+		what = fmt.Sprintf("a transaction of %d bytes", e.Bytes)
+		fix = "set the applier's --max-request-bytes to the standby etcd's, or lower --max-txn-bytes"
 	}
-	return fmt.Sprintf("key %q: a request of %d bytes (the key alone under the checkpoint compare) exceeds the standby's request limit of %d bytes; raise the standby etcd's --max-request-bytes (and the applier's) above it",
-		e.Key, e.Bytes, e.Limit)
+	if e.Bytes <= e.Limit {
+		return fmt.Sprintf("%s was refused by the standby as too large, though the configured request limit is %d bytes: %s", what, e.Limit, fix)
+	}
+	return fmt.Sprintf("%s exceeds the standby's request limit of %d bytes: %s", what, e.Limit, fix)
 }
 
 // Unwrap makes errors.Is(err, ErrTooLarge) true.

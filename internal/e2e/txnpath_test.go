@@ -74,27 +74,36 @@ func TestValueAtRequestLimit(t *testing.T) {
 // below the primary's) stops the applier with a terminal error naming the
 // key, the request size and the limit, recorded in the checkpoint so that
 // status and readiness say why (issue 15.1). Below the limit plus gRPC's
-// allowance etcd refuses it; above, gRPC does.
+// allowance etcd refuses it, above gRPC does; an applier that believes the
+// standby takes more finds out from etcd and stops the same way.
 func TestValueOverStandbyLimitStops(t *testing.T) {
 	const limit = 256 << 10
-	for _, size := range []int{300 << 10, 900 << 10} {
-		t.Run(strconv.Itoa(size), func(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		size       int
+		configured int // the applier's MaxRequestBytes
+	}{
+		{"refused by etcd", 300 << 10, limit},
+		{"refused by grpc", 900 << 10, limit},
+		{"limit unknown to the applier", 300 << 10, applier.DefaultConfig().MaxRequestBytes},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
 			p := &pipeline{t: t, primary: testenv.StartEtcd(t), js: testenv.StartJetStream(t),
 				standby: testenv.StartEtcdConfig(t, embedded.EtcdConfig{MaxRequestBytes: limit})}
 			p.startPublisher(p.publisherConfig())
 			cfg := rawApplierConfig(p)
-			cfg.MaxRequestBytes, cfg.MaxTxnBytes = limit, 128<<10
+			cfg.MaxRequestBytes, cfg.MaxTxnBytes = tt.configured, 128<<10
 			_, ar := p.startApplier(cfg)
 			put(t, p.primary.Client, "/app/small", "x")
-			put(t, p.primary.Client, "/app/big", strings.Repeat("v", size))
+			put(t, p.primary.Client, "/app/big", strings.Repeat("v", tt.size))
 			put(t, p.primary.Client, "/app/after", "y")
 			err := ar.wait(t, 30*time.Second, "applier given a value over the standby's limit")
 			var tl *applier.TooLargeError
 			if !errors.As(err, &tl) || !errors.Is(err, applier.ErrTooLarge) {
 				t.Fatalf("applier stopped with %v, want a *TooLargeError", err)
 			}
-			if tl.Key != "/app/big" || tl.Limit != limit || tl.Bytes <= size {
-				t.Errorf("error names key %q, %d bytes, limit %d; want /app/big, more than %d bytes, limit %d", tl.Key, tl.Bytes, tl.Limit, size, limit)
+			if tl.Key != "/app/big" || tl.Limit != tt.configured || tl.Bytes <= tt.size {
+				t.Errorf("error names key %q, %d bytes, limit %d; want /app/big, more than %d bytes, limit %d", tl.Key, tl.Bytes, tl.Limit, tt.size, tt.configured)
 			}
 			got := dump(t, p.standby.Client, rawRules(t))
 			if got["/app/small"] != "x" || got["/app/big"] != "" || got["/app/after"] != "" {
@@ -105,7 +114,7 @@ func TestValueOverStandbyLimitStops(t *testing.T) {
 				t.Fatal(err)
 			}
 			if st.State != "stopped" || st.Checkpoint == nil || st.Checkpoint.Stopped == nil ||
-				!strings.Contains(st.Checkpoint.Stopped.Reason, "/app/big") || !strings.Contains(st.Checkpoint.Stopped.Reason, strconv.Itoa(limit)) {
+				!strings.Contains(st.Checkpoint.Stopped.Reason, "/app/big") || !strings.Contains(st.Checkpoint.Stopped.Reason, strconv.Itoa(tt.configured)) {
 				t.Errorf("status: state %q, checkpoint %+v: want stopped with the key and the limit", st.State, st.Checkpoint)
 			}
 		})
