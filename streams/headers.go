@@ -40,10 +40,17 @@ func MsgID(r *Record, part, parts int) string {
 	return id
 }
 
+// HeaderRoom is what a log message sets aside for its headers: etcdsync's
+// and the Msg-Id (well under 512 bytes: identifiers and numbers) and the
+// expected-sequence headers a publisher adds. JetStream counts headers in
+// a stream's max_msg_size, and NATS in max_payload.
+const HeaderRoom = 1 << 10
+
 // NewMsgs encodes r into one or more messages (parts) on the log subjects
-// of subj, each at most maxMsg bytes of body, with headers and Msg-Id set.
+// of subj, each at most maxMsg bytes with its headers (a body of at most
+// maxMsg - HeaderRoom bytes), with headers and Msg-Id set.
 func NewMsgs(subj Subjects, r *Record, maxMsg int) ([]*nats.Msg, error) {
-	frames, err := SplitRecord(r, maxMsg)
+	frames, err := SplitRecord(r, maxMsg-HeaderRoom)
 	if err != nil {
 		return nil, err
 	}
