@@ -28,6 +28,8 @@ type Checkpoint struct {
 	Partial *Partial `json:"partial,omitempty"`
 	// Promoted fences the applier: set by promotion, never cleared by it.
 	Promoted bool `json:"promoted,omitempty"`
+	// Stopped says why the applier stopped (see Stop); nil while it runs.
+	Stopped *Stop `json:"stopped,omitempty"`
 }
 
 // SnapshotState tracks a snapshot being applied.

@@ -20,8 +20,10 @@ type Config struct {
 	Stream streams.LogConfig
 	// Prefix limits what is published to keys with this prefix ("" = all).
 	Prefix string
-	// MaxMessageBytes is the largest message body published; larger records
-	// are split into parts. Default 1,000 KiB (fits NATS' default 1 MB max_payload).
+	// MaxMessageBytes is the largest message published, headers included
+	// (streams.HeaderRoom of it is theirs); larger records are split into
+	// parts. At most the stream's MaxMsgSize. Default 1,000 KiB (fits NATS'
+	// default 1 MB max_payload).
 	MaxMessageBytes int
 	// Window is the number of messages published but not yet acknowledged.
 	// Default 256.

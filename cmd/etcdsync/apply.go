@@ -61,6 +61,7 @@ type applyOptions struct {
 	scope           scopeFlags
 	maxTxnOps       int
 	maxTxnBytes     int64
+	maxRequestBytes int64
 	maxDeleteRatio  float64
 	allowMassDelete bool
 	checkpointKey   string
@@ -85,7 +86,8 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.String(&o.stream, "stream", def.Stream, "`NAME` of the log stream (on the standby site: its local mirror)")
 	o.scope.register(f, nil)
 	f.Int(&o.maxTxnOps, "max-txn-ops", def.MaxTxnOps, "`N` operations per standby transaction, checkpoint included (the standby's --max-txn-ops)")
-	f.Bytes(&o.maxTxnBytes, "max-txn-bytes", int64(def.MaxTxnBytes), "`SIZE` bound of one standby transaction (below the standby's --max-request-bytes)")
+	f.Bytes(&o.maxTxnBytes, "max-txn-bytes", int64(def.MaxTxnBytes), "`SIZE` bound of one standby transaction, checkpoint included (at most --max-request-bytes)")
+	f.Bytes(&o.maxRequestBytes, "max-request-bytes", int64(def.MaxRequestBytes), "`SIZE` the standby etcd's --max-request-bytes: a value too large to go with the checkpoint is written alone; one the standby refuses even alone stops the applier")
 	f.Float(&o.maxDeleteRatio, "max-delete-ratio", def.MaxDeleteRatio, "largest `RATIO` (0..1) of the standby's in-scope keys a snapshot may delete without --allow-mass-delete")
 	f.Float(&o.maxDeleteRatio, "max-reseed-delete-ratio", def.MaxDeleteRatio, "the same as --max-delete-ratio (`RATIO`)")
 	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
@@ -107,6 +109,7 @@ func (o *applyOptions) config() applier.Config {
 	cfg.Scope = o.scope.config()
 	cfg.MaxTxnOps = o.maxTxnOps
 	cfg.MaxTxnBytes = int(o.maxTxnBytes)
+	cfg.MaxRequestBytes = int(o.maxRequestBytes)
 	cfg.MaxDeleteRatio = o.maxDeleteRatio
 	cfg.AllowMassDelete = o.allowMassDelete
 	cfg.CheckpointKey = o.checkpointKey
