@@ -42,6 +42,11 @@ type Config struct {
 	// progress and, when the prefix was idle, publishes an empty revision
 	// record at the source's current revision. Default 5s.
 	ProgressInterval time.Duration
+	// ProbeInterval is how often the publisher proves that the source
+	// still holds the history the log describes: it reads the newest
+	// published keys at the last published revision and compares them with
+	// what was published (a restored etcd keeps its cluster ID). Default 1s.
+	ProbeInterval time.Duration
 	// AckTimeout bounds the wait for one acknowledgement. Default 10s.
 	AckTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after an error.
@@ -65,6 +70,7 @@ func DefaultConfig() Config {
 		SnapshotChunkBytes: 512 << 10,
 		SnapshotInterval:   4 * time.Hour,
 		ProgressInterval:   5 * time.Second,
+		ProbeInterval:      time.Second,
 		AckTimeout:         10 * time.Second,
 		MinBackoff:         100 * time.Millisecond,
 		MaxBackoff:         10 * time.Second,
@@ -94,6 +100,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProgressInterval <= 0 {
 		return fmt.Errorf("progress interval %s: must be positive", c.ProgressInterval)
+	}
+	if c.ProbeInterval <= 0 {
+		return fmt.Errorf("probe interval %s: must be positive", c.ProbeInterval)
 	}
 	if c.SnapshotInterval < 0 {
 		return fmt.Errorf("snapshot interval %s: must not be negative", c.SnapshotInterval)

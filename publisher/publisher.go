@@ -93,6 +93,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return err
 		}
 		if errors.Is(err, errNewGeneration) {
+			p.log.Warn("source history broken, the next session starts a new generation", "err", err)
 			bo.Reset()
 			continue
 		}
@@ -141,6 +142,29 @@ func (p *Publisher) session(ctx context.Context) error {
 	case curRev < tail.Revision:
 		reason = fmt.Sprintf("%s: source revision %d is behind the stream's %d (restored etcd?)", ReasonContinuity, curRev, tail.Revision)
 	}
+	// Step 2b: does the source still hold the history the log describes?
+	// A restored etcd keeps its cluster ID and, restored with
+	// --bump-revision, is ahead of the tail: the keys of the newest record
+	// with events, read at the tail's revision, must be as the log left them.
+	var proof witness
+	if reason == "" {
+		if proof, err = p.lastWitness(ctx, stream, tail); err != nil {
+			return err
+		}
+		var broken *historyBroken
+		switch err := p.verify(ctx, clusterID, proof); {
+		case proof.isZero():
+			reason = fmt.Sprintf("%s: no record with keys within %d messages of the stream's tail (seq %d) proves the source's history", ReasonContinuity, maxWitnessScan, tail.Seq)
+		case errors.As(err, &broken):
+			reason = ReasonContinuity + ": " + broken.evidence
+		case errors.Is(err, errWitnessCompacted):
+			// Nothing to prove it by: a watch from a compacted revision
+			// fails by itself and starts a new generation.
+			p.log.Info("continuity not proven: the source compacted the stream's tail revision", "revision", proof.at)
+		case err != nil:
+			return err
+		}
+	}
 	gen, resumeRev := tail.Generation, tail.Revision
 	switch {
 	case tail.Seq == 0:
@@ -170,11 +194,19 @@ func (p *Publisher) session(ctx context.Context) error {
 
 	// Step 5: publish, with acknowledgements checked in order.
 	acks := make(chan pending, p.cfg.Window)
+	interrupted := make(chan struct{}, 1)
 	g, gctx := errgroup.WithContext(ctx)
+	cctx, stopWatchingConn := context.WithCancel(gctx)
 	g.Go(func() error { return p.checkAcks(gctx, acks, stream, epochSeq) })
+	g.Go(func() error { p.watchConnection(cctx, interrupted); return nil })
 	g.Go(func() error {
+		defer stopWatchingConn()
 		defer close(acks)
 		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen}
+		if reason == "" {
+			pub.w = proof
+		}
+		pr := &prover{clusterID: clusterID, seen: curRev, interrupted: interrupted}
 		from := resumeRev + 1
 		if reason != "" {
 			rev, err := p.snapshot(gctx, pub, reason, 0)
@@ -183,10 +215,14 @@ func (p *Publisher) session(ctx context.Context) error {
 			}
 			from = rev + 1
 		}
-		return p.follow(gctx, pub, from)
+		return p.follow(gctx, pub, pr, from)
 	})
 	err = g.Wait()
-	if errors.Is(err, errNewGeneration) {
+	var broken *historyBroken
+	switch {
+	case errors.As(err, &broken):
+		p.forceReason = ReasonContinuity + ": " + broken.evidence
+	case errors.Is(err, errNewGeneration):
 		p.forceReason = ReasonContinuity + ": source compacted past the stream's revision"
 	}
 	return err
@@ -242,6 +278,8 @@ type sender struct {
 	last      uint64 // stream sequence the next message must follow
 	clusterID uint64
 	gen       uint64
+	// w is what the records sent so far claim about the source.
+	w witness
 }
 
 // send publishes rec asynchronously; it blocks while the window is full.
@@ -271,12 +309,15 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 			return ctx.Err()
 		}
 	}
+	s.w.note(rec)
 	return nil
 }
 
 // follow watches the source from revision from and publishes one record per
-// revision until ctx ends or the watch fails.
-func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
+// revision until ctx ends or the watch fails. It re-proves continuity
+// with pr: before publishing what arrives after an interrupted connection
+// or a response whose revision went backwards, and every ProbeInterval.
+func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int64) error {
 	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithPrefix()}
 	// The client multiplexes watches with the same context metadata on one
 	// stream, and etcd answers a progress request only when every watcher
@@ -294,6 +335,8 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 	}
 	progress := time.NewTicker(p.cfg.ProgressInterval)
 	defer progress.Stop()
+	probe := time.NewTicker(p.cfg.ProbeInterval)
+	defer probe.Stop()
 	var (
 		rec   streams.Record
 		due   string // reason of a snapshot waiting for the next progress notification
@@ -306,6 +349,14 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 		// the log's position moves to H even when the prefix is idle (a
 		// restart then resumes from a revision etcd has not compacted).
 		var resp clientv3.WatchResponse
+		// An interrupted connection first: what the watch delivers after
+		// it may come from a restored server, so the witness of what was
+		// published before it is pinned before anything else is read.
+		select {
+		case <-pr.interrupted:
+			pr.pin(s.w)
+		default:
+		}
 		if due != "" && retry == nil {
 			retry = time.After(time.Second) // the fallback if etcd sends no progress
 		}
@@ -340,6 +391,17 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 		case <-progress.C:
 			p.requestProgress(wctx)
 			continue
+		case <-pr.interrupted:
+			pr.pin(s.w)
+			continue
+		case <-probe.C:
+			pctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+			err := p.probe(pctx, pr, s.w)
+			cancel()
+			if err != nil {
+				return err
+			}
+			continue
 		case r, ok := <-wch:
 			if !ok {
 				if ctx.Err() != nil {
@@ -348,6 +410,20 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 				return fmt.Errorf("watch from revision %d: channel closed", from)
 			}
 			resp = r
+		}
+		// A revision that went backwards (a restored server, or a member
+		// behind the one that answered before) and an interrupted
+		// connection are proven before this response is published.
+		if resp.Err() == nil && pr.observe(resp.Header.Revision) {
+			pr.pin(s.w)
+		}
+		if len(pr.pinned) > 0 {
+			vctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+			err := p.provePinned(vctx, pr)
+			cancel()
+			if err != nil {
+				return err
+			}
 		}
 		if resp.IsProgressNotify() {
 			h := resp.Header.Revision
