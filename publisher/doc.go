@@ -11,7 +11,23 @@
 //   - A new generation, starting with a consistent snapshot, begins whenever
 //     continuity cannot be proven: empty stream, source cluster changed,
 //     source revision behind the tail (restored etcd), etcd compacted past the
-//     tail, or a record left half-published at the tail by a crash.
+//     tail, a record left half-published at the tail by a crash, or a source
+//     that no longer holds the history the log describes. The reason, with
+//     its evidence, is logged and carried in snapshot-begin.
+//   - Continuity is proven, not assumed (continuity.go): a restored etcd
+//     keeps its cluster ID (a copy of a member's data directory even its
+//     member ID and raft term), and --bump-revision moves its revision past
+//     the log. The witness is the newest record with events: its last keys
+//     (at most 3), with their mod revisions and value hashes, must read the
+//     same on the source at the log's revision (or the prefix must be empty
+//     after a snapshot of no keys). Checked at session start (the tail's
+//     witness, found by reading back at most 10,000 messages; none within
+//     reach is a new generation), before anything is published after the
+//     etcd connection was interrupted or a response's revision went
+//     backwards (the witness of that moment is pinned first), and every
+//     ProbeInterval (default 1s). A revision in the source's future is a
+//     broken history; a compacted one proves nothing and is not a break by
+//     itself (the watch then fails with ErrCompacted).
 //   - Fencing: every session starts by writing an epoch marker with
 //     ExpectLastSequence(tail); every data message carries
 //     ExpectLastSequenceForSubject(epoch, epoch subject). Once another
