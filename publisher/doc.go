@@ -38,6 +38,13 @@
 //     at the tail its epoch fenced.
 //   - Every data message also expects the stream's last sequence to be the
 //     one before it, so a message lost in a reconnect cannot leave a hole.
+//   - Periodic snapshots (every SnapshotInterval) are due one interval after
+//     the newest snapshot-begin of the generation in the stream, not after a
+//     session's start: a session that finds one overdue takes it at once, at
+//     the tail's revision, so sessions shorter than the interval (restarts,
+//     handovers, reconnects) cannot starve them. The age of the newest
+//     complete snapshot (its snapshot-end acknowledged, or read from the
+//     stream at session start) is exported for the snapshot-age alert.
 //   - Progress: while the prefix is idle, an empty revision record at the
 //     watch's progress revision moves the log's position with the source.
 //   - Publishing is asynchronous with a bounded window; acknowledgements are

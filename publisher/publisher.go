@@ -39,6 +39,9 @@ type Publisher struct {
 	leases    leaseTTLs
 	requests  chan struct{} // snapshot requests from appliers (buffer 1)
 	published atomic.Pointer[streams.Position]
+	// snapshotDone is the start time (unix ns) of the newest snapshot whose
+	// snapshot-end the stream acknowledged (0: none known yet).
+	snapshotDone atomic.Int64
 	// forceReason, when set, makes the next session start a new generation.
 	forceReason string
 }
@@ -62,8 +65,10 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Publisher{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log,
-		metrics: newMetrics(reg), requests: make(chan struct{}, 1), leases: leaseTTLs{etcd: etcd, m: map[int64]leaseTTL{}}}, nil
+	p := &Publisher{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log,
+		requests: make(chan struct{}, 1), leases: leaseTTLs{etcd: etcd, m: map[int64]leaseTTL{}}}
+	p.metrics = newMetrics(reg, p.snapshotAge, cfg.SnapshotInterval)
+	return p, nil
 }
 
 // Published returns the last position acknowledged by the stream (zero
@@ -176,6 +181,23 @@ func (p *Publisher) session(ctx context.Context) error {
 		gen, resumeRev = tail.Generation+1, 0
 	}
 
+	// Step 2c: when are snapshots due? Periodic snapshots are due from the
+	// newest snapshot-begin in the stream, not from this session's start,
+	// so sessions shorter than the interval cannot starve them.
+	var lastSnap time.Time
+	if reason == "" {
+		if lastSnap, err = p.lastSnapshotTime(ctx, stream, p.subj.SnapshotBegin(), clusterID, gen); err != nil {
+			return err
+		}
+		done, err := p.lastSnapshotTime(ctx, stream, p.subj.SnapshotEnd(), clusterID, gen)
+		if err != nil {
+			return err
+		}
+		if !done.IsZero() {
+			p.snapshotDone.Store(done.UnixNano())
+		}
+	}
+
 	// Step 3: fence every earlier publisher.
 	epochSeq, err := p.writeEpoch(ctx, tail.StreamLastSeq, clusterID, gen, resumeRev)
 	if err != nil {
@@ -204,16 +226,27 @@ func (p *Publisher) session(ctx context.Context) error {
 		defer close(acks)
 		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen}
 		if reason == "" {
-			pub.w = proof
+			pub.w, pub.lastSnap = proof, lastSnap
 		}
 		pr := &prover{clusterID: clusterID, seen: curRev, interrupted: interrupted}
 		from := resumeRev + 1
-		if reason != "" {
+		switch {
+		case reason != "":
 			rev, err := p.snapshot(gctx, pub, reason, 0)
 			if err != nil {
 				return err
 			}
 			from = rev + 1
+		case p.cfg.SnapshotInterval > 0 && time.Since(lastSnap) >= p.cfg.SnapshotInterval:
+			// Overdue (the sessions before this one ended sooner than
+			// the interval): take it now, at the tail's revision, its
+			// exact place in the log.
+			if _, err := p.snapshot(gctx, pub, ReasonPeriodic, resumeRev); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) {
+					return fmt.Errorf("%w: %w", err, errNewGeneration)
+				}
+				return err
+			}
 		}
 		return p.follow(gctx, pub, pr, from)
 	})
@@ -280,6 +313,8 @@ type sender struct {
 	gen       uint64
 	// w is what the records sent so far claim about the source.
 	w witness
+	// lastSnap is when the newest snapshot of the generation started.
+	lastSnap time.Time
 }
 
 // send publishes rec asynchronously; it blocks while the window is full.
@@ -303,8 +338,12 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 		}
 		s.last++
 		s.p.metrics.bytes.Add(float64(len(m.Data)))
+		pa := pending{fut: fut, rec: pos, last: i == len(msgs)-1}
+		if pa.last && rec.Kind == streams.KindSnapshotEnd {
+			pa.snapshotStart = rec.Time
+		}
 		select {
-		case s.acks <- pending{fut: fut, rec: pos, last: i == len(msgs)-1}:
+		case s.acks <- pa:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -327,11 +366,15 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 		"etcdsync-watch-session", strconv.FormatUint(s.epochSeq, 10)))
 	defer cancel()
 	wch := p.etcd.Watch(wctx, p.cfg.Prefix, opts...)
+	// The next periodic snapshot is due one interval after the newest
+	// one started (at once when there is none), re-armed after each.
 	var periodic <-chan time.Time
+	rearm := func() {}
 	if p.cfg.SnapshotInterval > 0 {
-		t := time.NewTicker(p.cfg.SnapshotInterval)
+		t := time.NewTimer(time.Until(s.lastSnap.Add(p.cfg.SnapshotInterval)))
 		defer t.Stop()
 		periodic = t.C
+		rearm = func() { t.Reset(time.Until(s.lastSnap.Add(p.cfg.SnapshotInterval))) }
 	}
 	progress := time.NewTicker(p.cfg.ProgressInterval)
 	defer progress.Stop()
@@ -385,6 +428,7 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 				if _, err := p.snapshot(ctx, s, due, from-1); err != nil {
 					return err
 				}
+				rearm()
 				due = ""
 			}
 			continue
@@ -441,6 +485,7 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 				if _, err := p.snapshot(ctx, s, due, from-1); err != nil {
 					return err
 				}
+				rearm()
 				due, retry = "", nil
 			}
 			continue
