@@ -3,9 +3,9 @@ package e2e
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"testing"
-	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
