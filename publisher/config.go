@@ -14,6 +14,12 @@ import (
 // stream (it wrote a newer epoch marker). It is not retried.
 var ErrFenced = errors.New("publisher fenced: another publisher wrote a newer epoch marker")
 
+// ErrMirrorStream is returned by Run when the log stream is a mirror (the
+// standby site's copy of another site's log): a publisher never writes to
+// it, and only promote converts a mirror into a writable stream. It is not
+// retried.
+var ErrMirrorStream = errors.New("log stream is a mirror")
+
 // Config configures a Publisher.
 type Config struct {
 	// Stream describes the log stream; the publisher creates or updates it.

@@ -36,6 +36,11 @@
 //     publisher stored the same record first) also means ErrFenced: a
 //     session never repeats a record of its own, because it starts exactly
 //     at the tail its epoch fenced.
+//   - A publisher never writes to a mirror: when the log stream exists and
+//     mirrors another (the standby site's NATS given by mistake), every
+//     session start refuses it with ErrMirrorStream naming the stream and
+//     its origin, before it creates or updates anything. Only promote
+//     converts a mirror.
 //   - Every data message also expects the stream's last sequence to be the
 //     one before it, so a message lost in a reconnect cannot leave a hole.
 //   - Periodic snapshots (every SnapshotInterval) are due one interval after

@@ -80,8 +80,9 @@ func (p *Publisher) Published() streams.Position {
 	return streams.Position{}
 }
 
-// Run publishes until ctx is cancelled (returns nil) or the publisher is
-// fenced (returns an error wrapping ErrFenced). Every other error ends the
+// Run publishes until ctx is cancelled (returns nil), the publisher is
+// fenced (returns an error wrapping ErrFenced), or the log stream is a
+// mirror (an error wrapping ErrMirrorStream). Every other error ends the
 // current session; the next one starts from the stream tail after a capped
 // exponential backoff.
 func (p *Publisher) Run(ctx context.Context) error {
@@ -94,7 +95,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrFenced) {
+		if errors.Is(err, ErrFenced) || errors.Is(err, ErrMirrorStream) {
 			return err
 		}
 		if errors.Is(err, errNewGeneration) {
@@ -119,6 +120,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 // session runs one publishing session: read the tail, write an epoch,
 // publish a snapshot if continuity is lost, then follow the watch.
 func (p *Publisher) session(ctx context.Context) error {
+	if err := p.refuseMirror(ctx); err != nil {
+		return err
+	}
 	stream, err := streams.EnsureLogStream(ctx, p.js, p.cfg.Stream)
 	if err != nil {
 		return err
@@ -259,6 +263,32 @@ func (p *Publisher) session(ctx context.Context) error {
 		p.forceReason = ReasonContinuity + ": source compacted past the stream's revision"
 	}
 	return err
+}
+
+// refuseMirror returns an error wrapping ErrMirrorStream when the log
+// stream exists and is a mirror: pointed at the standby site's NATS, a
+// publisher would otherwise turn the mirror into a writable stream and
+// replication would stop with every status looking healthy.
+func (p *Publisher) refuseMirror(ctx context.Context) error {
+	s, err := p.js.Stream(ctx, p.cfg.Stream.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up stream %s: %w", p.cfg.Stream.Name, err)
+	}
+	m := s.CachedInfo().Config.Mirror
+	if m == nil {
+		return nil
+	}
+	origin := m.Name
+	if m.Domain != "" {
+		origin += " in domain " + m.Domain
+	} else if m.External != nil && m.External.APIPrefix != "" {
+		origin += " via " + m.External.APIPrefix
+	}
+	return fmt.Errorf("stream %s is a mirror of %s, not a log this publisher may write (is --nats-url the standby site's? only promote converts a mirror): %w",
+		p.cfg.Stream.Name, origin, ErrMirrorStream)
 }
 
 // requestProgress asks etcd for a progress notification on the watch of
