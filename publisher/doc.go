@@ -52,6 +52,15 @@
 //     stream at session start) is exported for the snapshot-age alert.
 //   - Progress: while the prefix is idle, an empty revision record at the
 //     watch's progress revision moves the log's position with the source.
+//   - A stalled watch ends its session: when no watch response follows a
+//     progress request for 3 progress intervals, the session reads the
+//     source (bounded by one interval); a source that does not answer, or
+//     whose revision is past what the watch delivered, ends the session
+//     (etcdsync_publisher_watch_stalls_total) and the next one watches again
+//     from the tail. Silence alone is legitimate: etcd sends no progress
+//     while the watch's next revision is ahead of the store. A half-open
+//     connection is closed only by gRPC keepalive on the etcd client, which
+//     the caller configures (DialKeepAliveTime).
 //   - Publishing is asynchronous with a bounded window; acknowledgements are
 //     checked in publish order; any error ends the session, and the next
 //     session re-reads the tail (with capped exponential backoff).

@@ -20,6 +20,7 @@ type metrics struct {
 	snapshotsKeys prometheus.Counter
 	snapshotAge   prometheus.GaugeFunc
 	snapshotEvery prometheus.Gauge
+	stalls        prometheus.Counter
 }
 
 var nan = math.NaN()
@@ -40,10 +41,12 @@ func newMetrics(reg prometheus.Registerer, age func() float64, interval time.Dur
 			Help: "Seconds since the newest complete snapshot in the stream started (NaN until one is known)."}, age),
 		snapshotEvery: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_publisher_snapshot_interval_seconds",
 			Help: "The configured interval of periodic snapshots (0: disabled)."}),
+		stalls: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_publisher_watch_stalls_total",
+			Help: "Sessions ended because the etcd watch answered no progress request while the source moved (each reconnects)."}),
 	}
 	m.snapshotEvery.Set(interval.Seconds())
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.bytes, m.lastRevision, m.sourceRev, m.generation, m.errors, m.snapshots, m.snapshotsKeys, m.snapshotAge, m.snapshotEvery)
+		reg.MustRegister(m.revisions, m.bytes, m.lastRevision, m.sourceRev, m.generation, m.errors, m.snapshots, m.snapshotsKeys, m.snapshotAge, m.snapshotEvery, m.stalls)
 	}
 	return m
 }

@@ -291,6 +291,39 @@ func (p *Publisher) refuseMirror(ctx context.Context) error {
 		p.cfg.Stream.Name, origin, ErrMirrorStream)
 }
 
+// stallAfter is the number of progress intervals a session waits for any
+// watch response after a progress request before it checks the watch.
+const stallAfter = 3
+
+// errWatchStalled ends a session whose watch stopped delivering (a
+// half-open connection, a stuck server-side watch); the next session
+// watches again from the stream's tail.
+var errWatchStalled = errors.New("watch stalled")
+
+// checkStalled is called when no watch response followed a progress
+// request for silent. etcd answers a progress request unless the watch has
+// nothing to report (its next revision is ahead of the store), so the watch
+// is stalled when the source does not answer a read within a progress
+// interval, or is past revision delivered, the last one the watch gave.
+func (p *Publisher) checkStalled(ctx context.Context, delivered int64, silent time.Duration) error {
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.ProgressInterval)
+	defer cancel()
+	resp, err := p.etcd.Get(cctx, p.probeKey(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil:
+		p.metrics.stalls.Inc()
+		return fmt.Errorf("no watch response for %s after a progress request, and the source did not answer a read: %w: %w",
+			silent.Round(time.Millisecond), errWatchStalled, err)
+	case resp.Header.Revision > delivered:
+		p.metrics.stalls.Inc()
+		return fmt.Errorf("no watch response for %s after a progress request while the source is at revision %d, past the %d delivered: %w",
+			silent.Round(time.Millisecond), resp.Header.Revision, delivered, errWatchStalled)
+	}
+	return nil
+}
+
 // requestProgress asks etcd for a progress notification on the watch of
 // ctx. If it fails, the next tick asks again.
 func (p *Publisher) requestProgress(ctx context.Context) {
@@ -410,6 +443,9 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 	defer progress.Stop()
 	probe := time.NewTicker(p.cfg.ProbeInterval)
 	defer probe.Stop()
+	// asked is when the oldest progress request that no watch response has
+	// followed yet was sent (zero: none outstanding).
+	var asked time.Time
 	var (
 		rec   streams.Record
 		due   string // reason of a snapshot waiting for the next progress notification
@@ -463,7 +499,16 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 			}
 			continue
 		case <-progress.C:
+			if !asked.IsZero() && time.Since(asked) >= stallAfter*p.cfg.ProgressInterval {
+				if err := p.checkStalled(ctx, from-1, time.Since(asked)); err != nil {
+					return err
+				}
+				asked = time.Time{} // the source had nothing to deliver
+			}
 			p.requestProgress(wctx)
+			if asked.IsZero() {
+				asked = time.Now()
+			}
 			continue
 		case <-pr.interrupted:
 			pr.pin(s.w)
@@ -483,7 +528,7 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 				}
 				return fmt.Errorf("watch from revision %d: channel closed", from)
 			}
-			resp = r
+			resp, asked = r, time.Time{}
 		}
 		// A revision that went backwards (a restored server, or a member
 		// behind the one that answered before) and an interrupted
