@@ -17,6 +17,9 @@ type pending struct {
 	fut  jetstream.PubAckFuture
 	rec  streams.Position // position the record reaches once this part is stored
 	last bool             // last part of its record
+	// snapshotStart is the snapshot's start time on the last part of a
+	// snapshot-end (zero otherwise).
+	snapshotStart time.Time
 }
 
 // checkAcks waits for acknowledgements in publish order. It returns the
@@ -53,6 +56,9 @@ func (p *Publisher) checkAcks(ctx context.Context, acks <-chan pending, stream j
 				pos.Seq = ack.Sequence
 				p.published.Store(&pos)
 				p.metrics.published(pos)
+				if !pa.snapshotStart.IsZero() {
+					p.snapshotDone.Store(pa.snapshotStart.UnixNano())
+				}
 			}
 		case err := <-pa.fut.Err():
 			if streams.IsWrongLastSequence(err) {

@@ -14,6 +14,12 @@ import (
 // stream (it wrote a newer epoch marker). It is not retried.
 var ErrFenced = errors.New("publisher fenced: another publisher wrote a newer epoch marker")
 
+// ErrMirrorStream is returned by Run when the log stream is a mirror (the
+// standby site's copy of another site's log): a publisher never writes to
+// it, and only promote converts a mirror into a writable stream. It is not
+// retried.
+var ErrMirrorStream = errors.New("log stream is a mirror")
+
 // Config configures a Publisher.
 type Config struct {
 	// Stream describes the log stream; the publisher creates or updates it.
@@ -44,6 +50,11 @@ type Config struct {
 	// progress and, when the prefix was idle, publishes an empty revision
 	// record at the source's current revision. Default 5s.
 	ProgressInterval time.Duration
+	// ProbeInterval is how often the publisher proves that the source
+	// still holds the history the log describes: it reads the newest
+	// published keys at the last published revision and compares them with
+	// what was published (a restored etcd keeps its cluster ID). Default 1s.
+	ProbeInterval time.Duration
 	// AckTimeout bounds the wait for one acknowledgement. Default 10s.
 	AckTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after an error.
@@ -70,6 +81,7 @@ func DefaultConfig() Config {
 		SnapshotChunkBytes: 512 << 10,
 		SnapshotInterval:   4 * time.Hour,
 		ProgressInterval:   5 * time.Second,
+		ProbeInterval:      time.Second,
 		AckTimeout:         10 * time.Second,
 		MinBackoff:         100 * time.Millisecond,
 		MaxBackoff:         10 * time.Second,
@@ -99,6 +111,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProgressInterval <= 0 {
 		return fmt.Errorf("progress interval %s: must be positive", c.ProgressInterval)
+	}
+	if c.ProbeInterval <= 0 {
+		return fmt.Errorf("probe interval %s: must be positive", c.ProbeInterval)
 	}
 	if c.SnapshotInterval < 0 {
 		return fmt.Errorf("snapshot interval %s: must not be negative", c.SnapshotInterval)

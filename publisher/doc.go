@@ -11,7 +11,23 @@
 //   - A new generation, starting with a consistent snapshot, begins whenever
 //     continuity cannot be proven: empty stream, source cluster changed,
 //     source revision behind the tail (restored etcd), etcd compacted past the
-//     tail, or a record left half-published at the tail by a crash.
+//     tail, a record left half-published at the tail by a crash, or a source
+//     that no longer holds the history the log describes. The reason, with
+//     its evidence, is logged and carried in snapshot-begin.
+//   - Continuity is proven, not assumed (continuity.go): a restored etcd
+//     keeps its cluster ID (a copy of a member's data directory even its
+//     member ID and raft term), and --bump-revision moves its revision past
+//     the log. The witness is the newest record with events: its last keys
+//     (at most 3), with their mod revisions and value hashes, must read the
+//     same on the source at the log's revision (or the prefix must be empty
+//     after a snapshot of no keys). Checked at session start (the tail's
+//     witness, found by reading back at most 10,000 messages; none within
+//     reach is a new generation), before anything is published after the
+//     etcd connection was interrupted or a response's revision went
+//     backwards (the witness of that moment is pinned first), and every
+//     ProbeInterval (default 1s). A revision in the source's future is a
+//     broken history; a compacted one proves nothing and is not a break by
+//     itself (the watch then fails with ErrCompacted).
 //   - Fencing: every session starts by writing an epoch marker with
 //     ExpectLastSequence(tail); every data message carries
 //     ExpectLastSequenceForSubject(epoch, epoch subject). Once another
@@ -20,10 +36,31 @@
 //     publisher stored the same record first) also means ErrFenced: a
 //     session never repeats a record of its own, because it starts exactly
 //     at the tail its epoch fenced.
+//   - A publisher never writes to a mirror: when the log stream exists and
+//     mirrors another (the standby site's NATS given by mistake), every
+//     session start refuses it with ErrMirrorStream naming the stream and
+//     its origin, before it creates or updates anything. Only promote
+//     converts a mirror.
 //   - Every data message also expects the stream's last sequence to be the
 //     one before it, so a message lost in a reconnect cannot leave a hole.
+//   - Periodic snapshots (every SnapshotInterval) are due one interval after
+//     the newest snapshot-begin of the generation in the stream, not after a
+//     session's start: a session that finds one overdue takes it at once, at
+//     the tail's revision, so sessions shorter than the interval (restarts,
+//     handovers, reconnects) cannot starve them. The age of the newest
+//     complete snapshot (its snapshot-end acknowledged, or read from the
+//     stream at session start) is exported for the snapshot-age alert.
 //   - Progress: while the prefix is idle, an empty revision record at the
 //     watch's progress revision moves the log's position with the source.
+//   - A stalled watch ends its session: when no watch response follows a
+//     progress request for 3 progress intervals, the session reads the
+//     source (bounded by one interval); a source that does not answer, or
+//     whose revision is past what the watch delivered, ends the session
+//     (etcdsync_publisher_watch_stalls_total) and the next one watches again
+//     from the tail. Silence alone is legitimate: etcd sends no progress
+//     while the watch's next revision is ahead of the store. A half-open
+//     connection is closed only by gRPC keepalive on the etcd client, which
+//     the caller configures (DialKeepAliveTime).
 //   - Publishing is asynchronous with a bounded window; acknowledgements are
 //     checked in publish order; any error ends the session, and the next
 //     session re-reads the tail (with capped exponential backoff).

@@ -39,6 +39,9 @@ type Publisher struct {
 	leases    leaseTTLs
 	requests  chan struct{} // snapshot requests from appliers (buffer 1)
 	published atomic.Pointer[streams.Position]
+	// snapshotDone is the start time (unix ns) of the newest snapshot whose
+	// snapshot-end the stream acknowledged (0: none known yet).
+	snapshotDone atomic.Int64
 	// forceReason, when set, makes the next session start a new generation.
 	forceReason string
 }
@@ -62,8 +65,10 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Publisher{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log,
-		metrics: newMetrics(reg), requests: make(chan struct{}, 1), leases: leaseTTLs{etcd: etcd, m: map[int64]leaseTTL{}}}, nil
+	p := &Publisher{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Stream.Site}, log: log,
+		requests: make(chan struct{}, 1), leases: leaseTTLs{etcd: etcd, m: map[int64]leaseTTL{}}}
+	p.metrics = newMetrics(reg, p.snapshotAge, cfg.SnapshotInterval)
+	return p, nil
 }
 
 // Published returns the last position acknowledged by the stream (zero
@@ -75,8 +80,9 @@ func (p *Publisher) Published() streams.Position {
 	return streams.Position{}
 }
 
-// Run publishes until ctx is cancelled (returns nil) or the publisher is
-// fenced (returns an error wrapping ErrFenced). Every other error ends the
+// Run publishes until ctx is cancelled (returns nil), the publisher is
+// fenced (returns an error wrapping ErrFenced), or the log stream is a
+// mirror (an error wrapping ErrMirrorStream). Every other error ends the
 // current session; the next one starts from the stream tail after a capped
 // exponential backoff.
 func (p *Publisher) Run(ctx context.Context) error {
@@ -94,10 +100,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrFenced) {
+		if errors.Is(err, ErrFenced) || errors.Is(err, ErrMirrorStream) {
 			return err
 		}
 		if errors.Is(err, errNewGeneration) {
+			p.log.Warn("source history broken, the next session starts a new generation", "err", err)
 			bo.Reset()
 			continue
 		}
@@ -118,6 +125,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 // session runs one publishing session: read the tail, write an epoch,
 // publish a snapshot if continuity is lost, then follow the watch.
 func (p *Publisher) session(ctx context.Context) error {
+	if err := p.refuseMirror(ctx); err != nil {
+		return err
+	}
 	stream, err := streams.EnsureLogStream(ctx, p.js, p.cfg.Stream)
 	if err != nil {
 		return err
@@ -154,6 +164,29 @@ func (p *Publisher) session(ctx context.Context) error {
 	case curRev < tail.Revision:
 		reason = fmt.Sprintf("%s: source revision %d is behind the stream's %d (restored etcd?)", ReasonContinuity, curRev, tail.Revision)
 	}
+	// Step 2b: does the source still hold the history the log describes?
+	// A restored etcd keeps its cluster ID and, restored with
+	// --bump-revision, is ahead of the tail: the keys of the newest record
+	// with events, read at the tail's revision, must be as the log left them.
+	var proof witness
+	if reason == "" {
+		if proof, err = p.lastWitness(ctx, stream, tail); err != nil {
+			return err
+		}
+		var broken *historyBroken
+		switch err := p.verify(ctx, clusterID, proof); {
+		case proof.isZero():
+			reason = fmt.Sprintf("%s: no record with keys within %d messages of the stream's tail (seq %d) proves the source's history", ReasonContinuity, maxWitnessScan, tail.Seq)
+		case errors.As(err, &broken):
+			reason = ReasonContinuity + ": " + broken.evidence
+		case errors.Is(err, errWitnessCompacted):
+			// Nothing to prove it by: a watch from a compacted revision
+			// fails by itself and starts a new generation.
+			p.log.Info("continuity not proven: the source compacted the stream's tail revision", "revision", proof.at)
+		case err != nil:
+			return err
+		}
+	}
 	gen, resumeRev := tail.Generation, tail.Revision
 	switch {
 	case tail.Seq == 0 || untrustedTail:
@@ -164,6 +197,23 @@ func (p *Publisher) session(ctx context.Context) error {
 		gen, resumeRev = uint64(time.Now().UnixNano()), 0
 	case reason != "":
 		gen, resumeRev = tail.Generation+1, 0
+	}
+
+	// Step 2c: when are snapshots due? Periodic snapshots are due from the
+	// newest snapshot-begin in the stream, not from this session's start,
+	// so sessions shorter than the interval cannot starve them.
+	var lastSnap time.Time
+	if reason == "" {
+		if lastSnap, err = p.lastSnapshotTime(ctx, stream, p.subj.SnapshotBegin(), clusterID, gen); err != nil {
+			return err
+		}
+		done, err := p.lastSnapshotTime(ctx, stream, p.subj.SnapshotEnd(), clusterID, gen)
+		if err != nil {
+			return err
+		}
+		if !done.IsZero() {
+			p.snapshotDone.Store(done.UnixNano())
+		}
 	}
 
 	// Step 3: fence every earlier publisher.
@@ -184,26 +234,108 @@ func (p *Publisher) session(ctx context.Context) error {
 
 	// Step 5: publish, with acknowledgements checked in order.
 	acks := make(chan pending, p.cfg.Window)
+	interrupted := make(chan struct{}, 1)
 	g, gctx := errgroup.WithContext(ctx)
+	cctx, stopWatchingConn := context.WithCancel(gctx)
 	g.Go(func() error { return p.checkAcks(gctx, acks, stream, epochSeq) })
+	g.Go(func() error { p.watchConnection(cctx, interrupted); return nil })
 	g.Go(func() error {
+		defer stopWatchingConn()
 		defer close(acks)
 		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen}
+		if reason == "" {
+			pub.w, pub.lastSnap = proof, lastSnap
+		}
+		pr := &prover{clusterID: clusterID, seen: curRev, interrupted: interrupted}
 		from := resumeRev + 1
-		if reason != "" {
+		switch {
+		case reason != "":
 			rev, err := p.snapshot(gctx, pub, reason, 0)
 			if err != nil {
 				return err
 			}
 			from = rev + 1
+		case p.cfg.SnapshotInterval > 0 && time.Since(lastSnap) >= p.cfg.SnapshotInterval:
+			// Overdue (the sessions before this one ended sooner than
+			// the interval): take it now, at the tail's revision, its
+			// exact place in the log.
+			if _, err := p.snapshot(gctx, pub, ReasonPeriodic, resumeRev); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) {
+					return fmt.Errorf("%w: %w", err, errNewGeneration)
+				}
+				return err
+			}
 		}
-		return p.follow(gctx, pub, from)
+		return p.follow(gctx, pub, pr, from)
 	})
 	err = g.Wait()
-	if errors.Is(err, errNewGeneration) {
+	var broken *historyBroken
+	switch {
+	case errors.As(err, &broken):
+		p.forceReason = ReasonContinuity + ": " + broken.evidence
+	case errors.Is(err, errNewGeneration):
 		p.forceReason = ReasonContinuity + ": source compacted past the stream's revision"
 	}
 	return err
+}
+
+// refuseMirror returns an error wrapping ErrMirrorStream when the log
+// stream exists and is a mirror: pointed at the standby site's NATS, a
+// publisher would otherwise turn the mirror into a writable stream and
+// replication would stop with every status looking healthy.
+func (p *Publisher) refuseMirror(ctx context.Context) error {
+	s, err := p.js.Stream(ctx, p.cfg.Stream.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up stream %s: %w", p.cfg.Stream.Name, err)
+	}
+	m := s.CachedInfo().Config.Mirror
+	if m == nil {
+		return nil
+	}
+	origin := m.Name
+	if m.Domain != "" {
+		origin += " in domain " + m.Domain
+	} else if m.External != nil && m.External.APIPrefix != "" {
+		origin += " via " + m.External.APIPrefix
+	}
+	return fmt.Errorf("stream %s is a mirror of %s, not a log this publisher may write (is --nats-url the standby site's? only promote converts a mirror): %w",
+		p.cfg.Stream.Name, origin, ErrMirrorStream)
+}
+
+// stallAfter is the number of progress intervals a session waits for any
+// watch response after a progress request before it checks the watch.
+const stallAfter = 3
+
+// errWatchStalled ends a session whose watch stopped delivering (a
+// half-open connection, a stuck server-side watch); the next session
+// watches again from the stream's tail.
+var errWatchStalled = errors.New("watch stalled")
+
+// checkStalled is called when no watch response followed a progress
+// request for silent. etcd answers a progress request unless the watch has
+// nothing to report (its next revision is ahead of the store), so the watch
+// is stalled when the source does not answer a read within a progress
+// interval, or is past revision delivered, the last one the watch gave.
+func (p *Publisher) checkStalled(ctx context.Context, delivered int64, silent time.Duration) error {
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.ProgressInterval)
+	defer cancel()
+	resp, err := p.etcd.Get(cctx, p.probeKey(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil:
+		p.metrics.stalls.Inc()
+		return fmt.Errorf("no watch response for %s after a progress request, and the source did not answer a read: %w: %w",
+			silent.Round(time.Millisecond), errWatchStalled, err)
+	case resp.Header.Revision > delivered:
+		p.metrics.stalls.Inc()
+		return fmt.Errorf("no watch response for %s after a progress request while the source is at revision %d, past the %d delivered: %w",
+			silent.Round(time.Millisecond), resp.Header.Revision, delivered, errWatchStalled)
+	}
+	return nil
 }
 
 // requestProgress asks etcd for a progress notification on the watch of
@@ -256,6 +388,10 @@ type sender struct {
 	last      uint64 // stream sequence the next message must follow
 	clusterID uint64
 	gen       uint64
+	// w is what the records sent so far claim about the source.
+	w witness
+	// lastSnap is when the newest snapshot of the generation started.
+	lastSnap time.Time
 }
 
 // send publishes rec asynchronously; it blocks while the window is full.
@@ -279,18 +415,25 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 		}
 		s.last++
 		s.p.metrics.bytes.Add(float64(len(m.Data)))
+		pa := pending{fut: fut, rec: pos, last: i == len(msgs)-1}
+		if pa.last && rec.Kind == streams.KindSnapshotEnd {
+			pa.snapshotStart = rec.Time
+		}
 		select {
-		case s.acks <- pending{fut: fut, rec: pos, last: i == len(msgs)-1}:
+		case s.acks <- pa:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+	s.w.note(rec)
 	return nil
 }
 
 // follow watches the source from revision from and publishes one record per
-// revision until ctx ends or the watch fails.
-func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
+// revision until ctx ends or the watch fails. It re-proves continuity
+// with pr: before publishing what arrives after an interrupted connection
+// or a response whose revision went backwards, and every ProbeInterval.
+func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int64) error {
 	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithPrefix()}
 	// The client multiplexes watches with the same context metadata on one
 	// stream, and etcd answers a progress request only when every watcher
@@ -300,14 +443,23 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 		"etcdsync-watch-session", strconv.FormatUint(s.epochSeq, 10)))
 	defer cancel()
 	wch := p.etcd.Watch(wctx, p.cfg.Prefix, opts...)
+	// The next periodic snapshot is due one interval after the newest
+	// one started (at once when there is none), re-armed after each.
 	var periodic <-chan time.Time
+	rearm := func() {}
 	if p.cfg.SnapshotInterval > 0 {
-		t := time.NewTicker(p.cfg.SnapshotInterval)
+		t := time.NewTimer(time.Until(s.lastSnap.Add(p.cfg.SnapshotInterval)))
 		defer t.Stop()
 		periodic = t.C
+		rearm = func() { t.Reset(time.Until(s.lastSnap.Add(p.cfg.SnapshotInterval))) }
 	}
 	progress := time.NewTicker(p.cfg.ProgressInterval)
 	defer progress.Stop()
+	probe := time.NewTicker(p.cfg.ProbeInterval)
+	defer probe.Stop()
+	// asked is when the oldest progress request that no watch response has
+	// followed yet was sent (zero: none outstanding).
+	var asked time.Time
 	var (
 		rec   streams.Record
 		due   string // reason of a snapshot waiting for the next progress notification
@@ -320,6 +472,14 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 		// the log's position moves to H even when the prefix is idle (a
 		// restart then resumes from a revision etcd has not compacted).
 		var resp clientv3.WatchResponse
+		// An interrupted connection first: what the watch delivers after
+		// it may come from a restored server, so the witness of what was
+		// published before it is pinned before anything else is read.
+		select {
+		case <-pr.interrupted:
+			pr.pin(s.w)
+		default:
+		}
 		if due != "" && retry == nil {
 			retry = time.After(time.Second) // the fallback if etcd sends no progress
 		}
@@ -348,11 +508,32 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 				if _, err := p.snapshot(ctx, s, due, from-1); err != nil {
 					return err
 				}
+				rearm()
 				due = ""
 			}
 			continue
 		case <-progress.C:
+			if !asked.IsZero() && time.Since(asked) >= stallAfter*p.cfg.ProgressInterval {
+				if err := p.checkStalled(ctx, from-1, time.Since(asked)); err != nil {
+					return err
+				}
+				asked = time.Time{} // the source had nothing to deliver
+			}
 			p.requestProgress(wctx)
+			if asked.IsZero() {
+				asked = time.Now()
+			}
+			continue
+		case <-pr.interrupted:
+			pr.pin(s.w)
+			continue
+		case <-probe.C:
+			pctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+			err := p.probe(pctx, pr, s.w)
+			cancel()
+			if err != nil {
+				return err
+			}
 			continue
 		case r, ok := <-wch:
 			if !ok {
@@ -361,7 +542,21 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 				}
 				return fmt.Errorf("watch from revision %d: channel closed", from)
 			}
-			resp = r
+			resp, asked = r, time.Time{}
+		}
+		// A revision that went backwards (a restored server, or a member
+		// behind the one that answered before) and an interrupted
+		// connection are proven before this response is published.
+		if resp.Err() == nil && pr.observe(resp.Header.Revision) {
+			pr.pin(s.w)
+		}
+		if len(pr.pinned) > 0 {
+			vctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+			err := p.provePinned(vctx, pr)
+			cancel()
+			if err != nil {
+				return err
+			}
 		}
 		if resp.IsProgressNotify() {
 			h := resp.Header.Revision
@@ -379,6 +574,7 @@ func (p *Publisher) follow(ctx context.Context, s *sender, from int64) error {
 				if _, err := p.snapshot(ctx, s, due, from-1); err != nil {
 					return err
 				}
+				rearm()
 				due, retry = "", nil
 			}
 			continue

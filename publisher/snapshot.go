@@ -68,6 +68,7 @@ func (p *Publisher) snapshot(ctx context.Context, s *sender, reason string, at i
 	if err := s.send(ctx, begin); err != nil {
 		return 0, err
 	}
+	s.lastSnap = start
 	// Requests queued until now are answered by this snapshot (an applier
 	// that started before the first snapshot would otherwise get a second).
 	select {
