@@ -24,7 +24,7 @@
 //
 // Usage, from the repository root:
 //
-//	go run ./internal/mutants [-run REGEXP] [-list] [-timeout D]
+//	go run ./internal/mutants [-run REGEXP] [-quick] [-list] [-timeout D]
 package main
 
 import (
@@ -60,14 +60,15 @@ func main() {
 	run := flag.String("run", "", "run only mutants whose name matches `REGEXP`")
 	list := flag.Bool("list", false, "list the mutants and exit")
 	timeout := flag.Duration("timeout", 15*time.Minute, "bound on one mutant's test run")
+	quick := flag.Bool("quick", false, "run only the mutants whose tests are package tests of this module (not internal/e2e, not another module): the fast part, for make test")
 	flag.Parse()
-	if err := mainErr(*run, *list, *timeout); err != nil {
+	if err := mainErr(*run, *list, *quick, *timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "mutants:", err)
 		os.Exit(1)
 	}
 }
 
-func mainErr(run string, list bool, timeout time.Duration) error {
+func mainErr(run string, list, quick bool, timeout time.Duration) error {
 	root, err := repoRoot()
 	if err != nil {
 		return err
@@ -98,7 +99,7 @@ func mainErr(run string, list bool, timeout time.Duration) error {
 			return fmt.Errorf("%s: mutant %q already defined at %s", m.origin, m.name, prev)
 		}
 		seen[m.name] = m.origin
-		if filter == nil || filter.MatchString(m.name) {
+		if (filter == nil || filter.MatchString(m.name)) && (!quick || m.quick()) {
 			selected = append(selected, m)
 		}
 	}
@@ -119,6 +120,7 @@ func mainErr(run string, list bool, timeout time.Duration) error {
 	defer os.RemoveAll(tmp)
 
 	var survived, broken []string
+	began := time.Now()
 	for i, m := range selected {
 		start := time.Now()
 		verdict, detail := runOne(root, tmp, m, timeout)
@@ -131,12 +133,18 @@ func mainErr(run string, list bool, timeout time.Duration) error {
 			fmt.Println(indent(detail))
 		}
 	}
-	fmt.Printf("%d mutants: %d killed, %d survived, %d errors\n",
-		len(selected), len(selected)-len(survived)-len(broken), len(survived), len(broken))
+	fmt.Printf("%d mutants: %d killed, %d survived, %d errors in %s\n",
+		len(selected), len(selected)-len(survived)-len(broken), len(survived), len(broken), time.Since(began).Round(time.Second))
 	if len(survived)+len(broken) > 0 {
 		return fmt.Errorf("survived %q, errors %q", survived, broken)
 	}
 	return nil
+}
+
+// quick reports whether m's test is a package test of this module, which
+// runs in seconds, rather than an end-to-end or another module's test.
+func (m mutant) quick() bool {
+	return m.module == "" && len(m.test) > 0 && !strings.Contains(m.test[0], "internal/e2e") && !strings.Contains(m.test[0], "cmd/etcdsync")
 }
 
 // runOne applies m through an overlay and runs its test. The verdict is
