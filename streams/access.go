@@ -131,7 +131,7 @@ func (a Access) Permissions(role Role) *server.Permissions {
 		pub = append(pub, consumerOwn(api, a.Stream)...)
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub, Deny: []string{subj.LogWildcard()}},
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "$JS.M.>", "$JS.FC.>", "$JS.ACK." + a.Stream + ".>", "$JS." + a.Domain + ".API.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "$JS.M.>", "$JS.FC.>", "$JS.ACK." + a.Stream + ".>"}},
 		}
 	}
 	return &server.Permissions{Publish: &server.SubjectPermission{Deny: []string{">"}}, Subscribe: &server.SubjectPermission{Deny: []string{">"}}}
