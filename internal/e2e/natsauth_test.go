@@ -16,9 +16,9 @@ import (
 
 	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/auditor"
+	"github.com/etcdsync/etcdsync/internal/testenv"
 	"github.com/etcdsync/etcdsync/keyspace"
 	"github.com/etcdsync/etcdsync/publisher"
-	"github.com/etcdsync/etcdsync/internal/testenv"
 	"github.com/etcdsync/etcdsync/streams"
 )
 
