@@ -24,8 +24,9 @@ const (
 	// messages onto the log's subjects).
 	RoleReader Role = "reader"
 	// RoleLeaf is the other site's NATS server connecting as a leafnode: it
-	// may read the log through the JetStream API of Domain (a mirror), and
-	// publish nothing else; it cannot publish to the log.
+	// may mirror the log (create a consumer of it through the JetStream API
+	// of Domain and receive its deliveries) and nothing else; it cannot
+	// publish to the log nor manage any stream.
 	RoleLeaf Role = "leaf"
 )
 
@@ -121,17 +122,20 @@ func (a Access) Permissions(role Role) *server.Permissions {
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 		}
 	case RoleLeaf:
-		// From this server's side of the link: "publish" is what the
-		// other server may send here, "subscribe" what it may receive.
+		// On a leafnode connection the server checks both the messages it
+		// accepts from the other server and those it delivers to it against
+		// "publish", and the other server's interest against "subscribe".
+		// A mirror needs: create its consumer (through the domain's API),
+		// the API's reply ($JSC.R), the deliveries ($JS.M) and flow control
+		// ($JS.FC).
 		api := jsAPI
 		if a.Domain != "" {
 			api = "$JS." + a.Domain + ".API."
 		}
-		pub := append([]string{api + "INFO", "$JS.FC.>"}, streamRead(api, a.Stream)...)
-		pub = append(pub, consumerOwn(api, a.Stream)...)
+		link := []string{api + "CONSUMER.CREATE." + a.Stream, api + "CONSUMER.CREATE." + a.Stream + ".>", "$JSC.R.>", "$JS.M.>", "$JS.FC.>"}
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: pub, Deny: []string{subj.LogWildcard()}},
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "$JS.M.>", "$JS.FC.>", "$JS.ACK." + a.Stream + ".>"}},
+			Publish:   &server.SubjectPermission{Allow: link, Deny: []string{subj.LogWildcard()}},
+			Subscribe: &server.SubjectPermission{Allow: link, Deny: []string{subj.LogWildcard()}},
 		}
 	}
 	return &server.Permissions{Publish: &server.SubjectPermission{Deny: []string{">"}}, Subscribe: &server.SubjectPermission{Deny: []string{">"}}}

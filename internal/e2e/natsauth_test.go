@@ -286,7 +286,102 @@ func TestNATSAuthLeastPrivilege(t *testing.T) {
 	if info.State.Msgs != before.Msgs+1 || info.State.LastSeq != before.LastSeq+1 {
 		t.Fatalf("log went from %d messages (last %d) to %d (last %d); want one more, the publisher's", before.Msgs, before.LastSeq, info.State.Msgs, info.State.LastSeq)
 	}
-	if !srv.JetStreamEnabled() || srv.NumClients() == 0 {
-		t.Fatal("server lost JetStream or its clients")
+	if n := srv.GlobalAccount().JetStreamUsage().Streams; n != 2 {
+		t.Fatalf("the server holds %d streams, want the log and the drift stream", n)
+	}
+}
+
+// TestNATSAuthLeafLink: the primary site's server accepts the standby
+// site's server as a leafnode only with the leaf identity, and over that
+// link the standby's mirror of the log catches up; clients of the standby
+// site cannot write into the primary's log, nor change or delete it,
+// through the link.
+func TestNATSAuthLeafLink(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+
+	cfg := streams.DefaultServerConfig()
+	cfg.StoreDir, cfg.Listen, cfg.Domain, cfg.Name = t.TempDir(), "127.0.0.1:-1", "primary", "primary"
+	cfg.LeafListen = fmt.Sprintf("0.0.0.0:%d", leafPort)
+	cfg.Users = []streams.ServerUser{{Role: streams.RolePublisher, Name: "publisher", Password: "publisher-secret"}}
+	if _, err := streams.StartServer(cfg); !errors.Is(err, streams.ErrNoClientAuth) {
+		t.Fatalf("leafnode listener on 0.0.0.0 without a leaf identity: %v, want ErrNoClientAuth", err)
+	}
+	cfg.Users = append(cfg.Users, streams.ServerUser{Role: streams.RoleLeaf, Name: "standby-site", Password: "leaf-secret"})
+	primary, err := streams.StartServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { primary.Shutdown(); primary.WaitForShutdown() })
+	pub := mustConnectAs(t, "publisher", primary.ClientURL(), nats.UserInfo("publisher", "publisher-secret"))
+	logStream, err := streams.EnsureLogStream(ctx, pub.js, streams.DefaultLogConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	scfg := streams.DefaultServerConfig()
+	scfg.StoreDir, scfg.Listen, scfg.Domain, scfg.Name = t.TempDir(), "127.0.0.1:-1", "standby", "standby"
+	scfg.LeafRemotes = []string{fmt.Sprintf("nats-leaf://standby-site:leaf-secret@127.0.0.1:%d", leafPort)}
+	standby, err := streams.StartServer(scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { standby.Shutdown(); standby.WaitForShutdown() })
+	testenvEventually(t, func() bool { return primary.NumLeafNodes() == 1 }, "the standby's leafnode to connect")
+	local := mustConnectAs(t, "standby client", standby.ClientURL())
+	if _, err := streams.EnsureMirror(ctx, local.js, streams.MirrorConfig{Name: streams.DefaultStream, OriginDomain: "primary", Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	subj := streams.Subjects{Site: streams.DefaultSite}
+	for i := 0; i < 10; i++ {
+		if _, err := pub.js.Publish(ctx, subj.Revision(), []byte("record")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mirror, err := local.js.Stream(ctx, streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenvEventually(t, func() bool {
+		info, err := mirror.Info(ctx)
+		return err == nil && info.State.Msgs == 10
+	}, "the mirror to hold the log's 10 messages")
+
+	// From the standby site, through the link: no write, no change.
+	if err := local.nc.Publish(subj.Revision(), []byte("forged")); err != nil {
+		t.Fatal(err)
+	}
+	if err := local.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	remote, err := jetstream.NewWithDomain(local.nc, "primary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Publish(shortCtx(t), subj.Revision(), []byte("forged")); err == nil {
+		t.Error("a publish from the standby site to the primary's log was acknowledged")
+	}
+	if err := remote.DeleteStream(shortCtx(t), streams.DefaultStream); err == nil {
+		t.Error("the standby site deleted the primary's log")
+	}
+	if _, err := remote.CreateStream(shortCtx(t), jetstream.StreamConfig{Name: "INJECT", Subjects: []string{"inject.>"}}); err == nil {
+		t.Error("the standby site created a stream on the primary")
+	}
+	// A last real record: the log holds exactly the publisher's 11.
+	if _, err := pub.js.Publish(ctx, subj.Revision(), []byte("record")); err != nil {
+		t.Fatal(err)
+	}
+	info, err := logStream.Info(ctx)
+	if err != nil || info.State.Msgs != 11 || info.State.LastSeq != 11 {
+		t.Fatalf("primary log: %v, %+v; want the publisher's 11 messages", err, info.State)
+	}
+	if n := primary.GlobalAccount().JetStreamUsage().Streams; n != 1 {
+		t.Fatalf("the primary holds %d streams, want the log only", n)
 	}
 }
