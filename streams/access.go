@@ -110,7 +110,7 @@ func (a Access) Permissions(role Role) *server.Permissions {
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub},
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "etcdsync." + a.Site + ".control.>"}},
-			Response:  &server.ResponsePermission{MaxMsgs: 1},
+			Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION},
 		}
 	case RoleReader:
 		pub := []string{jsAPI + "INFO", subj.ControlSnapshot(), subj.Drift(), subj.Drift() + ".>"}
