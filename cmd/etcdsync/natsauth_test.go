@@ -95,11 +95,11 @@ func TestReadUsersFile(t *testing.T) {
 // TestPublishApplyNATSAuth runs `publish` with its embedded server on all
 // interfaces, TLS with client certificates and a users file, and `apply`
 // as a reader with --nats-user and --nats-password-file: it replicates.
-// Without a client certificate, without a password or with the wrong one,
+// `audit` as another reader publishes drift events. Without a client certificate, without a password or with the wrong one,
 // or with the publisher role's password given to a reader's name, apply
 // cannot connect; no password shows in any output.
 func TestPublishApplyNATSAuth(t *testing.T) {
-	const readerPW, publisherPW = "reader-Pa55-0d1e", "publisher-Pa55-77aa"
+	const readerPW, publisherPW, auditorPW = "reader-Pa55-0d1e", "publisher-Pa55-77aa", "auditor-Pa55-3b9c"
 	primary, pcli := startEtcd(t)
 	standby, scli := startEtcd(t)
 	p := newPKI(t)
@@ -111,7 +111,7 @@ func TestPublishApplyNATSAuth(t *testing.T) {
 		}
 		return path
 	}
-	users := write("users", "publisher etcdsync-publisher "+publisherPW+"\nreader applier "+readerPW+"\n")
+	users := write("users", "publisher etcdsync-publisher "+publisherPW+"\nreader applier "+readerPW+"\nreader auditor "+auditorPW+"\n")
 	pwFile, wrongPW, pubPW := write("applier.pw", readerPW+"\n"), write("wrong.pw", "nope\n"), write("publisher.pw", publisherPW)
 	_, port, _ := net.SplitHostPort(freeAddr(t))
 	ctx := context.Background()
@@ -143,20 +143,29 @@ func TestPublishApplyNATSAuth(t *testing.T) {
 		"another user's password": append(tlsFlags, "--nats-user", "applier", "--nats-password-file", pubPW),
 		"no client certificate":   {"--nats-cacert", p.ca.file, "--nats-user", "applier", "--nats-password-file", pwFile},
 	} {
-		code, stdout, stderr := runCmd(t, append(append([]string{}, base...), args...)...)
+		code, stderr := exitOf(t, append(append([]string{}, base...), args...)...)
 		if code != exitFailure {
 			t.Errorf("%s: exit %d, stderr %q", name, code, stderr)
 		}
 		if name != "no client certificate" && !strings.Contains(strings.ToLower(stderr), "authorization") {
 			t.Errorf("%s: stderr %q does not say authorization", name, stderr)
 		}
-		outputs = append(outputs, stdout+stderr)
+		outputs = append(outputs, stderr)
 	}
 	// Credentials in the URL are redacted too.
-	code, stdout, stderr := runCmd(t, append([]string{"apply", "--etcd-endpoints", standby.Endpoint, "--log-level", "debug",
+	code, stderr := exitOf(t, append([]string{"apply", "--etcd-endpoints", standby.Endpoint, "--log-level", "debug",
 		"--nats-url", "tls://applier:" + publisherPW + "@127.0.0.1:" + port}, tlsFlags...)...)
 	if code != exitFailure {
 		t.Errorf("password in the URL: exit %d, stderr %q", code, stderr)
+	}
+	outputs = append(outputs, stderr)
+
+	// The auditor, a reader too, publishes drift events into the drift
+	// stream that publish created.
+	code, stdout, stderr := runCmd(t, append([]string{"audit", "--once", "--primary-endpoints", primary.Endpoint, "--standby-endpoints", standby.Endpoint,
+		"--nats-url", url, "--nats-user", "auditor", "--nats-password-file", write("auditor.pw", auditorPW)}, tlsFlags...)...)
+	if code != exitOK || !strings.Contains(stdout, "drift events: 1 messages published") {
+		t.Errorf("audit as a reader: exit %d\n%s%s", code, stdout, stderr)
 	}
 	outputs = append(outputs, stdout+stderr)
 	if code := ap.stop(t); code != exitOK {
@@ -167,10 +176,26 @@ func TestPublishApplyNATSAuth(t *testing.T) {
 	}
 	outputs = append(outputs, pub.stderr.String(), ap.stderr.String())
 	for _, out := range outputs {
-		for _, pw := range []string{readerPW, publisherPW} {
+		for _, pw := range []string{readerPW, publisherPW, auditorPW} {
 			if strings.Contains(out, pw) {
 				t.Fatalf("a password appears in the output:\n%s", out)
 			}
 		}
+	}
+}
+
+// exitOf runs a command that is expected to exit by itself and returns its
+// exit status and stderr; it fails the test when the command still runs
+// after 30s (it connected where it should not have).
+func exitOf(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	b := runBackground(t, args...)
+	select {
+	case code := <-b.done:
+		b.done <- code
+		return code, b.stderr.String()
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%q still runs after 30s", args)
+		return 0, ""
 	}
 }
