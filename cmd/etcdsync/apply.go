@@ -174,7 +174,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log.Info("applier starting", "etcd", o.etcd.endpoints, "nats", o.nats.url, "stream", cfg.Stream, "site", cfg.Site,
+	log.Info("applier starting", "etcd", o.etcd.endpoints, "nats", redactURL(o.nats.url), "stream", cfg.Stream, "site", cfg.Site,
 		"exclude_namespaces", cfg.Scope.ExcludeNamespaces, "keyspace", cfg.Scope.Mode)
 	ready, err := applyReadiness(cli, nc, cfg, o.readyMaxLag)
 	if err != nil {

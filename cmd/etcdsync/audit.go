@@ -196,7 +196,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer nc.Close()
 		if js, err = jetstream.New(nc); err != nil {
-			return fail(fmt.Errorf("nats %s: %w", o.nats.url, err))
+			return fail(fmt.Errorf("nats %s: %w", redactURL(o.nats.url), err))
 		}
 		conns = append(conns, nc)
 	}
@@ -207,7 +207,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if !once {
-		log.Info("auditor starting", "primary", o.primary.endpoints, "standby", o.standby.endpoints, "nats", o.nats.url,
+		log.Info("auditor starting", "primary", o.primary.endpoints, "standby", o.standby.endpoints, "nats", redactURL(o.nats.url),
 			"interval", cfg.Interval, "site", cfg.Site, "prefix", cfg.Prefix, "keyspace", cfg.Scope.Mode)
 		if js == nil {
 			log.Warn("no --nats-url: reports are not published as drift events")
