@@ -3,6 +3,7 @@ package applier
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -192,7 +193,10 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 			return err
 		}
 		a.txn.revs++
-		a.log.Debug("revision applied", "revision", r.Revision, "events", len(r.Events), "seq", r.seq)
+		if a.log.Enabled(ctx, slog.LevelDebug) {
+			keys, more := a.inScopeKeys(r)
+			a.log.Debug("revision applied", "revision", r.Revision, "events", len(r.Events), "seq", r.seq, "keys", keys, "more_keys", more)
+		}
 		w.Position = streams.Position{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Part: r.part, Seq: r.seq}
 		w.SourceTime = r.Time
 	case streams.KindSnapshotBegin:
@@ -242,6 +246,33 @@ func (a *Applier) checkHistory(r *record) error {
 // flushed half-way through r records in the checkpoint how many of r's
 // events it made durable, and a restart resumes r after them, so no event
 // is written twice.
+// debugKeys bounds the keys a debug line names.
+const debugKeys = 32
+
+// inScopeKeys returns the first debugKeys keys r writes or deletes on the
+// standby, as "put <key>" or "delete <key>" (never values), and how many
+// more there are.
+func (a *Applier) inScopeKeys(r *record) ([]string, int) {
+	var keys []string
+	more := 0
+	for i := range r.Events {
+		e := &r.Events[i]
+		if !a.rules.Allowed(e.Key) {
+			continue
+		}
+		if len(keys) == debugKeys {
+			more++
+			continue
+		}
+		op := "put "
+		if e.Type == streams.EventDelete {
+			op = "delete "
+		}
+		keys = append(keys, op+string(e.Key))
+	}
+	return keys, more
+}
+
 func (a *Applier) addEvents(ctx context.Context, r *record) error {
 	from := 0
 	if p := a.work.Partial; p != nil && p.Seq == r.seq {

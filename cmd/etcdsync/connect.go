@@ -129,6 +129,22 @@ func (e *etcdFlags) connect(ctx context.Context) (*clientv3.Client, error) {
 	})
 }
 
+// client creates a client without checking that the cluster answers (it
+// connects when the cluster does).
+func (e *etcdFlags) client() (*clientv3.Client, error) {
+	where := strings.Join(e.endpoints, ",")
+	tlsCfg, err := e.tlsConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", where, err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.endpoints, DialTimeout: connectTimeout, TLS: tlsCfg,
+		Username: e.username, Password: e.password, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", where, err)
+	}
+	return cli, nil
+}
+
 // dialEtcd creates a client for cfg (with a silent zap logger) and checks,
 // within connectTimeout, that the cluster answers a member list.
 func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error) {
