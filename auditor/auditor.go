@@ -32,6 +32,10 @@ type Auditor struct {
 	driftReady atomic.Bool
 	last       atomic.Pointer[Report]
 	lastErr    atomic.Pointer[failure]
+
+	// betweenReads, if set, is called by Repair between its reads of the
+	// checkpoint and of the key on the primary (tests inject faults there).
+	betweenReads func(key string)
 }
 
 // failure is the outcome of an audit that could not complete.

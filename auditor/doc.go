@@ -38,12 +38,18 @@
 //     merge, so this is exact and cheaper than hashing both); reports and
 //     events carry the SHA-256 of each side's value of a drifted key, never
 //     the value.
-//   - Repair never races the applier: every repair transaction compares
-//     the checkpoint's mod revision (as just read) and the key's standby
-//     mod revision (as the audit saw it), and writes only the key, never the
-//     checkpoint. A key is repaired only if the primary's current value is
-//     still the one compared at P; otherwise it is in flight and skipped.
-//     Surplus keys are deleted only with Config.RepairSurplus.
+//   - Repair never races the applier and never undoes a delete: for each
+//     key it reads the standby's checkpoint first (source revision P, mod
+//     revision M), then the key on the primary pinned at P, and writes the
+//     primary's value at P (or deletes a surplus key the primary lacks at
+//     P) in one transaction that compares M and the key's standby mod
+//     revision as the audit saw it, and writes only the key, never the
+//     checkpoint. While M holds, the standby is the primary at P, so a key
+//     deleted on the primary at or before P is never written back (the
+//     applier's delete of a key missing on the standby changes only the
+//     checkpoint). When the checkpoint moved, both reads are made again;
+//     a key changed on the standby since the audit is skipped as in
+//     flight. Surplus keys are deleted only with Config.RepairSurplus.
 //
 // # Drift events
 //
