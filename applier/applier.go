@@ -64,6 +64,8 @@ type Applier struct {
 
 	nc      *nats.Conn
 	applied atomic.Pointer[Checkpoint]
+	// scopePrefix is the publisher prefix in the scope record (nil: not known).
+	scopePrefix *string
 }
 
 // New validates cfg and returns an Applier writing to etcd (the standby) and
@@ -345,6 +347,9 @@ func (a *Applier) requestSnapshot(ctx context.Context) {
 func (a *Applier) session(ctx context.Context) error {
 	start, err := a.Reset(ctx)
 	if err != nil {
+		return err
+	}
+	if err := a.recordScope(ctx, "", false); err != nil {
 		return err
 	}
 	cons, err := a.js.OrderedConsumer(ctx, a.cfg.Stream, jetstream.OrderedConsumerConfig{

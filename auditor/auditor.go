@@ -24,8 +24,7 @@ type Auditor struct {
 	primary *clientv3.Client
 	standby *clientv3.Client
 	js      jetstream.JetStream // nil: no drift events
-	rules   *keyspace.Rules
-	prefix  []byte
+	rules   *keyspace.Rules     // of Config.Scope
 	log     *slog.Logger
 	metrics *metrics
 
@@ -63,11 +62,12 @@ func New(cfg Config, primary, standby *clientv3.Client, js jetstream.JetStream, 
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Auditor{cfg: cfg, primary: primary, standby: standby, js: js, rules: rules, prefix: []byte(cfg.Prefix),
+	return &Auditor{cfg: cfg, primary: primary, standby: standby, js: js, rules: rules,
 		log: log, metrics: newMetrics(reg)}, nil
 }
 
-// Rules returns the effective scope rules.
+// Rules returns the rules of Config.Scope (an audit may compare the
+// applier's recorded scope instead: see Report.Scope).
 func (a *Auditor) Rules() *keyspace.Rules { return a.rules }
 
 // Last returns the last completed report, if any.
@@ -110,21 +110,26 @@ func (a *Auditor) audit(ctx context.Context, start time.Time) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	if err := a.checkPrimary(ctx, c); err != nil {
+	sc, err := a.resolveScope(ctx, c.standbyRev)
+	if err != nil {
+		return Report{}, err
+	}
+	if err := a.checkPrimary(ctx, c, sc); err != nil {
 		return Report{}, err
 	}
 	rep := Report{
 		ID:              runID(start),
 		Time:            start.UTC(),
 		Site:            a.cfg.Site,
-		Prefix:          a.cfg.Prefix,
+		Prefix:          sc.prefix,
+		Scope:           sc.info,
 		ClusterID:       clusterHex(c.pos.ClusterID),
 		Generation:      c.pos.Generation,
 		SourceRevision:  c.pos.Revision,
 		StreamSeq:       c.pos.Seq,
 		StandbyRevision: c.standbyRev,
 	}
-	if err := a.compare(ctx, &rep, c); err != nil {
+	if err := a.compare(ctx, &rep, c, sc); err != nil {
 		return Report{}, err
 	}
 	rep.Consistent = rep.Drifted() == 0

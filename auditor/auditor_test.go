@@ -408,6 +408,7 @@ func TestAuditCannotRun(t *testing.T) {
 func TestAuditPagesAndPrefix(t *testing.T) {
 	e := newEnv(t, false)
 	e.scope.Mode = "raw"
+	e.prefix = "/app/"
 	ctx := testenv.Context(t)
 	kv := map[string]string{}
 	for i := range 50 {

@@ -75,19 +75,10 @@ func (a *Auditor) readCut(ctx context.Context) (cut, error) {
 	}
 }
 
-// keyRange returns the range of keys compared: the publisher's prefix, or
-// every key.
-func (a *Auditor) keyRange() (start, end string) {
-	if a.cfg.Prefix == "" {
-		return "\x00", "\x00"
-	}
-	return a.cfg.Prefix, clientv3.GetPrefixRangeEnd(a.cfg.Prefix)
-}
-
 // checkPrimary checks, with one small read, that the primary is the cluster
 // the standby follows and still holds revision P.
-func (a *Auditor) checkPrimary(ctx context.Context, c cut) error {
-	start, end := a.keyRange()
+func (a *Auditor) checkPrimary(ctx context.Context, c cut, sc *scope) error {
+	start, end := sc.keyRange()
 	resp, err := a.primary.Get(ctx, start, clientv3.WithRange(end), clientv3.WithRev(c.pos.Revision),
 		clientv3.WithLimit(1), clientv3.WithKeysOnly())
 	if err != nil {
@@ -111,8 +102,8 @@ func (a *Auditor) primaryErr(err error, c cut) error {
 }
 
 // compare reads both sides at the cut, page by page, and merges them.
-func (a *Auditor) compare(ctx context.Context, rep *Report, c cut) error {
-	start, end := a.keyRange()
+func (a *Auditor) compare(ctx context.Context, rep *Report, c cut, sc *scope) error {
+	start, end := sc.keyRange()
 	g, gctx := errgroup.WithContext(ctx)
 	primary := make(chan []*mvccpb.KeyValue, 1)
 	standby := make(chan []*mvccpb.KeyValue, 1)
@@ -130,7 +121,7 @@ func (a *Auditor) compare(ctx context.Context, rep *Report, c cut) error {
 		}
 		return nil
 	})
-	g.Go(func() error { return a.merge(gctx, rep, primary, standby) })
+	g.Go(func() error { return a.merge(gctx, rep, sc, primary, standby) })
 	return g.Wait()
 }
 
@@ -163,7 +154,7 @@ func (a *Auditor) pages(ctx context.Context, cli *clientv3.Client, start, end st
 
 // side iterates over the in-scope keys of one side's pages.
 type side struct {
-	a    *Auditor
+	sc   *scope
 	ch   <-chan []*mvccpb.KeyValue
 	page []*mvccpb.KeyValue
 	cur  *mvccpb.KeyValue // nil at the end
@@ -177,7 +168,7 @@ func (s *side) next(ctx context.Context) error {
 			kv := s.page[0]
 			s.page[0] = nil // let the page go as it is consumed
 			s.page = s.page[1:]
-			if s.a.inScope(kv.Key) {
+			if s.sc.inScope(kv.Key) {
 				s.cur = kv
 				s.n++
 				return nil
@@ -197,8 +188,8 @@ func (s *side) next(ctx context.Context) error {
 }
 
 // merge walks both sides in key order and records every difference.
-func (a *Auditor) merge(ctx context.Context, rep *Report, primary, standby <-chan []*mvccpb.KeyValue) error {
-	p, s := &side{a: a, ch: primary}, &side{a: a, ch: standby}
+func (a *Auditor) merge(ctx context.Context, rep *Report, sc *scope, primary, standby <-chan []*mvccpb.KeyValue) error {
+	p, s := &side{sc: sc, ch: primary}, &side{sc: sc, ch: standby}
 	if err := p.next(ctx); err != nil {
 		return err
 	}
@@ -269,12 +260,6 @@ func (a *Auditor) record(rep *Report, k KeyDrift) {
 	if len(rep.tracked) < a.cfg.tracked() {
 		rep.tracked = append(rep.tracked, k)
 	}
-}
-
-// inScope reports whether key is compared: under the prefix (guaranteed by
-// the ranges read) and allowed by the rules.
-func (a *Auditor) inScope(key []byte) bool {
-	return a.rules.Allowed(key) && bytes.HasPrefix(key, a.prefix)
 }
 
 // hash returns the hex SHA-256 of v.

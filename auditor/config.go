@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/keyspace"
 	"github.com/etcdsync/etcdsync/streams"
 )
@@ -59,6 +60,13 @@ type Config struct {
 	// Prefix is the publisher's prefix: only keys under it are compared.
 	// Default "" (every key).
 	Prefix string
+	// ExplicitScope says Scope and Prefix were chosen by the caller (the
+	// audit's scope flags): they are compared, and any difference with the
+	// scope the applier recorded in the standby (applier.ScopeRecord) is
+	// reported and makes Repair refuse. When false (default) the audit
+	// compares the applier's recorded scope, and uses Scope and Prefix only
+	// when none is recorded (Repair then refuses too).
+	ExplicitScope bool
 	// PageSize is the number of keys per paginated Get. Default 1000.
 	PageSize int64
 	// MaxKeys is the number of keys of each kind (missed, surplus,
@@ -158,6 +166,9 @@ func (c Config) checkpointKey() string {
 	}
 	return keyspace.OwnPrefix + "checkpoint/" + c.Stream
 }
+
+// scopeKey returns the standby key of the applier's scope record.
+func (c Config) scopeKey() string { return applier.ScopeKey(c.checkpointKey()) }
 
 // tracked is the number of drifted keys an audit remembers.
 func (c Config) tracked() int {

@@ -73,19 +73,36 @@ type RepairResult struct {
 // attaches one on the key's next write). Keys outside the scope are never
 // touched. Repair blocks until every key is done.
 //
-// Repair stops with an error when the standby is being bootstrapped
-// (ErrNotBootstrapped) or was promoted, when its checkpoint moved to
-// another source cluster or generation than rep's, or on an etcd error;
-// the result then holds what was changed so far.
+// Repair writes nothing and returns ErrScopeMismatch when the scope it
+// would compare is not the one the applier recorded in the standby (see
+// ScopeInfo; a scope given by Config.ExplicitScope that differs, or no
+// record at all), or when that scope changed since rep. It stops with an
+// error when the standby is being bootstrapped (ErrNotBootstrapped) or was
+// promoted, when its checkpoint moved to another source cluster or
+// generation than rep's, or on an etcd error; the result then holds what
+// was changed so far.
 func (a *Auditor) Repair(ctx context.Context, rep Report) (RepairResult, error) {
 	keys, untracked := rep.keys()
 	res := RepairResult{Untracked: untracked}
+	// The scope as the applier records it now: it may have restarted with
+	// other options since the audit.
+	sc, err := a.resolveScope(ctx, 0)
+	if err != nil {
+		return res, err
+	}
+	switch {
+	case !sc.info.Repairable:
+		return res, fmt.Errorf("not repairing: %s: %w", sc.info.NotRepairable, ErrScopeMismatch)
+	case rep.Scope.Fingerprint != "" && rep.Scope.Fingerprint != sc.info.Fingerprint:
+		return res, fmt.Errorf("not repairing: the scope changed since the audit (fingerprint %s, now %s): audit again: %w",
+			rep.Scope.Fingerprint, sc.info.Fingerprint, ErrScopeMismatch)
+	}
 	for _, k := range keys {
 		key, err := k.rawKey()
 		if err != nil {
 			return res, err
 		}
-		if !a.inScope([]byte(key)) {
+		if !sc.inScope([]byte(key)) {
 			res.Skipped = append(res.Skipped, KeySkip{Key: k.Key, KeyBase64: k.KeyBase64, State: k.State, Reason: SkipOutOfScope})
 			continue
 		}

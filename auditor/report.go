@@ -131,6 +131,8 @@ type Report struct {
 	Missed     DriftList `json:"missed"`
 	Surplus    DriftList `json:"surplus"`
 	Mismatched DriftList `json:"mismatched"`
+	// Scope says which scope was compared and where it came from.
+	Scope ScopeInfo `json:"scope"`
 	// Events says whether the report went out as drift events.
 	Events EventStatus `json:"events"`
 
@@ -178,6 +180,35 @@ func printable(k string) string {
 	return k
 }
 
+// writeText says which scope was compared, where it came from and how it
+// differs from the applier's.
+func (s *ScopeInfo) writeText(b *strings.Builder) {
+	switch {
+	case s.Source == ScopeFromApplier:
+		fmt.Fprintf(b, "scope: recorded by the applier at %s (%s, fingerprint %s)\n", s.Key, s.RecordedAt.UTC().Format(time.RFC3339), s.Fingerprint)
+	case !s.Recorded:
+		fmt.Fprintf(b, "scope: this audit's options (fingerprint %s); the applier recorded none at %s\n", s.Fingerprint, s.Key)
+	case len(s.Differences) == 0:
+		fmt.Fprintf(b, "scope: this audit's options, the same as the applier's recorded at %s (fingerprint %s)\n", s.Key, s.Fingerprint)
+	default:
+		fmt.Fprintf(b, "scope: this audit's options (fingerprint %s) DIFFERS from the applier's recorded at %s (fingerprint %s):\n",
+			s.Fingerprint, s.Key, s.ApplierFingerprint)
+		for _, d := range s.Differences {
+			fmt.Fprintf(b, "  %s\n", d)
+		}
+		b.WriteString("  drift below may be keys the applier does not replicate; drop the scope options to use the applier's\n")
+	}
+	if s.Source == ScopeFromApplier && len(s.Differences) > 0 {
+		b.WriteString("  this auditor's etcdsync makes other rules of the same options (another preset version?):\n")
+		for _, d := range s.Differences {
+			fmt.Fprintf(b, "  %s\n", d)
+		}
+	}
+	if !s.Repairable {
+		fmt.Fprintf(b, "  repair refused: %s\n", s.NotRepairable)
+	}
+}
+
 // WriteText writes the report for people: the position compared, each kind
 // of drift with its first keys, and what to do about it.
 func (r *Report) WriteText(w io.Writer) error {
@@ -190,6 +221,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		prefix = "keys under " + strconv.Quote(r.Prefix)
 	}
 	fmt.Fprintf(&b, "compared: %d in-scope keys (%s; primary %d, standby %d)\n", r.Compared, prefix, r.PrimaryKeys, r.StandbyKeys)
+	r.Scope.writeText(&b)
 	if r.Consistent {
 		fmt.Fprintf(&b, "result: CONSISTENT, no drift\n")
 	} else {
