@@ -22,6 +22,10 @@ const ScopeVersion = 1
 // checkpoint is at checkpointKey: "<checkpointKey>/scope".
 func ScopeKey(checkpointKey string) string { return checkpointKey + "/scope" }
 
+// ScopeRecordKey returns the standby key of the scope record of an applier
+// with c: ScopeKey of its checkpoint key.
+func (c Config) ScopeRecordKey() string { return ScopeKey(c.checkpointKey()) }
+
 // ScopeRecord is the applier's effective scope, written by the applier in
 // the standby next to its checkpoint (ScopeKey) when it starts, and again
 // when a snapshot announces another publisher prefix, so that the auditor

@@ -67,6 +67,9 @@ type Config struct {
 	// compares the applier's recorded scope, and uses Scope and Prefix only
 	// when none is recorded (Repair then refuses too).
 	ExplicitScope bool
+	// ScopeOrigin says, for reports, where Scope and Prefix came from (e.g.
+	// "--exclude-namespace (command line)"). Optional.
+	ScopeOrigin string
 	// PageSize is the number of keys per paginated Get. Default 1000.
 	PageSize int64
 	// MaxKeys is the number of keys of each kind (missed, surplus,

@@ -31,9 +31,9 @@
 //   - Memory is bounded by a page per side (each side's reader runs one
 //     page ahead of the merge) plus the drifted keys remembered
 //     (Config.MaxTrackedKeys), never by the size of the keyspace.
-//   - Scope: a key is compared when it is under Config.Prefix (the
-//     publisher's prefix) and keyspace.Rules.Allowed by Config.Scope, the
-//     applier's rules. Keys outside are neither reported nor repaired.
+//   - Scope: a key is compared when it is under the publisher's prefix and
+//     allowed by the applier's rules (keyspace.Rules.Allowed). Keys outside
+//     are neither reported nor repaired. See "One scope" below.
 //   - Values are compared byte for byte (both values are in memory for the
 //     merge, so this is exact and cheaper than hashing both); reports and
 //     events carry the SHA-256 of each side's value of a drifted key, never
@@ -50,6 +50,32 @@
 //     checkpoint). When the checkpoint moved, both reads are made again;
 //     a key changed on the standby since the audit is skipped as in
 //     flight. Surplus keys are deleted only with Config.RepairSurplus.
+//
+// # One scope
+//
+// The applier records its effective scope in the standby next to its
+// checkpoint, at "<checkpoint key>/scope" (applier.ScopeRecord, JSON): its
+// keyspace.Config, the rules that config makes in its version (preset
+// included), the publisher's prefix the last snapshot announced, and a
+// fingerprint of those rule lines, sorted (so the order of options does
+// not matter, and any field added to keyspace.Config changes the rules
+// text, hence the fingerprint). The applier writes it when a session
+// starts and when a snapshot announces another prefix, guarded by the
+// checkpoint's mod revision.
+//
+//   - An audit reads the record at S and compares that scope
+//     (ScopeFromApplier), unless Config.ExplicitScope: then Config.Scope
+//     and Config.Prefix are compared (ScopeFromConfig) and every rule on
+//     which they differ from the record is listed (ScopeInfo.Differences,
+//     in the text report, the JSON and on /check). Without a record the
+//     audit compares Config.Scope and Config.Prefix.
+//   - Repair reads the record again and refuses (ErrScopeMismatch, nothing
+//     written) when the scope compared differs from it, when there is
+//     none, or when the scope changed since the audit: a repair never
+//     writes into, or deletes from, keys the applier leaves alone.
+//   - The rules are rebuilt from the recorded config by this auditor's
+//     version; if they differ from the recorded rules text (another preset
+//     version), the difference is listed and Repair refuses too.
 //
 // # Drift events
 //

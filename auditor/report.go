@@ -187,12 +187,12 @@ func (s *ScopeInfo) writeText(b *strings.Builder) {
 	case s.Source == ScopeFromApplier:
 		fmt.Fprintf(b, "scope: recorded by the applier at %s (%s, fingerprint %s)\n", s.Key, s.RecordedAt.UTC().Format(time.RFC3339), s.Fingerprint)
 	case !s.Recorded:
-		fmt.Fprintf(b, "scope: this audit's options (fingerprint %s); the applier recorded none at %s\n", s.Fingerprint, s.Key)
+		fmt.Fprintf(b, "scope: this audit's options%s (fingerprint %s); the applier recorded none at %s\n", s.origin(), s.Fingerprint, s.Key)
 	case len(s.Differences) == 0:
-		fmt.Fprintf(b, "scope: this audit's options, the same as the applier's recorded at %s (fingerprint %s)\n", s.Key, s.Fingerprint)
+		fmt.Fprintf(b, "scope: this audit's options%s, the same as the applier's recorded at %s (fingerprint %s)\n", s.origin(), s.Key, s.Fingerprint)
 	default:
-		fmt.Fprintf(b, "scope: this audit's options (fingerprint %s) DIFFERS from the applier's recorded at %s (fingerprint %s):\n",
-			s.Fingerprint, s.Key, s.ApplierFingerprint)
+		fmt.Fprintf(b, "scope: this audit's options%s (fingerprint %s) DIFFERS from the applier's recorded at %s (fingerprint %s):\n",
+			s.origin(), s.Fingerprint, s.Key, s.ApplierFingerprint)
 		for _, d := range s.Differences {
 			fmt.Fprintf(b, "  %s\n", d)
 		}
@@ -207,6 +207,14 @@ func (s *ScopeInfo) writeText(b *strings.Builder) {
 	if !s.Repairable {
 		fmt.Fprintf(b, "  repair refused: %s\n", s.NotRepairable)
 	}
+}
+
+// origin returns " (<Origin>)", or "" without one.
+func (s *ScopeInfo) origin() string {
+	if s.Origin == "" {
+		return ""
+	}
+	return " (" + s.Origin + ")"
 }
 
 // WriteText writes the report for people: the position compared, each kind

@@ -30,8 +30,12 @@ const (
 // ScopeInfo says which scope an audit compared, where it came from, and how
 // it differs from the applier's.
 type ScopeInfo struct {
-	// Source is ScopeFromApplier or ScopeFromConfig.
+	// Source is ScopeFromApplier or ScopeFromConfig; Origin, with
+	// ScopeFromConfig, says where the options came from (Config.ScopeOrigin).
 	Source string `json:"source"`
+	Origin string `json:"origin,omitempty"`
+	// Rules are the effective rules compared (keyspace.Rules.String).
+	Rules string `json:"rules"`
 	// Key is the standby key of the applier's scope record; Recorded says
 	// whether the applier wrote one, RecordedAt when.
 	Key        string    `json:"key"`
@@ -110,7 +114,10 @@ func (a *Auditor) resolveScope(ctx context.Context, rev int64) (*scope, error) {
 	if err != nil {
 		return nil, err
 	}
-	info.Fingerprint = mine.Fingerprint
+	info.Fingerprint, info.Rules = mine.Fingerprint, mine.Rules
+	if info.Source == ScopeFromConfig {
+		info.Origin = a.cfg.ScopeOrigin
+	}
 	switch {
 	case !ok:
 		info.NotRepairable = fmt.Sprintf("the applier recorded no scope at %s (an applier older than this auditor?), so this audit's scope cannot be confirmed", key)
@@ -122,6 +129,17 @@ func (a *Auditor) resolveScope(ctx context.Context, rev int64) (*scope, error) {
 	}
 	info.Repairable = info.NotRepairable == ""
 	return &scope{rules: rules, prefix: prefix, info: info}, nil
+}
+
+// Scope reads the applier's scope record from the standby and returns the
+// scope an audit would compare now, where it comes from and how it differs
+// from the applier's, and the publisher prefix compared.
+func (a *Auditor) Scope(ctx context.Context) (ScopeInfo, string, error) {
+	sc, err := a.resolveScope(ctx, 0)
+	if err != nil {
+		return ScopeInfo{}, "", err
+	}
+	return sc.info, sc.prefix, nil
 }
 
 // diffLines lists the lines only in applier's or only in audit's (both

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -47,10 +48,13 @@ type auditOptions struct {
 	pageSize      int
 	repair        bool
 	repairSurplus bool
-	driftStream   string
-	driftMaxAge   time.Duration
-	metricsAddr   string
-	log           logFlags
+	printRules    bool
+	// scopeOrigins lists the scope options given and where (flagOrigins).
+	scopeOrigins []string
+	driftStream  string
+	driftMaxAge  time.Duration
+	metricsAddr  string
+	log          logFlags
 }
 
 // registerSide defines the connection flags of one etcd (side "primary" or
@@ -85,7 +89,10 @@ func auditFlags(o *auditOptions) *flagSet {
 			"revision S, the primary at the source revision P of the applier's checkpoint at S, so\n"+
 			"writes in flight never show as drift. Reports keys missed (primary only), surplus\n"+
 			"(standby only) and mismatched (values differ, compared byte for byte; SHA-256 shown),\n"+
-			"within the same scope rules as `apply` (give it the same scope flags and --prefix).\n"+
+			"within the scope the applier recorded in the standby next to its checkpoint (rules and\n"+
+			"the publisher's prefix). Scope options (--keyspace, --exclude-namespace, --prefix, ...)\n"+
+			"override it for the comparison; the report then lists every difference with the\n"+
+			"applier's, and --repair refuses to write. --print-rules shows the scope in force.\n"+
 			"With --nats-url every report is also published as drift events on\n"+
 			"etcdsync.<site>.drift.summary and etcdsync.<site>.drift.key (stream --drift-stream).\n\n"+
 			"--once audits once: exit 0 consistent, 1 drift found, 2 could not audit. Otherwise it\n"+
@@ -109,6 +116,7 @@ func auditFlags(o *auditOptions) *flagSet {
 	f.Int(&o.pageSize, "page-size", int(def.PageSize), "`N` keys per paginated read of each etcd")
 	f.Bool(&o.repair, "repair", false, "re-apply missed and mismatched keys from the primary, then audit again (implies --once)")
 	f.Bool(&o.repairSurplus, "repair-surplus", false, "with --repair, also delete surplus keys from the standby (confirm with the team first)")
+	f.Bool(&o.printRules, "print-rules", false, "print the scope in force (the applier's recorded scope, or these options and how they differ) and exit; reads only the standby")
 	f.String(&o.driftStream, "drift-stream", def.DriftStream, "`NAME` of the stream holding drift events")
 	f.Duration(&o.driftMaxAge, "drift-max-age", def.DriftMaxAge, "keep drift events for `DURATION`")
 	f.String(&o.metricsAddr, "metrics-addr", defaultAuditMetricsAddr, "serve /check, /metrics, /healthz and /readyz on `ADDR` without --once (empty: off)")
@@ -124,6 +132,8 @@ func (o *auditOptions) config() auditor.Config {
 	cfg.CheckpointKey = o.checkpointKey
 	cfg.Prefix = o.prefix
 	cfg.Scope = o.scope.config()
+	cfg.ExplicitScope = len(o.scopeOrigins) > 0
+	cfg.ScopeOrigin = strings.Join(o.scopeOrigins, ", ")
 	cfg.Interval = o.interval
 	cfg.MaxKeys = o.maxKeys
 	cfg.MaxEvents = o.maxEvents
@@ -137,8 +147,16 @@ func (o *auditOptions) config() auditor.Config {
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "audit"
 	var o auditOptions
-	if err := auditFlags(&o).parse(args, stdout); err != nil {
+	fs := auditFlags(&o)
+	if err := fs.parse(args, stdout); err != nil {
 		return err
+	}
+	o.scopeOrigins = flagOrigins(fs, args, scopeFlagNames())
+	if o.printRules {
+		if err := validateSide(cmd, "standby", &o.standby); err != nil {
+			return err
+		}
+		return auditPrintRules(ctx, &o, stdout)
 	}
 	if err := validateSide(cmd, "primary", &o.primary); err != nil {
 		return err
@@ -208,7 +226,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if !once {
 		log.Info("auditor starting", "primary", o.primary.endpoints, "standby", o.standby.endpoints, "nats", o.nats.url,
-			"interval", cfg.Interval, "site", cfg.Site, "prefix", cfg.Prefix, "keyspace", cfg.Scope.Mode)
+			"interval", cfg.Interval, "site", cfg.Site, "scope_options", cfg.ScopeOrigin)
 		if js == nil {
 			log.Warn("no --nats-url: reports are not published as drift events")
 		}
@@ -276,6 +294,57 @@ func auditOnce(ctx context.Context, o *auditOptions, a *auditor.Auditor, stdout,
 		return errDrift
 	}
 	return nil
+}
+
+// auditPrintRules prints the scope an audit would compare now, where it
+// comes from, and how it differs from the applier's.
+func auditPrintRules(ctx context.Context, o *auditOptions, stdout io.Writer) error {
+	cfg := o.config()
+	if err := cfg.Validate(); err != nil {
+		return usageErrorf("audit", "%v", err)
+	}
+	standby, err := o.standby.connect(ctx)
+	if err != nil {
+		return &auditError{err: fmt.Errorf("standby %w", err)}
+	}
+	defer standby.Close()
+	// The primary is not read: the standby client stands in for it.
+	a, err := auditor.New(cfg, standby, standby, nil, nil)
+	if err != nil {
+		return err
+	}
+	info, prefix, err := a.Scope(ctx)
+	if err != nil {
+		return &auditError{err: err}
+	}
+	var b strings.Builder
+	switch {
+	case info.Source == auditor.ScopeFromApplier:
+		fmt.Fprintf(&b, "# scope in force: recorded by the applier at %s (%s)\n", info.Key, info.RecordedAt.UTC().Format(time.RFC3339))
+	case !info.Recorded:
+		fmt.Fprintf(&b, "# scope in force: this audit's options%s; the applier recorded none at %s\n", parenthesized(info.Origin), info.Key)
+	default:
+		fmt.Fprintf(&b, "# scope in force: this audit's options%s, instead of the applier's recorded at %s\n", parenthesized(info.Origin), info.Key)
+	}
+	fmt.Fprintf(&b, "# fingerprint %s", info.Fingerprint)
+	if info.ApplierFingerprint != "" {
+		fmt.Fprintf(&b, " (the applier's: %s)", info.ApplierFingerprint)
+	}
+	b.WriteString("\n")
+	if prefix == "" {
+		b.WriteString("# publisher prefix: every key\n")
+	} else {
+		fmt.Fprintf(&b, "# publisher prefix: %q\n", prefix)
+	}
+	for _, d := range info.Differences {
+		fmt.Fprintf(&b, "# differs: %s\n", d)
+	}
+	if !info.Repairable {
+		fmt.Fprintf(&b, "# repair refused: %s\n", info.NotRepairable)
+	}
+	b.WriteString(info.Rules)
+	_, err = io.WriteString(stdout, b.String())
+	return err
 }
 
 // writeRepair prints what a repair changed and skipped.
