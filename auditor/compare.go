@@ -8,13 +8,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
+	"strings"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/streams"
@@ -126,12 +132,15 @@ func (a *Auditor) compare(ctx context.Context, rep *Report, c cut, sc *scope) er
 }
 
 // pages sends every key of [start, end) at revision rev to out, one page
-// per Get, in key order, and closes out.
+// per Range request, in key order, and closes out. A page holds at most
+// Config.PageSize keys and Config.PageBytes bytes (see readPage).
 func (a *Auditor) pages(ctx context.Context, cli *clientv3.Client, start, end string, rev int64, out chan<- []*mvccpb.KeyValue) error {
 	defer close(out)
+	kv := pb.NewKVClient(cli.ActiveConnection())
 	key := start
+	limit := min(a.cfg.PageSize, firstPageKeys)
 	for {
-		resp, err := cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(a.cfg.PageSize))
+		resp, err := a.readPage(ctx, kv, key, end, rev, &limit)
 		if err != nil {
 			return fmt.Errorf("read page after %q: %w", key, err)
 		}
@@ -149,6 +158,51 @@ func (a *Auditor) pages(ctx context.Context, cli *clientv3.Client, start, end st
 		if !resp.More {
 			return nil
 		}
+	}
+}
+
+// firstPageKeys is the number of keys asked for in the first page of a
+// side: the values' size is not known yet, and etcd builds a response
+// whole before the client can refuse it, so the pages start small and
+// grow.
+const firstPageKeys = 16
+
+// kvOverhead is about what a key-value pair's fields other than key and
+// value take in a response.
+const kvOverhead = 32
+
+// readPage reads up to *limit keys from key. The client refuses a response
+// larger than Config.PageBytes from its length, before reading it (gRPC's
+// receive limit); the page is then asked for again with half the keys, down
+// to a single key, which is read whatever its size. After each page *limit
+// moves towards the number of keys of the page's largest size that fill
+// half of PageBytes, at most doubling and at most Config.PageSize.
+func (a *Auditor) readPage(ctx context.Context, kv pb.KVClient, key, end string, rev int64, limit *int64) (*pb.RangeResponse, error) {
+	for {
+		recv := int(a.cfg.PageBytes)
+		if *limit == 1 {
+			recv = math.MaxInt32
+		}
+		resp, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte(key), RangeEnd: []byte(end), Revision: rev, Limit: *limit},
+			grpc.MaxCallRecvMsgSize(recv))
+		if err != nil {
+			if s, ok := status.FromError(err); ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "larger than max") && *limit > 1 {
+				*limit /= 2
+				continue
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, rpctypes.Error(err)
+		}
+		if len(resp.Kvs) > 0 {
+			var largest int64
+			for _, kv := range resp.Kvs {
+				largest = max(largest, int64(len(kv.Key)+len(kv.Value))+kvOverhead)
+			}
+			*limit = min(max(a.cfg.PageBytes/2/largest, 1), 2**limit, a.cfg.PageSize)
+		}
+		return resp, nil
 	}
 }
 

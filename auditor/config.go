@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/etcdsync/etcdsync/applier"
@@ -28,6 +29,10 @@ var (
 const (
 	// DefaultPageSize is the number of keys per paginated Get on each side.
 	DefaultPageSize = 1000
+	// DefaultPageBytes bounds the size of one page (one etcd response).
+	DefaultPageBytes = 4 << 20
+	// minPageBytes is the smallest PageBytes accepted.
+	minPageBytes = 64 << 10
 	// DefaultMaxKeys is the number of keys of each kind listed in a Report.
 	DefaultMaxKeys = 20
 	// DefaultMaxEvents is the number of per-key drift events published per run.
@@ -70,8 +75,14 @@ type Config struct {
 	// ScopeOrigin says, for reports, where Scope and Prefix came from (e.g.
 	// "--exclude-namespace (command line)"). Optional.
 	ScopeOrigin string
-	// PageSize is the number of keys per paginated Get. Default 1000.
+	// PageSize is the largest number of keys per paginated Get. Default 1000.
 	PageSize int64
+	// PageBytes bounds the size of one page: a response larger than this
+	// is refused before it is read and asked for again with fewer keys, so
+	// the memory of an audit is bounded in bytes whatever the size of the
+	// values. A single key larger than PageBytes is read alone. Default
+	// 4 MiB, at least 64 KiB.
+	PageBytes int64
 	// MaxKeys is the number of keys of each kind (missed, surplus,
 	// mismatched) listed in a Report. Default 20.
 	MaxKeys int
@@ -113,6 +124,7 @@ func DefaultConfig() Config {
 		Site:           streams.DefaultSite,
 		Scope:          keyspace.DefaultConfig(),
 		PageSize:       DefaultPageSize,
+		PageBytes:      DefaultPageBytes,
 		MaxKeys:        DefaultMaxKeys,
 		MaxEvents:      DefaultMaxEvents,
 		MaxTrackedKeys: DefaultMaxTrackedKeys,
@@ -144,6 +156,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.PageSize < 1:
 		return fmt.Errorf("page size %d: must be at least 1", c.PageSize)
+	case c.PageBytes < minPageBytes || c.PageBytes > math.MaxInt32:
+		return fmt.Errorf("page bytes %d: must be between %d and %d", c.PageBytes, minPageBytes, math.MaxInt32)
 	case c.MaxKeys < 0:
 		return fmt.Errorf("max keys %d: must not be negative", c.MaxKeys)
 	case c.MaxEvents < 0:

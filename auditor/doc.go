@@ -12,8 +12,8 @@
 // source revision P recorded in the checkpoint at S. Audit reads the
 // checkpoint (the response's header revision is S), then reads the standby
 // pinned at S and the primary pinned at P (clientv3.WithRev), both in key
-// order with paginated Gets of Config.PageSize keys, and merges the two
-// streams. Writes that reach either side during the audit are invisible to
+// order with paginated reads of at most Config.PageSize keys and
+// Config.PageBytes bytes, and merges the two streams. Writes that reach either side during the audit are invisible to
 // it: there are no false positives from revisions in flight.
 //
 // An audit cannot run (it returns an error, and `etcdsync audit --once`
@@ -28,9 +28,21 @@
 //
 //   - Audit never writes to either etcd; it reads each side at one pinned
 //     revision.
-//   - Memory is bounded by a page per side (each side's reader runs one
-//     page ahead of the merge) plus the drifted keys remembered
-//     (Config.MaxTrackedKeys), never by the size of the keyspace.
+//   - Memory is bounded in bytes: by a few pages per side (each side's
+//     reader runs one page ahead of the merge) plus the drifted keys
+//     remembered (Config.MaxTrackedKeys), never by the size of the
+//     keyspace or of its values. A page is at most Config.PageBytes
+//     (default 4 MiB): the read sets gRPC's receive limit to it, so a
+//     larger response is refused from its length before it is read, and
+//     asked for again with half the keys, down to one key (read whatever
+//     its size). Since etcd builds a response whole before the client can
+//     refuse it, a side's first page asks for 16 keys; after each page the
+//     number of keys asked for moves towards what fills half a page at the
+//     page's largest key-value size, at most doubling, at most
+//     Config.PageSize. Measured (BenchmarkAuditLargeValues,
+//     TestAuditMemoryLargeValues): one audit of 150 values of 683 KiB
+//     peaks at about 60 MiB resident, down from 637 MiB with pages of
+//     1000 keys.
 //   - Scope: a key is compared when it is under the publisher's prefix and
 //     allowed by the applier's rules (keyspace.Rules.Allowed). Keys outside
 //     are neither reported nor repaired. See "One scope" below.

@@ -46,6 +46,7 @@ type auditOptions struct {
 	maxKeys       int
 	maxEvents     int
 	pageSize      int
+	pageBytes     int64
 	repair        bool
 	repairSurplus bool
 	printRules    bool
@@ -113,7 +114,8 @@ func auditFlags(o *auditOptions) *flagSet {
 	f.Bool(&o.json, "json", false, "print the report as JSON (with --once)")
 	f.Int(&o.maxKeys, "max-keys", def.MaxKeys, "list the first `N` keys of each kind of drift")
 	f.Int(&o.maxEvents, "max-events", def.MaxEvents, "publish at most `N` per-key drift events per audit (the summary is always published)")
-	f.Int(&o.pageSize, "page-size", int(def.PageSize), "`N` keys per paginated read of each etcd")
+	f.Int(&o.pageSize, "page-size", int(def.PageSize), "at most `N` keys per paginated read of each etcd")
+	f.Bytes(&o.pageBytes, "page-bytes", def.PageBytes, "at most `SIZE` per paginated read of each etcd (fewer keys when values are large): bounds the audit's memory")
 	f.Bool(&o.repair, "repair", false, "re-apply missed and mismatched keys from the primary, then audit again (implies --once)")
 	f.Bool(&o.repairSurplus, "repair-surplus", false, "with --repair, also delete surplus keys from the standby (confirm with the team first)")
 	f.Bool(&o.printRules, "print-rules", false, "print the scope in force (the applier's recorded scope, or these options and how they differ) and exit; reads only the standby")
@@ -138,6 +140,7 @@ func (o *auditOptions) config() auditor.Config {
 	cfg.MaxKeys = o.maxKeys
 	cfg.MaxEvents = o.maxEvents
 	cfg.PageSize = int64(o.pageSize)
+	cfg.PageBytes = o.pageBytes
 	cfg.RepairSurplus = o.repairSurplus
 	cfg.DriftStream = o.driftStream
 	cfg.DriftMaxAge = o.driftMaxAge
