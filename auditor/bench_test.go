@@ -165,6 +165,12 @@ func TestChildAudit(t *testing.T) {
 // (at least one put), 8 in flight, and returns the last revision.
 func load(b testing.TB, cli *clientv3.Client, n int, value string) int64 {
 	b.Helper()
+	return loadAt(b, cli, "/registry/configmaps/bench/", n, value)
+}
+
+// loadAt is load with keys under prefix.
+func loadAt(b testing.TB, cli *clientv3.Client, prefix string, n int, value string) int64 {
+	b.Helper()
 	var g errgroup.Group
 	g.SetLimit(8)
 	var last atomic.Int64
@@ -173,7 +179,7 @@ func load(b testing.TB, cli *clientv3.Client, n int, value string) int64 {
 		g.Go(func() error {
 			var ops []clientv3.Op
 			for i := start; i < min(start+per, n); i++ {
-				ops = append(ops, clientv3.OpPut(fmt.Sprintf("/registry/configmaps/bench/k%07d", i), value))
+				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%sk%07d", prefix, i), value))
 			}
 			resp, err := cli.Txn(context.Background()).Then(ops...).Commit()
 			if err != nil {
