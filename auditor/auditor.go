@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,6 +42,8 @@ type Auditor struct {
 type failure struct {
 	err  error
 	time time.Time
+	// reseeding: the standby was being re-seeded (a state, not a failure).
+	reseeding bool
 }
 
 // New validates cfg and returns an Auditor reading the primary and the
@@ -91,9 +94,16 @@ func (a *Auditor) Last() (Report, bool) {
 func (a *Auditor) Audit(ctx context.Context) (Report, error) {
 	start := time.Now()
 	rep, err := a.audit(ctx, start)
+	reseed := errors.Is(err, ErrReseeding)
+	a.metrics.reseeding.Set(0)
+	if reseed {
+		a.metrics.reseeding.Set(1)
+	}
 	if err != nil {
-		a.metrics.errors.Inc()
-		a.lastErr.Store(&failure{err: err, time: start})
+		if !reseed {
+			a.metrics.errors.Inc()
+		}
+		a.lastErr.Store(&failure{err: err, time: start, reseeding: reseed})
 		return Report{}, err
 	}
 	if err := a.publish(ctx, &rep); err != nil {
@@ -128,6 +138,10 @@ func (a *Auditor) audit(ctx context.Context, start time.Time) (Report, error) {
 		SourceRevision:  c.pos.Revision,
 		StreamSeq:       c.pos.Seq,
 		StandbyRevision: c.standbyRev,
+		SourceTime:      c.sourceTime,
+	}
+	if !c.sourceTime.IsZero() {
+		rep.SourceAgeSeconds = start.Sub(c.sourceTime).Seconds()
 	}
 	if err := a.compare(ctx, &rep, c, sc); err != nil {
 		return Report{}, err
@@ -154,6 +168,8 @@ func (a *Auditor) Run(ctx context.Context) error {
 		switch {
 		case ctx.Err() != nil:
 			return nil
+		case errors.Is(err, ErrReseeding):
+			a.log.Info("standby re-seeding, nothing to compare yet", "reason", err, "retry_in", a.cfg.Interval)
 		case err != nil:
 			a.log.Warn("audit failed", "err", err, "retry_in", a.cfg.Interval)
 		default:

@@ -37,6 +37,7 @@ const (
 type cut struct {
 	standbyRev int64
 	pos        streams.Position
+	sourceTime time.Time // when the publisher observed pos.Revision
 }
 
 // readCut reads the checkpoint from the standby: the response's revision is
@@ -61,8 +62,8 @@ func (a *Auditor) readCut(ctx context.Context) (cut, error) {
 		case ck.Promoted:
 			return cut{}, fmt.Errorf("checkpoint %s: the standby was promoted, there is no primary to compare with", key)
 		case ck.Snapshot != nil:
-			return cut{}, fmt.Errorf("checkpoint %s: snapshot at source revision %d being applied (%d keys so far): %w",
-				key, ck.Snapshot.Revision, ck.Snapshot.Keys, ErrNotBootstrapped)
+			return cut{}, fmt.Errorf("checkpoint %s: snapshot of generation %d at source revision %d being applied (%d keys so far); audit again when it is applied: %w",
+				key, ck.Snapshot.Generation, ck.Snapshot.Revision, ck.Snapshot.Keys, ErrReseeding)
 		case ck.Position.Revision == 0:
 			return cut{}, fmt.Errorf("checkpoint %s holds no source revision: %w", key, ErrNotBootstrapped)
 		case ck.Partial != nil:
@@ -77,7 +78,7 @@ func (a *Auditor) readCut(ctx context.Context) (cut, error) {
 			}
 			continue
 		}
-		return cut{standbyRev: resp.Header.Revision, pos: ck.Position}, nil
+		return cut{standbyRev: resp.Header.Revision, pos: ck.Position, sourceTime: ck.SourceTime}, nil
 	}
 }
 

@@ -23,7 +23,21 @@ var (
 	// that revision. Retry once the applier has caught up, or re-seed the
 	// standby if it is stuck.
 	ErrCompacted = errors.New("primary compacted past the standby's source revision")
+	// ErrReseeding means a snapshot is being applied to the standby (a
+	// re-seed, or its first bootstrap): a state, not a failure. It is not
+	// counted in etcdsync_auditor_errors_total, sets
+	// etcdsync_auditor_reseeding, and /check answers 200. errors.Is(err,
+	// ErrNotBootstrapped) holds too.
+	ErrReseeding error = reseeding{}
 )
+
+// reseeding is ErrReseeding.
+type reseeding struct{}
+
+func (reseeding) Error() string { return "standby re-seeding from a snapshot" }
+
+// Is makes errors.Is(ErrReseeding, ErrNotBootstrapped) true.
+func (reseeding) Is(target error) bool { return target == ErrNotBootstrapped }
 
 // Defaults.
 const (

@@ -16,9 +16,19 @@
 // Config.PageBytes bytes, and merges the two streams. Writes that reach either side during the audit are invisible to
 // it: there are no false positives from revisions in flight.
 //
+// A report names the revisions compared (S and P) and how old the
+// primary's state at P is: the checkpoint's time of observation of P by the
+// publisher, and its age at the audit's start (Report.SourceAgeSeconds).
+//
+// While a snapshot is being applied (a re-seed, or the first bootstrap)
+// there is nothing to compare: Audit returns ErrReseeding, a state and not
+// a failure: it is not counted in etcdsync_auditor_errors_total,
+// etcdsync_auditor_reseeding is 1, and /check answers 200 saying so.
+//
 // An audit cannot run (it returns an error, and `etcdsync audit --once`
-// exits 2) when the checkpoint is absent or a snapshot is being applied
-// (ErrNotBootstrapped); when the primary has compacted past P
+// exits 2) when the checkpoint is absent (ErrNotBootstrapped) or a
+// snapshot is being applied (ErrReseeding, which is also
+// ErrNotBootstrapped); when the primary has compacted past P
 // (ErrCompacted: retry when the applier has caught up, or re-seed); when
 // the primary is not the cluster the checkpoint follows; or while a record
 // split across standby transactions stays half applied (checkpoint
@@ -159,5 +169,7 @@
 // Registerer given to New: etcdsync_auditor_keys{state="missed|surplus|mismatched"},
 // etcdsync_auditor_keys_compared, etcdsync_auditor_last_run_timestamp_seconds,
 // etcdsync_auditor_last_run_duration_seconds, etcdsync_auditor_errors_total
-// and etcdsync_auditor_repaired_keys_total.
+// (audits that could not complete, re-seeding excluded, and reports not
+// published), etcdsync_auditor_reseeding and
+// etcdsync_auditor_repaired_keys_total.
 package auditor

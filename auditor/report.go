@@ -120,6 +120,12 @@ type Report struct {
 	SourceRevision  int64  `json:"source_revision"`
 	StreamSeq       uint64 `json:"stream_seq"`
 	StandbyRevision int64  `json:"standby_revision"`
+	// SourceTime is when the publisher observed SourceRevision on the
+	// primary (zero if unknown); SourceAgeSeconds is how long before the
+	// audit's start that was: the age of the primary's state compared (on
+	// an idle primary it grows without any lag).
+	SourceTime       time.Time `json:"source_time,omitzero"`
+	SourceAgeSeconds float64   `json:"source_age_seconds"`
 	// Compared counts the distinct in-scope keys seen on either side;
 	// PrimaryKeys and StandbyKeys count each side's in-scope keys.
 	Compared    int64 `json:"keys_compared"`
@@ -222,8 +228,13 @@ func (s *ScopeInfo) origin() string {
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "etcdsync audit %s at %s (%.2fs)\n", r.ID, r.Time.UTC().Format(time.RFC3339), r.DurationSeconds)
-	fmt.Fprintf(&b, "position: standby revision %d holds source cluster %s generation %d revision %d (stream seq %d)\n",
+	fmt.Fprintf(&b, "position: standby revision %d holds source cluster %s generation %d revision %d (stream seq %d)",
 		r.StandbyRevision, r.ClusterID, r.Generation, r.SourceRevision, r.StreamSeq)
+	if !r.SourceTime.IsZero() {
+		fmt.Fprintf(&b, ",\n          observed on the primary at %s, %s before the audit", r.SourceTime.UTC().Format(time.RFC3339),
+			time.Duration(r.SourceAgeSeconds*float64(time.Second)).Round(time.Second))
+	}
+	b.WriteString("\n")
 	prefix := "every key"
 	if r.Prefix != "" {
 		prefix = "keys under " + strconv.Quote(r.Prefix)
@@ -231,7 +242,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "compared: %d in-scope keys (%s; primary %d, standby %d)\n", r.Compared, prefix, r.PrimaryKeys, r.StandbyKeys)
 	r.Scope.writeText(&b)
 	if r.Consistent {
-		fmt.Fprintf(&b, "result: CONSISTENT, no drift\n")
+		fmt.Fprintf(&b, "result: CONSISTENT at source revision %d (standby revision %d), no drift\n", r.SourceRevision, r.StandbyRevision)
 	} else {
 		fmt.Fprintf(&b, "result: DRIFT, %d key(s) differ (%d missed, %d surplus, %d mismatched)\n",
 			r.Drifted(), r.Missed.Count, r.Surplus.Count, r.Mismatched.Count)
