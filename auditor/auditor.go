@@ -127,6 +127,9 @@ func (a *Auditor) audit(ctx context.Context, start time.Time) (Report, error) {
 	if err := a.checkPrimary(ctx, c, sc); err != nil {
 		return Report{}, err
 	}
+	if err := a.findUnknownNamespaces(ctx, sc, c.pos.Revision, c.standbyRev); err != nil {
+		return Report{}, err
+	}
 	rep := Report{
 		ID:              runID(start),
 		Time:            start.UTC(),

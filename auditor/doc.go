@@ -95,6 +95,11 @@
 //     written) when the scope compared differs from it, when there is
 //     none, or when the scope changed since the audit: a repair never
 //     writes into, or deletes from, keys the applier leaves alone.
+//   - An excluded namespace (Scope.ExcludeNamespaces) whose Namespace
+//     object is on neither side (primary at P, standby at S) is listed in
+//     ScopeInfo.UnknownNamespaces and warned about as a likely typo: the
+//     namespace meant is replicated. `etcdsync audit --print-rules` warns
+//     the same way.
 //   - The rules are rebuilt from the recorded config by this auditor's
 //     version; if they differ from the recorded rules text (another preset
 //     version), the difference is listed and Repair refuses too.

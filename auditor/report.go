@@ -213,6 +213,9 @@ func (s *ScopeInfo) writeText(b *strings.Builder) {
 	if !s.Repairable {
 		fmt.Fprintf(b, "  repair refused: %s\n", s.NotRepairable)
 	}
+	for _, ns := range s.UnknownNamespaces {
+		fmt.Fprintf(b, "  warning: excluded namespace %q exists on neither side: a typo? (the namespace meant is replicated)\n", ns)
+	}
 }
 
 // origin returns " (<Origin>)", or "" without one.

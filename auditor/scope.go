@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -49,6 +50,10 @@ type ScopeInfo struct {
 	// applier's differ, each starting with "applier only: " or "audit
 	// only: ".
 	Differences []string `json:"differences,omitempty"`
+	// UnknownNamespaces are excluded namespaces (Scope.ExcludeNamespaces)
+	// whose Namespace object is on neither side: likely typos, which leave
+	// the namespace meant replicated.
+	UnknownNamespaces []string `json:"unknown_namespaces,omitempty"`
 	// Repairable is false when Repair refuses to write (NotRepairable says
 	// why): the applier recorded no scope, or it differs.
 	Repairable    bool   `json:"repairable"`
@@ -59,6 +64,7 @@ type ScopeInfo struct {
 type scope struct {
 	rules  *keyspace.Rules
 	prefix string // the publisher's prefix
+	cfg    keyspace.Config
 	info   ScopeInfo
 }
 
@@ -128,15 +134,54 @@ func (a *Auditor) resolveScope(ctx context.Context, rev int64) (*scope, error) {
 		}
 	}
 	info.Repairable = info.NotRepairable == ""
-	return &scope{rules: rules, prefix: prefix, info: info}, nil
+	return &scope{rules: rules, prefix: prefix, cfg: cfg, info: info}, nil
+}
+
+// findUnknownNamespaces sets info.UnknownNamespaces: the excluded
+// namespaces whose Namespace object is neither on the primary at
+// primaryRev nor on the standby at standbyRev (0: the current revision).
+func (a *Auditor) findUnknownNamespaces(ctx context.Context, sc *scope, primaryRev, standbyRev int64) error {
+	if sc.cfg.Mode == keyspace.ModeRaw {
+		return nil
+	}
+	root := sc.cfg.Prefix
+	if root == "" {
+		root = keyspace.DefaultConfig().Prefix
+	}
+	root = strings.TrimSuffix(root, "/")
+	exists := func(cli *clientv3.Client, key string, rev int64) (bool, error) {
+		resp, err := cli.Get(ctx, key, clientv3.WithRev(rev), clientv3.WithCountOnly())
+		if err != nil {
+			return false, fmt.Errorf("look for namespace object %s: %w", key, err)
+		}
+		return resp.Count > 0, nil
+	}
+	for _, ns := range sc.cfg.ExcludeNamespaces {
+		key := root + "/namespaces/" + ns
+		found, err := exists(a.standby, key, standbyRev)
+		if err == nil && !found {
+			found, err = exists(a.primary, key, primaryRev)
+		}
+		if err != nil {
+			return err
+		}
+		if !found && !slices.Contains(sc.info.UnknownNamespaces, ns) {
+			sc.info.UnknownNamespaces = append(sc.info.UnknownNamespaces, ns)
+		}
+	}
+	return nil
 }
 
 // Scope reads the applier's scope record from the standby and returns the
-// scope an audit would compare now, where it comes from and how it differs
-// from the applier's, and the publisher prefix compared.
+// scope an audit would compare now, where it comes from, how it differs
+// from the applier's and which excluded namespaces exist on neither side
+// now, and the publisher prefix compared.
 func (a *Auditor) Scope(ctx context.Context) (ScopeInfo, string, error) {
 	sc, err := a.resolveScope(ctx, 0)
 	if err != nil {
+		return ScopeInfo{}, "", err
+	}
+	if err := a.findUnknownNamespaces(ctx, sc, 0, 0); err != nil {
 		return ScopeInfo{}, "", err
 	}
 	return sc.info, sc.prefix, nil

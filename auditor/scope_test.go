@@ -132,3 +132,25 @@ func TestRepairNeedsRecordedScope(t *testing.T) {
 		t.Fatalf("repair without a recorded scope: %v", err)
 	}
 }
+
+// TestAuditWarnsUnknownNamespace excludes a namespace that exists and one
+// that exists on neither side (a typo): the report warns about the second.
+func TestAuditWarnsUnknownNamespace(t *testing.T) {
+	e := newEnv(t, false)
+	e.scope.ExcludeNamespaces = []string{"cpaas-system", "cpaas-sytem"}
+	e.copyKeys(map[string]string{"/registry/namespaces/cpaas-system": "ns", "/registry/configmaps/app/a": "1"})
+	rep, err := e.auditor(e.config(), nil).Audit(testenv.Context(t))
+	if err != nil || !rep.Consistent {
+		t.Fatalf("audit: %v %s", err, fmtKeys(rep))
+	}
+	if !slices.Equal(rep.Scope.UnknownNamespaces, []string{"cpaas-sytem"}) {
+		t.Errorf("unknown namespaces %q, want [cpaas-sytem]", rep.Scope.UnknownNamespaces)
+	}
+	var text strings.Builder
+	if err := rep.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if w := `warning: excluded namespace "cpaas-sytem" exists on neither side: a typo?`; !strings.Contains(text.String(), w) {
+		t.Errorf("text report lacks %q:\n%s", w, text.String())
+	}
+}

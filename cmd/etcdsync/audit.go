@@ -118,7 +118,7 @@ func auditFlags(o *auditOptions) *flagSet {
 	f.Bytes(&o.pageBytes, "page-bytes", def.PageBytes, "at most `SIZE` per paginated read of each etcd (fewer keys when values are large): bounds the audit's memory")
 	f.Bool(&o.repair, "repair", false, "re-apply missed and mismatched keys from the primary, then audit again (implies --once)")
 	f.Bool(&o.repairSurplus, "repair-surplus", false, "with --repair, also delete surplus keys from the standby (confirm with the team first)")
-	f.Bool(&o.printRules, "print-rules", false, "print the scope in force (the applier's recorded scope, or these options and how they differ) and exit; reads only the standby")
+	f.Bool(&o.printRules, "print-rules", false, "print the scope in force (the applier's recorded scope, or these options and how they differ) and exit; reads the standby (and the primary, if given, for excluded namespaces)")
 	f.String(&o.driftStream, "drift-stream", def.DriftStream, "`NAME` of the stream holding drift events")
 	f.Duration(&o.driftMaxAge, "drift-max-age", def.DriftMaxAge, "keep drift events for `DURATION`")
 	f.String(&o.metricsAddr, "metrics-addr", defaultAuditMetricsAddr, "serve /check, /metrics, /healthz and /readyz on `ADDR` without --once (empty: off)")
@@ -311,8 +311,17 @@ func auditPrintRules(ctx context.Context, o *auditOptions, stdout io.Writer) err
 		return &auditError{err: fmt.Errorf("standby %w", err)}
 	}
 	defer standby.Close()
-	// The primary is not read: the standby client stands in for it.
-	a, err := auditor.New(cfg, standby, standby, nil, nil)
+	// The primary is read only to look for excluded namespaces, when given.
+	primary, where := standby, "on neither side"
+	if len(o.primary.endpoints) > 0 {
+		if primary, err = o.primary.connect(ctx); err != nil {
+			return &auditError{err: fmt.Errorf("primary %w", err)}
+		}
+		defer primary.Close()
+	} else {
+		where = "not on the standby (the primary not checked: no --primary-endpoints)"
+	}
+	a, err := auditor.New(cfg, primary, standby, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -341,6 +350,9 @@ func auditPrintRules(ctx context.Context, o *auditOptions, stdout io.Writer) err
 	}
 	for _, d := range info.Differences {
 		fmt.Fprintf(&b, "# differs: %s\n", d)
+	}
+	for _, ns := range info.UnknownNamespaces {
+		fmt.Fprintf(&b, "# warning: excluded namespace %q: its Namespace object is %s now: a typo? (the namespace meant is replicated)\n", ns, where)
 	}
 	if !info.Repairable {
 		fmt.Fprintf(&b, "# repair refused: %s\n", info.NotRepairable)
