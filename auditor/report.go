@@ -190,6 +190,8 @@ func printable(k string) string {
 // differs from the applier's.
 func (s *ScopeInfo) writeText(b *strings.Builder) {
 	switch {
+	case s.Source == ScopeFromApplier && s.RecordedAt.IsZero():
+		fmt.Fprintf(b, "scope: recorded by the applier at %s (fingerprint %s)\n", s.Key, s.Fingerprint)
 	case s.Source == ScopeFromApplier:
 		fmt.Fprintf(b, "scope: recorded by the applier at %s (%s, fingerprint %s)\n", s.Key, s.RecordedAt.UTC().Format(time.RFC3339), s.Fingerprint)
 	case !s.Recorded:
@@ -250,11 +252,13 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "result: DRIFT, %d key(s) differ (%d missed, %d surplus, %d mismatched)\n",
 			r.Drifted(), r.Missed.Count, r.Surplus.Count, r.Mismatched.Count)
 	}
+	// The three lists are always shown, under the names operators know
+	// them by, each with what to do.
 	section := func(l *DriftList, title, what, fix string) {
+		fmt.Fprintf(&b, "\nLOCAL ETCD %s: %d (%s)\n", title, l.Count, what)
 		if l.Count == 0 {
 			return
 		}
-		fmt.Fprintf(&b, "\nLOCAL ETCD %s: %d (%s)\n", title, l.Count, what)
 		for _, k := range l.Keys {
 			fmt.Fprintf(&b, "  %s", printable(k.Key))
 			if k.State == Mismatched {

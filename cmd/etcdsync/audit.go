@@ -86,7 +86,11 @@ func validateSide(cmd, side string, e *etcdFlags) error {
 func auditFlags(o *auditOptions) *flagSet {
 	def := auditor.DefaultConfig()
 	f := newFlagSet("audit", "--primary-endpoints URLS --standby-endpoints URLS [--once|--interval D] [flags]",
-		"Compares the standby etcd with the primary at one consistent point: the standby at its\n"+
+		"The regular status check of a standby: `etcdsync audit --once` prints the lists\n"+
+			"\"LOCAL ETCD missed keys\" (on the primary, not on the standby), \"LOCAL ETCD surplus keys\"\n"+
+			"(only on the standby) and \"LOCAL ETCD mismatched keys\", each with what to do, and exits\n"+
+			"0 consistent, 1 drift, 2 could not audit (2 also while the standby re-seeds).\n\n"+
+			"Compares the standby etcd with the primary at one consistent point: the standby at its\n"+
 			"revision S, the primary at the source revision P of the applier's checkpoint at S, so\n"+
 			"writes in flight never show as drift. Reports keys missed (primary only), surplus\n"+
 			"(standby only) and mismatched (values differ, compared byte for byte; SHA-256 shown),\n"+

@@ -82,6 +82,12 @@ func TestAuditOnceExitStatus(t *testing.T) {
 	if code != exitOK || !strings.Contains(stdout, "CONSISTENT") || !strings.Contains(stdout, "drift events: not published: no JetStream connection (no --nats-url)") {
 		t.Fatalf("consistent: exit %d\n%s\n%s", code, stdout, stderr)
 	}
+	// The seed's check: both lists, under their names, also when empty.
+	for _, s := range []string{"LOCAL ETCD missed keys: 0 (on the primary, not on the standby)", "LOCAL ETCD surplus keys: 0 (on the standby only)", "LOCAL ETCD mismatched keys: 0"} {
+		if !strings.Contains(stdout, s) {
+			t.Errorf("consistent output lacks %q:\n%s", s, stdout)
+		}
+	}
 
 	// Drift, including an excluded key that must not be reported.
 	if _, err := p.standby.Delete(context.Background(), "/registry/configmaps/app/a"); err != nil {
