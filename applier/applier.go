@@ -70,6 +70,8 @@ type Applier struct {
 	applied atomic.Pointer[Checkpoint]
 	// pres is the presence key held while Run runs (nil: none yet).
 	pres *presence
+	// scopePrefix is the publisher prefix in the scope record (nil: not known).
+	scopePrefix *string
 }
 
 // New validates cfg and returns an Applier writing to etcd (the standby) and
@@ -363,6 +365,9 @@ func (a *Applier) session(ctx context.Context) error {
 	}
 	start, err := a.Reset(ctx)
 	if err != nil {
+		return err
+	}
+	if err := a.recordScope(ctx, "", false); err != nil {
 		return err
 	}
 	cons, err := a.js.OrderedConsumer(ctx, a.cfg.Stream, jetstream.OrderedConsumerConfig{

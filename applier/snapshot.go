@@ -12,6 +12,9 @@ import (
 // beginSnapshot starts applying a snapshot unless the standby already holds
 // this generation (a periodic snapshot it is past).
 func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
+	if err := a.sawSourcePrefix(ctx, string(r.Prefix)); err != nil {
+		return err
+	}
 	w := &a.work
 	if !a.reseed && w.Snapshot == nil && w.Position.Seq != 0 && w.Position.ClusterID == r.ClusterID && w.Position.Generation == r.Generation &&
 		r.Revision <= w.Position.Revision {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,20 +25,25 @@ type Auditor struct {
 	primary *clientv3.Client
 	standby *clientv3.Client
 	js      jetstream.JetStream // nil: no drift events
-	rules   *keyspace.Rules
-	prefix  []byte
+	rules   *keyspace.Rules     // of Config.Scope
 	log     *slog.Logger
 	metrics *metrics
 
 	driftReady atomic.Bool
 	last       atomic.Pointer[Report]
 	lastErr    atomic.Pointer[failure]
+
+	// betweenReads, if set, is called by Repair between its reads of the
+	// checkpoint and of the key on the primary (tests inject faults there).
+	betweenReads func(key string)
 }
 
 // failure is the outcome of an audit that could not complete.
 type failure struct {
 	err  error
 	time time.Time
+	// reseeding: the standby was being re-seeded (a state, not a failure).
+	reseeding bool
 }
 
 // New validates cfg and returns an Auditor reading the primary and the
@@ -59,11 +65,12 @@ func New(cfg Config, primary, standby *clientv3.Client, js jetstream.JetStream, 
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Auditor{cfg: cfg, primary: primary, standby: standby, js: js, rules: rules, prefix: []byte(cfg.Prefix),
+	return &Auditor{cfg: cfg, primary: primary, standby: standby, js: js, rules: rules,
 		log: log, metrics: newMetrics(reg)}, nil
 }
 
-// Rules returns the effective scope rules.
+// Rules returns the rules of Config.Scope (an audit may compare the
+// applier's recorded scope instead: see Report.Scope).
 func (a *Auditor) Rules() *keyspace.Rules { return a.rules }
 
 // Last returns the last completed report, if any.
@@ -87,9 +94,16 @@ func (a *Auditor) Last() (Report, bool) {
 func (a *Auditor) Audit(ctx context.Context) (Report, error) {
 	start := time.Now()
 	rep, err := a.audit(ctx, start)
+	reseed := errors.Is(err, ErrReseeding)
+	a.metrics.reseeding.Set(0)
+	if reseed {
+		a.metrics.reseeding.Set(1)
+	}
 	if err != nil {
-		a.metrics.errors.Inc()
-		a.lastErr.Store(&failure{err: err, time: start})
+		if !reseed {
+			a.metrics.errors.Inc()
+		}
+		a.lastErr.Store(&failure{err: err, time: start, reseeding: reseed})
 		return Report{}, err
 	}
 	if err := a.publish(ctx, &rep); err != nil {
@@ -106,21 +120,33 @@ func (a *Auditor) audit(ctx context.Context, start time.Time) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	if err := a.checkPrimary(ctx, c); err != nil {
+	sc, err := a.resolveScope(ctx, c.standbyRev)
+	if err != nil {
+		return Report{}, err
+	}
+	if err := a.checkPrimary(ctx, c, sc); err != nil {
+		return Report{}, err
+	}
+	if err := a.findUnknownNamespaces(ctx, sc, c.pos.Revision, c.standbyRev); err != nil {
 		return Report{}, err
 	}
 	rep := Report{
 		ID:              runID(start),
 		Time:            start.UTC(),
 		Site:            a.cfg.Site,
-		Prefix:          a.cfg.Prefix,
+		Prefix:          sc.prefix,
+		Scope:           sc.info,
 		ClusterID:       clusterHex(c.pos.ClusterID),
 		Generation:      c.pos.Generation,
 		SourceRevision:  c.pos.Revision,
 		StreamSeq:       c.pos.Seq,
 		StandbyRevision: c.standbyRev,
+		SourceTime:      c.sourceTime,
 	}
-	if err := a.compare(ctx, &rep, c); err != nil {
+	if !c.sourceTime.IsZero() {
+		rep.SourceAgeSeconds = start.Sub(c.sourceTime).Seconds()
+	}
+	if err := a.compare(ctx, &rep, c, sc); err != nil {
 		return Report{}, err
 	}
 	rep.Consistent = rep.Drifted() == 0
@@ -145,6 +171,8 @@ func (a *Auditor) Run(ctx context.Context) error {
 		switch {
 		case ctx.Err() != nil:
 			return nil
+		case errors.Is(err, ErrReseeding):
+			a.log.Info("standby re-seeding, nothing to compare yet", "reason", err, "retry_in", a.cfg.Interval)
 		case err != nil:
 			a.log.Warn("audit failed", "err", err, "retry_in", a.cfg.Interval)
 		default:

@@ -8,13 +8,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
+	"strings"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/streams"
@@ -31,6 +37,7 @@ const (
 type cut struct {
 	standbyRev int64
 	pos        streams.Position
+	sourceTime time.Time // when the publisher observed pos.Revision
 }
 
 // readCut reads the checkpoint from the standby: the response's revision is
@@ -55,8 +62,8 @@ func (a *Auditor) readCut(ctx context.Context) (cut, error) {
 		case ck.Promoted:
 			return cut{}, fmt.Errorf("checkpoint %s: the standby was promoted, there is no primary to compare with", key)
 		case ck.Snapshot != nil:
-			return cut{}, fmt.Errorf("checkpoint %s: snapshot at source revision %d being applied (%d keys so far): %w",
-				key, ck.Snapshot.Revision, ck.Snapshot.Keys, ErrNotBootstrapped)
+			return cut{}, fmt.Errorf("checkpoint %s: snapshot of generation %d at source revision %d being applied (%d keys so far); audit again when it is applied: %w",
+				key, ck.Snapshot.Generation, ck.Snapshot.Revision, ck.Snapshot.Keys, ErrReseeding)
 		case ck.Position.Revision == 0:
 			return cut{}, fmt.Errorf("checkpoint %s holds no source revision: %w", key, ErrNotBootstrapped)
 		case ck.Partial != nil:
@@ -71,23 +78,14 @@ func (a *Auditor) readCut(ctx context.Context) (cut, error) {
 			}
 			continue
 		}
-		return cut{standbyRev: resp.Header.Revision, pos: ck.Position}, nil
+		return cut{standbyRev: resp.Header.Revision, pos: ck.Position, sourceTime: ck.SourceTime}, nil
 	}
-}
-
-// keyRange returns the range of keys compared: the publisher's prefix, or
-// every key.
-func (a *Auditor) keyRange() (start, end string) {
-	if a.cfg.Prefix == "" {
-		return "\x00", "\x00"
-	}
-	return a.cfg.Prefix, clientv3.GetPrefixRangeEnd(a.cfg.Prefix)
 }
 
 // checkPrimary checks, with one small read, that the primary is the cluster
 // the standby follows and still holds revision P.
-func (a *Auditor) checkPrimary(ctx context.Context, c cut) error {
-	start, end := a.keyRange()
+func (a *Auditor) checkPrimary(ctx context.Context, c cut, sc *scope) error {
+	start, end := sc.keyRange()
 	resp, err := a.primary.Get(ctx, start, clientv3.WithRange(end), clientv3.WithRev(c.pos.Revision),
 		clientv3.WithLimit(1), clientv3.WithKeysOnly())
 	if err != nil {
@@ -111,8 +109,8 @@ func (a *Auditor) primaryErr(err error, c cut) error {
 }
 
 // compare reads both sides at the cut, page by page, and merges them.
-func (a *Auditor) compare(ctx context.Context, rep *Report, c cut) error {
-	start, end := a.keyRange()
+func (a *Auditor) compare(ctx context.Context, rep *Report, c cut, sc *scope) error {
+	start, end := sc.keyRange()
 	g, gctx := errgroup.WithContext(ctx)
 	primary := make(chan []*mvccpb.KeyValue, 1)
 	standby := make(chan []*mvccpb.KeyValue, 1)
@@ -130,17 +128,20 @@ func (a *Auditor) compare(ctx context.Context, rep *Report, c cut) error {
 		}
 		return nil
 	})
-	g.Go(func() error { return a.merge(gctx, rep, primary, standby) })
+	g.Go(func() error { return a.merge(gctx, rep, sc, primary, standby) })
 	return g.Wait()
 }
 
 // pages sends every key of [start, end) at revision rev to out, one page
-// per Get, in key order, and closes out.
+// per Range request, in key order, and closes out. A page holds at most
+// Config.PageSize keys and Config.PageBytes bytes (see readPage).
 func (a *Auditor) pages(ctx context.Context, cli *clientv3.Client, start, end string, rev int64, out chan<- []*mvccpb.KeyValue) error {
 	defer close(out)
+	kv := pb.NewKVClient(cli.ActiveConnection())
 	key := start
+	limit := min(a.cfg.PageSize, firstPageKeys)
 	for {
-		resp, err := cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(a.cfg.PageSize))
+		resp, err := a.readPage(ctx, kv, key, end, rev, &limit)
 		if err != nil {
 			return fmt.Errorf("read page after %q: %w", key, err)
 		}
@@ -161,9 +162,54 @@ func (a *Auditor) pages(ctx context.Context, cli *clientv3.Client, start, end st
 	}
 }
 
+// firstPageKeys is the number of keys asked for in the first page of a
+// side: the values' size is not known yet, and etcd builds a response
+// whole before the client can refuse it, so the pages start small and
+// grow.
+const firstPageKeys = 16
+
+// kvOverhead is about what a key-value pair's fields other than key and
+// value take in a response.
+const kvOverhead = 32
+
+// readPage reads up to *limit keys from key. The client refuses a response
+// larger than Config.PageBytes from its length, before reading it (gRPC's
+// receive limit); the page is then asked for again with half the keys, down
+// to a single key, which is read whatever its size. After each page *limit
+// moves towards the number of keys of the page's largest size that fill
+// half of PageBytes, at most doubling and at most Config.PageSize.
+func (a *Auditor) readPage(ctx context.Context, kv pb.KVClient, key, end string, rev int64, limit *int64) (*pb.RangeResponse, error) {
+	for {
+		recv := int(a.cfg.PageBytes)
+		if *limit == 1 {
+			recv = math.MaxInt32
+		}
+		resp, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte(key), RangeEnd: []byte(end), Revision: rev, Limit: *limit},
+			grpc.MaxCallRecvMsgSize(recv))
+		if err != nil {
+			if s, ok := status.FromError(err); ok && s.Code() == codes.ResourceExhausted && strings.Contains(s.Message(), "larger than max") && *limit > 1 {
+				*limit /= 2
+				continue
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, rpctypes.Error(err)
+		}
+		if len(resp.Kvs) > 0 {
+			var largest int64
+			for _, kv := range resp.Kvs {
+				largest = max(largest, int64(len(kv.Key)+len(kv.Value))+kvOverhead)
+			}
+			*limit = min(max(a.cfg.PageBytes/2/largest, 1), 2**limit, a.cfg.PageSize)
+		}
+		return resp, nil
+	}
+}
+
 // side iterates over the in-scope keys of one side's pages.
 type side struct {
-	a    *Auditor
+	sc   *scope
 	ch   <-chan []*mvccpb.KeyValue
 	page []*mvccpb.KeyValue
 	cur  *mvccpb.KeyValue // nil at the end
@@ -177,7 +223,7 @@ func (s *side) next(ctx context.Context) error {
 			kv := s.page[0]
 			s.page[0] = nil // let the page go as it is consumed
 			s.page = s.page[1:]
-			if s.a.inScope(kv.Key) {
+			if s.sc.inScope(kv.Key) {
 				s.cur = kv
 				s.n++
 				return nil
@@ -197,8 +243,8 @@ func (s *side) next(ctx context.Context) error {
 }
 
 // merge walks both sides in key order and records every difference.
-func (a *Auditor) merge(ctx context.Context, rep *Report, primary, standby <-chan []*mvccpb.KeyValue) error {
-	p, s := &side{a: a, ch: primary}, &side{a: a, ch: standby}
+func (a *Auditor) merge(ctx context.Context, rep *Report, sc *scope, primary, standby <-chan []*mvccpb.KeyValue) error {
+	p, s := &side{sc: sc, ch: primary}, &side{sc: sc, ch: standby}
 	if err := p.next(ctx); err != nil {
 		return err
 	}
@@ -269,12 +315,6 @@ func (a *Auditor) record(rep *Report, k KeyDrift) {
 	if len(rep.tracked) < a.cfg.tracked() {
 		rep.tracked = append(rep.tracked, k)
 	}
-}
-
-// inScope reports whether key is compared: under the prefix (guaranteed by
-// the ranges read) and allowed by the rules.
-func (a *Auditor) inScope(key []byte) bool {
-	return a.rules.Allowed(key) && bytes.HasPrefix(key, a.prefix)
 }
 
 // hash returns the hex SHA-256 of v.

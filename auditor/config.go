@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
+	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/keyspace"
 	"github.com/etcdsync/etcdsync/streams"
 )
@@ -21,12 +23,30 @@ var (
 	// that revision. Retry once the applier has caught up, or re-seed the
 	// standby if it is stuck.
 	ErrCompacted = errors.New("primary compacted past the standby's source revision")
+	// ErrReseeding means a snapshot is being applied to the standby (a
+	// re-seed, or its first bootstrap): a state, not a failure. It is not
+	// counted in etcdsync_auditor_errors_total, sets
+	// etcdsync_auditor_reseeding, and /check answers 200. errors.Is(err,
+	// ErrNotBootstrapped) holds too.
+	ErrReseeding error = reseeding{}
 )
+
+// reseeding is ErrReseeding.
+type reseeding struct{}
+
+func (reseeding) Error() string { return "standby re-seeding from a snapshot" }
+
+// Is makes errors.Is(ErrReseeding, ErrNotBootstrapped) true.
+func (reseeding) Is(target error) bool { return target == ErrNotBootstrapped }
 
 // Defaults.
 const (
 	// DefaultPageSize is the number of keys per paginated Get on each side.
 	DefaultPageSize = 1000
+	// DefaultPageBytes bounds the size of one page (one etcd response).
+	DefaultPageBytes = 4 << 20
+	// minPageBytes is the smallest PageBytes accepted.
+	minPageBytes = 64 << 10
 	// DefaultMaxKeys is the number of keys of each kind listed in a Report.
 	DefaultMaxKeys = 20
 	// DefaultMaxEvents is the number of per-key drift events published per run.
@@ -59,8 +79,24 @@ type Config struct {
 	// Prefix is the publisher's prefix: only keys under it are compared.
 	// Default "" (every key).
 	Prefix string
-	// PageSize is the number of keys per paginated Get. Default 1000.
+	// ExplicitScope says Scope and Prefix were chosen by the caller (the
+	// audit's scope flags): they are compared, and any difference with the
+	// scope the applier recorded in the standby (applier.ScopeRecord) is
+	// reported and makes Repair refuse. When false (default) the audit
+	// compares the applier's recorded scope, and uses Scope and Prefix only
+	// when none is recorded (Repair then refuses too).
+	ExplicitScope bool
+	// ScopeOrigin says, for reports, where Scope and Prefix came from (e.g.
+	// "--exclude-namespace (command line)"). Optional.
+	ScopeOrigin string
+	// PageSize is the largest number of keys per paginated Get. Default 1000.
 	PageSize int64
+	// PageBytes bounds the size of one page: a response larger than this
+	// is refused before it is read and asked for again with fewer keys, so
+	// the memory of an audit is bounded in bytes whatever the size of the
+	// values. A single key larger than PageBytes is read alone. Default
+	// 4 MiB, at least 64 KiB.
+	PageBytes int64
 	// MaxKeys is the number of keys of each kind (missed, surplus,
 	// mismatched) listed in a Report. Default 20.
 	MaxKeys int
@@ -102,6 +138,7 @@ func DefaultConfig() Config {
 		Site:           streams.DefaultSite,
 		Scope:          keyspace.DefaultConfig(),
 		PageSize:       DefaultPageSize,
+		PageBytes:      DefaultPageBytes,
 		MaxKeys:        DefaultMaxKeys,
 		MaxEvents:      DefaultMaxEvents,
 		MaxTrackedKeys: DefaultMaxTrackedKeys,
@@ -133,6 +170,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.PageSize < 1:
 		return fmt.Errorf("page size %d: must be at least 1", c.PageSize)
+	case c.PageBytes < minPageBytes || c.PageBytes > math.MaxInt32:
+		return fmt.Errorf("page bytes %d: must be between %d and %d", c.PageBytes, minPageBytes, math.MaxInt32)
 	case c.MaxKeys < 0:
 		return fmt.Errorf("max keys %d: must not be negative", c.MaxKeys)
 	case c.MaxEvents < 0:
@@ -158,6 +197,9 @@ func (c Config) checkpointKey() string {
 	}
 	return keyspace.OwnPrefix + "checkpoint/" + c.Stream
 }
+
+// scopeKey returns the standby key of the applier's scope record.
+func (c Config) scopeKey() string { return applier.ScopeKey(c.checkpointKey()) }
 
 // tracked is the number of drifted keys an audit remembers.
 func (c Config) tracked() int {

@@ -12,13 +12,23 @@
 // source revision P recorded in the checkpoint at S. Audit reads the
 // checkpoint (the response's header revision is S), then reads the standby
 // pinned at S and the primary pinned at P (clientv3.WithRev), both in key
-// order with paginated Gets of Config.PageSize keys, and merges the two
-// streams. Writes that reach either side during the audit are invisible to
+// order with paginated reads of at most Config.PageSize keys and
+// Config.PageBytes bytes, and merges the two streams. Writes that reach either side during the audit are invisible to
 // it: there are no false positives from revisions in flight.
 //
+// A report names the revisions compared (S and P) and how old the
+// primary's state at P is: the checkpoint's time of observation of P by the
+// publisher, and its age at the audit's start (Report.SourceAgeSeconds).
+//
+// While a snapshot is being applied (a re-seed, or the first bootstrap)
+// there is nothing to compare: Audit returns ErrReseeding, a state and not
+// a failure: it is not counted in etcdsync_auditor_errors_total,
+// etcdsync_auditor_reseeding is 1, and /check answers 200 saying so.
+//
 // An audit cannot run (it returns an error, and `etcdsync audit --once`
-// exits 2) when the checkpoint is absent or a snapshot is being applied
-// (ErrNotBootstrapped); when the primary has compacted past P
+// exits 2) when the checkpoint is absent (ErrNotBootstrapped) or a
+// snapshot is being applied (ErrReseeding, which is also
+// ErrNotBootstrapped); when the primary has compacted past P
 // (ErrCompacted: retry when the applier has caught up, or re-seed); when
 // the primary is not the cluster the checkpoint follows; or while a record
 // split across standby transactions stays half applied (checkpoint
@@ -28,22 +38,71 @@
 //
 //   - Audit never writes to either etcd; it reads each side at one pinned
 //     revision.
-//   - Memory is bounded by a page per side (each side's reader runs one
-//     page ahead of the merge) plus the drifted keys remembered
-//     (Config.MaxTrackedKeys), never by the size of the keyspace.
-//   - Scope: a key is compared when it is under Config.Prefix (the
-//     publisher's prefix) and keyspace.Rules.Allowed by Config.Scope, the
-//     applier's rules. Keys outside are neither reported nor repaired.
+//   - Memory is bounded in bytes: by a few pages per side (each side's
+//     reader runs one page ahead of the merge) plus the drifted keys
+//     remembered (Config.MaxTrackedKeys), never by the size of the
+//     keyspace or of its values. A page is at most Config.PageBytes
+//     (default 4 MiB): the read sets gRPC's receive limit to it, so a
+//     larger response is refused from its length before it is read, and
+//     asked for again with half the keys, down to one key (read whatever
+//     its size). Since etcd builds a response whole before the client can
+//     refuse it, a side's first page asks for 16 keys; after each page the
+//     number of keys asked for moves towards what fills half a page at the
+//     page's largest key-value size, at most doubling, at most
+//     Config.PageSize. Measured (BenchmarkAuditLargeValues,
+//     TestAuditMemoryLargeValues): one audit of 150 values of 683 KiB
+//     peaks at about 60 MiB resident, down from 637 MiB with pages of
+//     1000 keys.
+//   - Scope: a key is compared when it is under the publisher's prefix and
+//     allowed by the applier's rules (keyspace.Rules.Allowed). Keys outside
+//     are neither reported nor repaired. See "One scope" below.
 //   - Values are compared byte for byte (both values are in memory for the
 //     merge, so this is exact and cheaper than hashing both); reports and
 //     events carry the SHA-256 of each side's value of a drifted key, never
 //     the value.
-//   - Repair never races the applier: every repair transaction compares
-//     the checkpoint's mod revision (as just read) and the key's standby
-//     mod revision (as the audit saw it), and writes only the key, never the
-//     checkpoint. A key is repaired only if the primary's current value is
-//     still the one compared at P; otherwise it is in flight and skipped.
-//     Surplus keys are deleted only with Config.RepairSurplus.
+//   - Repair never races the applier and never undoes a delete: for each
+//     key it reads the standby's checkpoint first (source revision P, mod
+//     revision M), then the key on the primary pinned at P, and writes the
+//     primary's value at P (or deletes a surplus key the primary lacks at
+//     P) in one transaction that compares M and the key's standby mod
+//     revision as the audit saw it, and writes only the key, never the
+//     checkpoint. While M holds, the standby is the primary at P, so a key
+//     deleted on the primary at or before P is never written back (the
+//     applier's delete of a key missing on the standby changes only the
+//     checkpoint). When the checkpoint moved, both reads are made again;
+//     a key changed on the standby since the audit is skipped as in
+//     flight. Surplus keys are deleted only with Config.RepairSurplus.
+//
+// # One scope
+//
+// The applier records its effective scope in the standby next to its
+// checkpoint, at "<checkpoint key>/scope" (applier.ScopeRecord, JSON): its
+// keyspace.Config, the rules that config makes in its version (preset
+// included), the publisher's prefix the last snapshot announced, and a
+// fingerprint of those rule lines, sorted (so the order of options does
+// not matter, and any field added to keyspace.Config changes the rules
+// text, hence the fingerprint). The applier writes it when a session
+// starts and when a snapshot announces another prefix, guarded by the
+// checkpoint's mod revision.
+//
+//   - An audit reads the record at S and compares that scope
+//     (ScopeFromApplier), unless Config.ExplicitScope: then Config.Scope
+//     and Config.Prefix are compared (ScopeFromConfig) and every rule on
+//     which they differ from the record is listed (ScopeInfo.Differences,
+//     in the text report, the JSON and on /check). Without a record the
+//     audit compares Config.Scope and Config.Prefix.
+//   - Repair reads the record again and refuses (ErrScopeMismatch, nothing
+//     written) when the scope compared differs from it, when there is
+//     none, or when the scope changed since the audit: a repair never
+//     writes into, or deletes from, keys the applier leaves alone.
+//   - An excluded namespace (Scope.ExcludeNamespaces) whose Namespace
+//     object is on neither side (primary at P, standby at S) is listed in
+//     ScopeInfo.UnknownNamespaces and warned about as a likely typo: the
+//     namespace meant is replicated. `etcdsync audit --print-rules` warns
+//     the same way.
+//   - The rules are rebuilt from the recorded config by this auditor's
+//     version; if they differ from the recorded rules text (another preset
+//     version), the difference is listed and Repair refuses too.
 //
 // # Drift events
 //
@@ -115,5 +174,7 @@
 // Registerer given to New: etcdsync_auditor_keys{state="missed|surplus|mismatched"},
 // etcdsync_auditor_keys_compared, etcdsync_auditor_last_run_timestamp_seconds,
 // etcdsync_auditor_last_run_duration_seconds, etcdsync_auditor_errors_total
-// and etcdsync_auditor_repaired_keys_total.
+// (audits that could not complete, re-seeding excluded, and reports not
+// published), etcdsync_auditor_reseeding and
+// etcdsync_auditor_repaired_keys_total.
 package auditor

@@ -40,6 +40,7 @@ type env struct {
 	standby *testenv.Etcd
 	js      *testenv.JetStream
 	scope   keyspace.Config
+	prefix  string // the publisher's prefix writeCheckpoint records
 	stopApp context.CancelFunc
 	appDone chan error
 }
@@ -83,6 +84,7 @@ func (e *env) startPipeline() {
 	pcfg := publisher.DefaultConfig()
 	pcfg.Logger = testLogger(e.t)
 	pcfg.MinBackoff, pcfg.MaxBackoff = 10*time.Millisecond, 200*time.Millisecond
+	pcfg.Prefix = e.prefix
 	pub, err := publisher.New(pcfg, e.primary.Client, e.conn(), nil)
 	if err != nil {
 		e.t.Fatal(err)
@@ -179,6 +181,22 @@ func (e *env) writeCheckpoint(rev int64, mutate func(*applier.Checkpoint)) {
 		e.t.Fatal(err)
 	}
 	put(e.t, e.standby.Client, ckKey, string(b))
+	e.writeScope(e.scope, e.prefix)
+}
+
+// writeScope stands in for the applier: it records scope and the
+// publisher's prefix as the applier's.
+func (e *env) writeScope(scope keyspace.Config, prefix string) {
+	e.t.Helper()
+	rec, err := applier.NewScopeRecord(scope, prefix, true)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	put(e.t, e.standby.Client, applier.ScopeKey(ckKey), string(b))
 }
 
 // copyKeys puts each key=value on both sides and writes a checkpoint at the

@@ -16,6 +16,9 @@ type CheckResponse struct {
 	// is when that audit started.
 	Error     string     `json:"error,omitempty"`
 	ErrorTime *time.Time `json:"error_time,omitempty"`
+	// Reseeding is true when the most recent audit found the standby
+	// re-seeding from a snapshot (Error says which): a state, not a failure.
+	Reseeding bool `json:"reseeding,omitempty"`
 }
 
 // CheckHandler serves /check: the last report, as JSON when the request's
@@ -24,7 +27,8 @@ type CheckResponse struct {
 // found the standby consistent, 409 (Conflict) when it found drift, 503
 // when no audit has completed yet or the most recent one failed (the body
 // then carries the error and the previous report, if any): a blackbox
-// probe alerts on anything but 2xx.
+// probe alerts on anything but 2xx. While the standby is re-seeding the
+// status is 200 and the body says so.
 func (a *Auditor) CheckHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var resp CheckResponse
@@ -38,6 +42,9 @@ func (a *Auditor) CheckHandler() http.Handler {
 		if f := a.lastErr.Load(); f != nil {
 			t := f.time.UTC()
 			resp.Error, resp.ErrorTime, status = f.err.Error(), &t, http.StatusServiceUnavailable
+			if f.reseeding {
+				resp.Reseeding, status = true, http.StatusOK
+			}
 		} else if resp.Report == nil {
 			resp.Error, status = "no audit has completed yet", http.StatusServiceUnavailable
 		}
@@ -52,9 +59,12 @@ func (a *Auditor) CheckHandler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(status)
 		if resp.Error != "" {
-			if resp.ErrorTime != nil {
+			switch {
+			case resp.Reseeding:
+				fmt.Fprintf(w, "last audit at %s: standby re-seeding, nothing to compare yet (a state, not an error): %s\n", resp.ErrorTime.Format(time.RFC3339), resp.Error)
+			case resp.ErrorTime != nil:
 				fmt.Fprintf(w, "last audit at %s could not complete: %s\n", resp.ErrorTime.Format(time.RFC3339), resp.Error)
-			} else {
+			default:
 				fmt.Fprintf(w, "%s\n", resp.Error)
 			}
 			if resp.Report != nil {

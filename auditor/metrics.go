@@ -7,12 +7,13 @@ import (
 )
 
 type metrics struct {
-	keys     *prometheus.GaugeVec
-	lastRun  prometheus.Gauge
-	duration prometheus.Gauge
-	compared prometheus.Gauge
-	errors   prometheus.Counter
-	repaired prometheus.Counter
+	keys      *prometheus.GaugeVec
+	lastRun   prometheus.Gauge
+	duration  prometheus.Gauge
+	compared  prometheus.Gauge
+	errors    prometheus.Counter
+	repaired  prometheus.Counter
+	reseeding prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -29,12 +30,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Audits that could not complete, and reports whose drift events could not be published."}),
 		repaired: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_auditor_repaired_keys_total",
 			Help: "Keys written or deleted on the standby by repairs."}),
+		reseeding: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_auditor_reseeding",
+			Help: "1 while the last audit found the standby re-seeding from a snapshot (nothing to compare; not an error)."}),
 	}
 	for _, st := range []State{Missed, Surplus, Mismatched} {
 		m.keys.WithLabelValues(string(st))
 	}
 	if reg != nil {
-		reg.MustRegister(m.keys, m.lastRun, m.duration, m.compared, m.errors, m.repaired)
+		reg.MustRegister(m.keys, m.lastRun, m.duration, m.compared, m.errors, m.repaired, m.reseeding)
 	}
 	return m
 }

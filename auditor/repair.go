@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
+
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -35,7 +37,7 @@ type KeySkip struct {
 
 // Reasons for skipping a key.
 const (
-	SkipPrimaryChanged = "in flight: changed on the primary since the audit (the applier will bring it)"
+	SkipPrimaryChanged = "in flight: changed or deleted on the primary since the audit (the applier will bring it)"
 	SkipStandbyChanged = "in flight: changed on the standby since the audit"
 	SkipNowOnPrimary   = "in flight: now on the primary (the applier will bring it)"
 	SkipApplierBusy    = "the applier moved the checkpoint at every attempt; run the repair again"
@@ -55,35 +57,52 @@ type RepairResult struct {
 	Untracked int64 `json:"untracked"`
 }
 
-// Repair brings the drifted keys of rep back in line with the primary:
-// missed and mismatched keys are put with the primary's current value, and
-// surplus keys are deleted when Config.RepairSurplus is set. It never races
-// the applier: for each key it checks that the primary's current value is
-// still the one the audit compared at the source revision (or, for a
-// surplus key, that the primary still lacks the key), reads the
-// checkpoint, and writes in one transaction guarded by the checkpoint's mod
-// revision just read and the key's mod revision the audit saw on the
-// standby. The checkpoint is never written. A key that changed on either
-// side since the audit is skipped as in flight; a transaction that fails
-// only because the applier moved the checkpoint is retried with the new one
-// up to Config.RepairRetries times, then skipped (SkipApplierBusy). Keys
-// are written without a lease (the applier attaches one on the key's next
-// write). Keys outside the scope are never touched. Repair blocks until
-// every key is done.
+// Repair brings the drifted keys of rep back in line with the primary at
+// the standby's source revision: missed and mismatched keys are put with
+// the primary's value at that revision, and surplus keys are deleted when
+// Config.RepairSurplus is set. It never races the applier and never
+// writes back a key the primary deleted: for each key it reads the
+// checkpoint (source revision P, mod revision M), reads the key on the
+// primary at P, and writes in one transaction guarded by M and by the
+// key's mod revision the audit saw on the standby. The checkpoint is never
+// written. A key the primary no longer holds at P (or, for a surplus key,
+// now holds) or that changed on the standby since the audit is skipped as
+// in flight; when only the checkpoint moved, both reads are made again, up
+// to Config.RepairRetries times, then the key is skipped
+// (SkipApplierBusy). Keys are written without a lease (the applier
+// attaches one on the key's next write). Keys outside the scope are never
+// touched. Repair blocks until every key is done.
 //
-// Repair stops with an error when the standby is being bootstrapped
-// (ErrNotBootstrapped) or was promoted, when its checkpoint moved to
-// another source cluster or generation than rep's, or on an etcd error;
-// the result then holds what was changed so far.
+// Repair writes nothing and returns ErrScopeMismatch when the scope it
+// would compare is not the one the applier recorded in the standby (see
+// ScopeInfo; a scope given by Config.ExplicitScope that differs, or no
+// record at all), or when that scope changed since rep. It stops with an
+// error when the standby is being bootstrapped (ErrNotBootstrapped) or was
+// promoted, when its checkpoint moved to another source cluster or
+// generation than rep's, or on an etcd error; the result then holds what
+// was changed so far.
 func (a *Auditor) Repair(ctx context.Context, rep Report) (RepairResult, error) {
 	keys, untracked := rep.keys()
 	res := RepairResult{Untracked: untracked}
+	// The scope as the applier records it now: it may have restarted with
+	// other options since the audit.
+	sc, err := a.resolveScope(ctx, 0)
+	if err != nil {
+		return res, err
+	}
+	switch {
+	case !sc.info.Repairable:
+		return res, fmt.Errorf("not repairing: %s: %w", sc.info.NotRepairable, ErrScopeMismatch)
+	case rep.Scope.Fingerprint != "" && rep.Scope.Fingerprint != sc.info.Fingerprint:
+		return res, fmt.Errorf("not repairing: the scope changed since the audit (fingerprint %s, now %s): audit again: %w",
+			rep.Scope.Fingerprint, sc.info.Fingerprint, ErrScopeMismatch)
+	}
 	for _, k := range keys {
 		key, err := k.rawKey()
 		if err != nil {
 			return res, err
 		}
-		if !a.inScope([]byte(key)) {
+		if !sc.inScope([]byte(key)) {
 			res.Skipped = append(res.Skipped, KeySkip{Key: k.Key, KeyBase64: k.KeyBase64, State: k.State, Reason: SkipOutOfScope})
 			continue
 		}
@@ -108,45 +127,62 @@ func (a *Auditor) Repair(ctx context.Context, rep Report) (RepairResult, error) 
 
 // repairKey repairs one key; a non-empty reason means it was skipped.
 //
-// The primary is read first: its value is the key's latest, so writing it
-// can only be overtaken by a newer write the applier brings later, or be
-// refused because the applier already wrote the key on the standby (the
-// key's mod revision compare). Then the transaction is tried with the
-// checkpoint's mod revision; when only the checkpoint moved, the failed
-// transaction's Else branch returns the new checkpoint and it is tried
-// again at once, so the window the applier can slip into is one round trip.
+// Each attempt reads the standby's checkpoint first (source revision P,
+// mod revision M), then the key on the primary pinned at P, and writes in
+// one transaction guarded by M and by the key's standby mod revision as
+// the audit saw it. While M holds, the standby's in-scope keyspace is the
+// primary's at P, so the value read at P is the one the standby must hold,
+// and a key deleted on the primary at or before P is never written back
+// (the applier's delete of a key absent on the standby changes nothing but
+// the checkpoint). When only the checkpoint moved, the attempt starts over
+// with both reads.
 func (a *Auditor) repairKey(ctx context.Context, rep *Report, k KeyDrift, key string) (KeyChange, string, error) {
-	pr, err := a.primary.Get(ctx, key)
-	if err != nil {
-		return KeyChange{}, "", fmt.Errorf("read primary key %q: %w", key, err)
-	}
-	var op clientv3.Op
-	action := "put"
-	switch k.State {
-	case Missed, Mismatched:
-		if len(pr.Kvs) == 0 || pr.Kvs[0].ModRevision != k.PrimaryModRevision {
-			return KeyChange{}, SkipPrimaryChanged, nil
-		}
-		op = clientv3.OpPut(key, string(pr.Kvs[0].Value))
-	case Surplus:
-		if len(pr.Kvs) != 0 {
-			return KeyChange{}, SkipNowOnPrimary, nil
-		}
-		op, action = clientv3.OpDelete(key), "delete"
-	default:
-		return KeyChange{}, "", fmt.Errorf("repair key %q: unknown state %q", key, k.State)
-	}
-
 	ckKey := a.cfg.checkpointKey()
 	resp, err := a.standby.Get(ctx, ckKey)
 	if err != nil {
 		return KeyChange{}, "", fmt.Errorf("read standby checkpoint %s: %w", ckKey, err)
 	}
-	ckRev, err := a.checkRepairable(rep, resp.Kvs)
-	if err != nil {
-		return KeyChange{}, "", err
-	}
+	kvs := resp.Kvs
 	for attempt := 1; attempt <= a.cfg.RepairRetries; attempt++ {
+		// Step 1: the checkpoint (P, M), read just before or returned by
+		// the previous attempt's failed transaction.
+		ck, ckRev, err := a.checkRepairable(rep, kvs)
+		if err != nil {
+			return KeyChange{}, "", err
+		}
+		if ck.Partial != nil {
+			// A record half applied: the standby is not the primary at
+			// any revision. Wait for the applier to finish it.
+			if kvs, err = a.waitCheckpoint(ctx); err != nil {
+				return KeyChange{}, "", err
+			}
+			continue
+		}
+		if a.betweenReads != nil {
+			a.betweenReads(key)
+		}
+		// Step 2: the key on the primary at P.
+		pr, err := a.primary.Get(ctx, key, clientv3.WithRev(ck.Position.Revision))
+		if err != nil {
+			return KeyChange{}, "", a.primaryErr(fmt.Errorf("read primary key %q: %w", key, err), cut{pos: ck.Position})
+		}
+		var op clientv3.Op
+		action := "put"
+		switch k.State {
+		case Missed, Mismatched:
+			if len(pr.Kvs) == 0 || pr.Kvs[0].ModRevision != k.PrimaryModRevision {
+				return KeyChange{}, SkipPrimaryChanged, nil
+			}
+			op = clientv3.OpPut(key, string(pr.Kvs[0].Value))
+		case Surplus:
+			if len(pr.Kvs) != 0 {
+				return KeyChange{}, SkipNowOnPrimary, nil
+			}
+			op, action = clientv3.OpDelete(key), "delete"
+		default:
+			return KeyChange{}, "", fmt.Errorf("repair key %q: unknown state %q", key, k.State)
+		}
+		// Step 3: write, guarded by M and the key as audited.
 		tr, err := a.standby.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(ckKey), "=", ckRev),
 			clientv3.Compare(clientv3.ModRevision(key), "=", k.StandbyModRevision),
@@ -164,34 +200,47 @@ func (a *Auditor) repairKey(ctx context.Context, rep *Report, k KeyDrift, key st
 		if standbyRev != k.StandbyModRevision {
 			return KeyChange{}, SkipStandbyChanged, nil
 		}
-		// Only the checkpoint moved: try again with the one just read.
-		if ckRev, err = a.checkRepairable(rep, tr.Responses[0].GetResponseRange().Kvs); err != nil {
-			return KeyChange{}, "", err
-		}
+		// Only the checkpoint moved: start over from the one just read.
+		kvs = tr.Responses[0].GetResponseRange().Kvs
 	}
 	return KeyChange{}, SkipApplierBusy, nil
 }
 
+// waitCheckpoint waits a little and reads the checkpoint again.
+func (a *Auditor) waitCheckpoint(ctx context.Context) ([]*mvccpb.KeyValue, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(partialWait):
+	}
+	key := a.cfg.checkpointKey()
+	resp, err := a.standby.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read standby checkpoint %s: %w", key, err)
+	}
+	return resp.Kvs, nil
+}
+
 // checkRepairable decodes the standby's checkpoint (kvs of a Get of its
-// key) and returns its mod revision, or an error when the standby is not
-// in a state to repair.
-func (a *Auditor) checkRepairable(rep *Report, kvs []*mvccpb.KeyValue) (int64, error) {
+// key) and returns it with its mod revision, or an error when the standby
+// is not in a state to repair.
+func (a *Auditor) checkRepairable(rep *Report, kvs []*mvccpb.KeyValue) (applier.Checkpoint, int64, error) {
 	key := a.cfg.checkpointKey()
 	if len(kvs) == 0 {
-		return 0, fmt.Errorf("no checkpoint at %s on the standby: %w", key, ErrNotBootstrapped)
+		return applier.Checkpoint{}, 0, fmt.Errorf("no checkpoint at %s on the standby: %w", key, ErrNotBootstrapped)
 	}
 	var ck applier.Checkpoint
 	if err := json.Unmarshal(kvs[0].Value, &ck); err != nil {
-		return 0, fmt.Errorf("decode standby checkpoint %s: %w", key, err)
+		return applier.Checkpoint{}, 0, fmt.Errorf("decode standby checkpoint %s: %w", key, err)
 	}
 	switch pos := rep.Position(); {
 	case ck.Promoted:
-		return 0, fmt.Errorf("checkpoint %s: the standby was promoted; not repairing", key)
+		return ck, 0, fmt.Errorf("checkpoint %s: the standby was promoted; not repairing", key)
 	case ck.Snapshot != nil:
-		return 0, fmt.Errorf("checkpoint %s: snapshot being applied: %w", key, ErrNotBootstrapped)
+		return ck, 0, fmt.Errorf("checkpoint %s: snapshot being applied: %w", key, ErrNotBootstrapped)
 	case ck.Position.ClusterID != pos.ClusterID || ck.Position.Generation != pos.Generation:
-		return 0, fmt.Errorf("checkpoint %s moved from cluster %x generation %d to cluster %x generation %d since the audit: audit again",
+		return ck, 0, fmt.Errorf("checkpoint %s moved from cluster %x generation %d to cluster %x generation %d since the audit: audit again",
 			key, pos.ClusterID, pos.Generation, ck.Position.ClusterID, ck.Position.Generation)
 	}
-	return kvs[0].ModRevision, nil
+	return ck, kvs[0].ModRevision, nil
 }

@@ -120,6 +120,12 @@ type Report struct {
 	SourceRevision  int64  `json:"source_revision"`
 	StreamSeq       uint64 `json:"stream_seq"`
 	StandbyRevision int64  `json:"standby_revision"`
+	// SourceTime is when the publisher observed SourceRevision on the
+	// primary (zero if unknown); SourceAgeSeconds is how long before the
+	// audit's start that was: the age of the primary's state compared (on
+	// an idle primary it grows without any lag).
+	SourceTime       time.Time `json:"source_time,omitzero"`
+	SourceAgeSeconds float64   `json:"source_age_seconds"`
 	// Compared counts the distinct in-scope keys seen on either side;
 	// PrimaryKeys and StandbyKeys count each side's in-scope keys.
 	Compared    int64 `json:"keys_compared"`
@@ -131,6 +137,8 @@ type Report struct {
 	Missed     DriftList `json:"missed"`
 	Surplus    DriftList `json:"surplus"`
 	Mismatched DriftList `json:"mismatched"`
+	// Scope says which scope was compared and where it came from.
+	Scope ScopeInfo `json:"scope"`
 	// Events says whether the report went out as drift events.
 	Events EventStatus `json:"events"`
 
@@ -178,29 +186,79 @@ func printable(k string) string {
 	return k
 }
 
+// writeText says which scope was compared, where it came from and how it
+// differs from the applier's.
+func (s *ScopeInfo) writeText(b *strings.Builder) {
+	switch {
+	case s.Source == ScopeFromApplier && s.RecordedAt.IsZero():
+		fmt.Fprintf(b, "scope: recorded by the applier at %s (fingerprint %s)\n", s.Key, s.Fingerprint)
+	case s.Source == ScopeFromApplier:
+		fmt.Fprintf(b, "scope: recorded by the applier at %s (%s, fingerprint %s)\n", s.Key, s.RecordedAt.UTC().Format(time.RFC3339), s.Fingerprint)
+	case !s.Recorded:
+		fmt.Fprintf(b, "scope: this audit's options%s (fingerprint %s); the applier recorded none at %s\n", s.origin(), s.Fingerprint, s.Key)
+	case len(s.Differences) == 0:
+		fmt.Fprintf(b, "scope: this audit's options%s, the same as the applier's recorded at %s (fingerprint %s)\n", s.origin(), s.Key, s.Fingerprint)
+	default:
+		fmt.Fprintf(b, "scope: this audit's options%s (fingerprint %s) DIFFERS from the applier's recorded at %s (fingerprint %s):\n",
+			s.origin(), s.Fingerprint, s.Key, s.ApplierFingerprint)
+		for _, d := range s.Differences {
+			fmt.Fprintf(b, "  %s\n", d)
+		}
+		b.WriteString("  drift below may be keys the applier does not replicate; drop the scope options to use the applier's\n")
+	}
+	if s.Source == ScopeFromApplier && len(s.Differences) > 0 {
+		b.WriteString("  this auditor's etcdsync makes other rules of the same options (another preset version?):\n")
+		for _, d := range s.Differences {
+			fmt.Fprintf(b, "  %s\n", d)
+		}
+	}
+	if !s.Repairable {
+		fmt.Fprintf(b, "  repair refused: %s\n", s.NotRepairable)
+	}
+	for _, ns := range s.UnknownNamespaces {
+		fmt.Fprintf(b, "  warning: excluded namespace %q exists on neither side: a typo? (the namespace meant is replicated)\n", ns)
+	}
+}
+
+// origin returns " (<Origin>)", or "" without one.
+func (s *ScopeInfo) origin() string {
+	if s.Origin == "" {
+		return ""
+	}
+	return " (" + s.Origin + ")"
+}
+
 // WriteText writes the report for people: the position compared, each kind
 // of drift with its first keys, and what to do about it.
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "etcdsync audit %s at %s (%.2fs)\n", r.ID, r.Time.UTC().Format(time.RFC3339), r.DurationSeconds)
-	fmt.Fprintf(&b, "position: standby revision %d holds source cluster %s generation %d revision %d (stream seq %d)\n",
+	fmt.Fprintf(&b, "position: standby revision %d holds source cluster %s generation %d revision %d (stream seq %d)",
 		r.StandbyRevision, r.ClusterID, r.Generation, r.SourceRevision, r.StreamSeq)
+	if !r.SourceTime.IsZero() {
+		fmt.Fprintf(&b, ",\n          observed on the primary at %s, %s before the audit", r.SourceTime.UTC().Format(time.RFC3339),
+			time.Duration(r.SourceAgeSeconds*float64(time.Second)).Round(time.Second))
+	}
+	b.WriteString("\n")
 	prefix := "every key"
 	if r.Prefix != "" {
 		prefix = "keys under " + strconv.Quote(r.Prefix)
 	}
 	fmt.Fprintf(&b, "compared: %d in-scope keys (%s; primary %d, standby %d)\n", r.Compared, prefix, r.PrimaryKeys, r.StandbyKeys)
+	r.Scope.writeText(&b)
 	if r.Consistent {
-		fmt.Fprintf(&b, "result: CONSISTENT, no drift\n")
+		fmt.Fprintf(&b, "result: CONSISTENT at source revision %d (standby revision %d), no drift\n", r.SourceRevision, r.StandbyRevision)
 	} else {
 		fmt.Fprintf(&b, "result: DRIFT, %d key(s) differ (%d missed, %d surplus, %d mismatched)\n",
 			r.Drifted(), r.Missed.Count, r.Surplus.Count, r.Mismatched.Count)
 	}
+	// The three lists are always shown, under the names operators know
+	// them by, each with what to do.
 	section := func(l *DriftList, title, what, fix string) {
+		fmt.Fprintf(&b, "\nLOCAL ETCD %s: %d (%s)\n", title, l.Count, what)
 		if l.Count == 0 {
 			return
 		}
-		fmt.Fprintf(&b, "\nLOCAL ETCD %s: %d (%s)\n", title, l.Count, what)
 		for _, k := range l.Keys {
 			fmt.Fprintf(&b, "  %s", printable(k.Key))
 			if k.State == Mismatched {

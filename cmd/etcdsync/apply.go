@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"time"
@@ -119,15 +118,14 @@ func (o *applyOptions) config() applier.Config {
 func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "apply"
 	var o applyOptions
-	if err := applyFlags(&o).parse(args, stdout); err != nil {
+	fs := applyFlags(&o)
+	if err := fs.parse(args, stdout); err != nil {
 		return err
 	}
 	if o.printRules {
-		rules, err := keyspace.New(o.scope.config())
-		if err != nil {
+		if err := applyPrintRules(stdout, o.config(), flagOrigins(fs, args, scopeFlagNames())); err != nil {
 			return usageErrorf(cmd, "%v", err)
 		}
-		fmt.Fprint(stdout, rules.String())
 		return nil
 	}
 	if err := o.etcd.validate(cmd); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -48,12 +49,16 @@ type auditOptions struct {
 	maxKeys       int
 	maxEvents     int
 	pageSize      int
+	pageBytes     int64
 	repair        bool
 	repairSurplus bool
-	driftStream   string
-	driftMaxAge   time.Duration
-	metricsAddr   string
-	log           logFlags
+	printRules    bool
+	// scopeOrigins lists the scope options given and where (flagOrigins).
+	scopeOrigins []string
+	driftStream  string
+	driftMaxAge  time.Duration
+	metricsAddr  string
+	log          logFlags
 }
 
 // registerSide defines the connection flags of one etcd (side "primary" or
@@ -84,11 +89,18 @@ func validateSide(cmd, side string, e *etcdFlags) error {
 func auditFlags(o *auditOptions) *flagSet {
 	def := auditor.DefaultConfig()
 	f := newFlagSet("audit", "--primary-endpoints URLS --standby-endpoints URLS [--once|--interval D] [flags]",
-		"Compares the standby etcd with the primary at one consistent point: the standby at its\n"+
+		"The regular status check of a standby: `etcdsync audit --once` prints the lists\n"+
+			"\"LOCAL ETCD missed keys\" (on the primary, not on the standby), \"LOCAL ETCD surplus keys\"\n"+
+			"(only on the standby) and \"LOCAL ETCD mismatched keys\", each with what to do, and exits\n"+
+			"0 consistent, 1 drift, 2 could not audit (2 also while the standby re-seeds).\n\n"+
+			"Compares the standby etcd with the primary at one consistent point: the standby at its\n"+
 			"revision S, the primary at the source revision P of the applier's checkpoint at S, so\n"+
 			"writes in flight never show as drift. Reports keys missed (primary only), surplus\n"+
 			"(standby only) and mismatched (values differ, compared byte for byte; SHA-256 shown),\n"+
-			"within the same scope rules as `apply` (give it the same scope flags and --prefix).\n"+
+			"within the scope the applier recorded in the standby next to its checkpoint (rules and\n"+
+			"the publisher's prefix). Scope options (--keyspace, --exclude-namespace, --prefix, ...)\n"+
+			"override it for the comparison; the report then lists every difference with the\n"+
+			"applier's, and --repair refuses to write. --print-rules shows the scope in force.\n"+
 			"With --nats-url every report is also published as drift events on\n"+
 			"etcdsync.<site>.drift.summary and etcdsync.<site>.drift.key (stream --drift-stream).\n\n"+
 			"--once audits once: exit 0 consistent, 1 drift found, 2 could not audit. Otherwise it\n"+
@@ -109,9 +121,11 @@ func auditFlags(o *auditOptions) *flagSet {
 	f.Bool(&o.json, "json", false, "print the report as JSON (with --once)")
 	f.Int(&o.maxKeys, "max-keys", def.MaxKeys, "list the first `N` keys of each kind of drift")
 	f.Int(&o.maxEvents, "max-events", def.MaxEvents, "publish at most `N` per-key drift events per audit (the summary is always published)")
-	f.Int(&o.pageSize, "page-size", int(def.PageSize), "`N` keys per paginated read of each etcd")
+	f.Int(&o.pageSize, "page-size", int(def.PageSize), "at most `N` keys per paginated read of each etcd")
+	f.Bytes(&o.pageBytes, "page-bytes", def.PageBytes, "at most `SIZE` per paginated read of each etcd (fewer keys when values are large): bounds the audit's memory")
 	f.Bool(&o.repair, "repair", false, "re-apply missed and mismatched keys from the primary, then audit again (implies --once)")
 	f.Bool(&o.repairSurplus, "repair-surplus", false, "with --repair, also delete surplus keys from the standby (confirm with the team first)")
+	f.Bool(&o.printRules, "print-rules", false, "print the scope in force (the applier's recorded scope, or these options and how they differ) and exit; reads the standby (and the primary, if given, for excluded namespaces)")
 	f.String(&o.driftStream, "drift-stream", def.DriftStream, "`NAME` of the stream holding drift events")
 	f.Duration(&o.driftMaxAge, "drift-max-age", def.DriftMaxAge, "keep drift events for `DURATION`")
 	f.String(&o.metricsAddr, "metrics-addr", defaultAuditMetricsAddr, "serve /check, /metrics, /healthz and /readyz on `ADDR` without --once (empty: off)")
@@ -127,10 +141,13 @@ func (o *auditOptions) config() auditor.Config {
 	cfg.CheckpointKey = o.checkpointKey
 	cfg.Prefix = o.prefix
 	cfg.Scope = o.scope.config()
+	cfg.ExplicitScope = len(o.scopeOrigins) > 0
+	cfg.ScopeOrigin = strings.Join(o.scopeOrigins, ", ")
 	cfg.Interval = o.interval
 	cfg.MaxKeys = o.maxKeys
 	cfg.MaxEvents = o.maxEvents
 	cfg.PageSize = int64(o.pageSize)
+	cfg.PageBytes = o.pageBytes
 	cfg.RepairSurplus = o.repairSurplus
 	cfg.DriftStream = o.driftStream
 	cfg.DriftMaxAge = o.driftMaxAge
@@ -140,8 +157,16 @@ func (o *auditOptions) config() auditor.Config {
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "audit"
 	var o auditOptions
-	if err := auditFlags(&o).parse(args, stdout); err != nil {
+	fs := auditFlags(&o)
+	if err := fs.parse(args, stdout); err != nil {
 		return err
+	}
+	o.scopeOrigins = flagOrigins(fs, args, scopeFlagNames())
+	if o.printRules {
+		if err := validateSide(cmd, "standby", &o.standby); err != nil {
+			return err
+		}
+		return auditPrintRules(ctx, &o, stdout)
 	}
 	if err := validateSide(cmd, "primary", &o.primary); err != nil {
 		return err
@@ -220,7 +245,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if !once {
 		log.Info("auditor starting", "primary", o.primary.endpoints, "standby", o.standby.endpoints, "nats", redactURL(o.nats.url),
-			"interval", cfg.Interval, "site", cfg.Site, "prefix", cfg.Prefix, "keyspace", cfg.Scope.Mode)
+			"interval", cfg.Interval, "site", cfg.Site, "scope_options", cfg.ScopeOrigin)
 		if js == nil {
 			log.Warn("no --nats-url: reports are not published as drift events")
 		}
@@ -288,6 +313,69 @@ func auditOnce(ctx context.Context, o *auditOptions, a *auditor.Auditor, stdout,
 		return errDrift
 	}
 	return nil
+}
+
+// auditPrintRules prints the scope an audit would compare now, where it
+// comes from, and how it differs from the applier's.
+func auditPrintRules(ctx context.Context, o *auditOptions, stdout io.Writer) error {
+	cfg := o.config()
+	if err := cfg.Validate(); err != nil {
+		return usageErrorf("audit", "%v", err)
+	}
+	standby, err := o.standby.connect(ctx)
+	if err != nil {
+		return &auditError{err: fmt.Errorf("standby %w", err)}
+	}
+	defer standby.Close()
+	// The primary is read only to look for excluded namespaces, when given.
+	primary, where := standby, "on neither side"
+	if len(o.primary.endpoints) > 0 {
+		if primary, err = o.primary.connect(ctx); err != nil {
+			return &auditError{err: fmt.Errorf("primary %w", err)}
+		}
+		defer primary.Close()
+	} else {
+		where = "not on the standby (the primary not checked: no --primary-endpoints)"
+	}
+	a, err := auditor.New(cfg, primary, standby, nil, nil)
+	if err != nil {
+		return err
+	}
+	info, prefix, err := a.Scope(ctx)
+	if err != nil {
+		return &auditError{err: err}
+	}
+	var b strings.Builder
+	switch {
+	case info.Source == auditor.ScopeFromApplier:
+		fmt.Fprintf(&b, "# scope in force: recorded by the applier at %s (%s)\n", info.Key, info.RecordedAt.UTC().Format(time.RFC3339))
+	case !info.Recorded:
+		fmt.Fprintf(&b, "# scope in force: this audit's options%s; the applier recorded none at %s\n", parenthesized(info.Origin), info.Key)
+	default:
+		fmt.Fprintf(&b, "# scope in force: this audit's options%s, instead of the applier's recorded at %s\n", parenthesized(info.Origin), info.Key)
+	}
+	fmt.Fprintf(&b, "# fingerprint %s", info.Fingerprint)
+	if info.ApplierFingerprint != "" {
+		fmt.Fprintf(&b, " (the applier's: %s)", info.ApplierFingerprint)
+	}
+	b.WriteString("\n")
+	if prefix == "" {
+		b.WriteString("# publisher prefix: every key\n")
+	} else {
+		fmt.Fprintf(&b, "# publisher prefix: %q\n", prefix)
+	}
+	for _, d := range info.Differences {
+		fmt.Fprintf(&b, "# differs: %s\n", d)
+	}
+	for _, ns := range info.UnknownNamespaces {
+		fmt.Fprintf(&b, "# warning: excluded namespace %q: its Namespace object is %s now: a typo? (the namespace meant is replicated)\n", ns, where)
+	}
+	if !info.Repairable {
+		fmt.Fprintf(&b, "# repair refused: %s\n", info.NotRepairable)
+	}
+	b.WriteString(info.Rules)
+	_, err = io.WriteString(stdout, b.String())
+	return err
 }
 
 // writeRepair prints what a repair changed and skipped.

@@ -13,6 +13,7 @@ import (
 	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/auditor"
 	"github.com/etcdsync/etcdsync/internal/testenv"
+	"github.com/etcdsync/etcdsync/keyspace"
 	"github.com/etcdsync/etcdsync/streams"
 )
 
@@ -45,8 +46,24 @@ func newAuditPair(t *testing.T, checkpoint bool) *auditPair {
 			t.Fatal(err)
 		}
 		p.put(scli, "/etcdsync/checkpoint/ETCDSYNC", string(ck))
+		p.recordScope(keyspace.DefaultConfig())
 	}
 	return p
+}
+
+// recordScope stands in for the applier: it records scope as the
+// applier's, with every key published.
+func (p *auditPair) recordScope(scope keyspace.Config) {
+	p.t.Helper()
+	rec, err := applier.NewScopeRecord(scope, "", true)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.put(p.standby, applier.ScopeKey("/etcdsync/checkpoint/ETCDSYNC"), string(b))
 }
 
 func (p *auditPair) put(cli *clientv3.Client, k, v string) {
@@ -65,6 +82,12 @@ func TestAuditOnceExitStatus(t *testing.T) {
 	code, stdout, stderr := runCmd(t, p.args("--once")...)
 	if code != exitOK || !strings.Contains(stdout, "CONSISTENT") || !strings.Contains(stdout, "drift events: not published: no JetStream connection (no --nats-url)") {
 		t.Fatalf("consistent: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	// The seed's check: both lists, under their names, also when empty.
+	for _, s := range []string{"LOCAL ETCD missed keys: 0 (on the primary, not on the standby)", "LOCAL ETCD surplus keys: 0 (on the standby only)", "LOCAL ETCD mismatched keys: 0"} {
+		if !strings.Contains(stdout, s) {
+			t.Errorf("consistent output lacks %q:\n%s", s, stdout)
+		}
 	}
 
 	// Drift, including an excluded key that must not be reported.
@@ -103,6 +126,44 @@ func TestAuditOnceExitStatus(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &out); err != nil || code != exitOK || len(out.Repair.Changed) != 1 ||
 		out.Repair.Changed[0].Action != "delete" || !out.After.Consistent {
 		t.Fatalf("repair surplus: exit %d %v\n%s", code, err, stdout)
+	}
+}
+
+// TestAuditScopeInForce records a scope excluding a namespace in which the
+// standby keeps a key of its own: the audit compares the recorded scope,
+// says so, and with other scope options reports the difference and
+// refuses to repair.
+func TestAuditScopeInForce(t *testing.T) {
+	p := newAuditPair(t, true)
+	p.recordScope(keyspace.Config{ExcludeNamespaces: []string{"ops"}})
+	p.put(p.standby, "/registry/configmaps/ops/own", "standby's")
+
+	code, stdout, stderr := runCmd(t, p.args("--once")...)
+	if code != exitOK || !strings.Contains(stdout, "scope: recorded by the applier at /etcdsync/checkpoint/ETCDSYNC/scope") {
+		t.Fatalf("audit with the recorded scope: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	code, stdout, stderr = runCmd(t, p.args("--print-rules")...)
+	for _, w := range []string{"# scope in force: recorded by the applier at /etcdsync/checkpoint/ETCDSYNC/scope", `exclude namespace "ops"`,
+		`# warning: excluded namespace "ops": its Namespace object is on neither side now: a typo?`} {
+		if code != exitOK || !strings.Contains(stdout, w) {
+			t.Errorf("audit --print-rules: exit %d, lacks %q\n%s\n%s", code, w, stdout, stderr)
+		}
+	}
+
+	t.Setenv("ETCDSYNC_EXCLUDE_NAMESPACE", "other")
+	code, stdout, stderr = runCmd(t, p.args("--once")...)
+	for _, w := range []string{"LOCAL ETCD surplus keys: 1", "/registry/configmaps/ops/own", "--exclude-namespace ($ETCDSYNC_EXCLUDE_NAMESPACE)",
+		"DIFFERS from the applier's", `applier only: exclude namespace "ops"`, `audit only: exclude namespace "other"`, "repair refused"} {
+		if code != exitFailure || !strings.Contains(stdout, w) {
+			t.Errorf("audit with other options: exit %d, lacks %q\n%s\n%s", code, w, stdout, stderr)
+		}
+	}
+	code, stdout, stderr = runCmd(t, p.args("--repair", "--repair-surplus")...)
+	if code != 2 || !strings.Contains(stderr, "differs from the applier's") {
+		t.Errorf("repair with other options: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if resp, err := p.standby.Get(context.Background(), "/registry/configmaps/ops/own"); err != nil || len(resp.Kvs) != 1 {
+		t.Errorf("the standby's own key after a refused repair: %v %v", resp, err)
 	}
 }
 

@@ -256,7 +256,8 @@ func TestPrintRules(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d; stderr %q", code, stderr)
 	}
-	for _, want := range []string{`"foo"`, `"kube-system"`, "/registry/"} {
+	for _, want := range []string{`"foo"`, `"kube-system"`, "/registry/", "# scope in force: these options, defaults otherwise: --exclude-namespace (command line)",
+		"records this scope at /etcdsync/checkpoint/ETCDSYNC/scope"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("rules lack %s:\n%s", want, stdout)
 		}
