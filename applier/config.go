@@ -59,7 +59,8 @@ type Config struct {
 	// Site names the log subjects. Default streams.DefaultSite.
 	Site string
 	// CheckpointKey is the standby key holding the checkpoint.
-	// Default "/etcdsync/checkpoint/<Stream>".
+	// Default "/etcdsync/checkpoint/<Stream>". It must be outside the
+	// replicated scope (Validate refuses it otherwise).
 	CheckpointKey string
 	// Scope decides which keys are replicated.
 	Scope keyspace.Config
@@ -109,8 +110,14 @@ func (c Config) Validate() error {
 	if err := streams.ValidateSite(c.Site); err != nil {
 		return err
 	}
-	if err := c.Scope.Validate(); err != nil {
+	rules, err := keyspace.New(c.Scope)
+	if err != nil {
 		return err
+	}
+	if k := c.checkpointKey(); rules.Allowed([]byte(k)) {
+		// A snapshot would delete it (the snapshot does not hold it) and
+		// the log could overwrite it: the standby would lose its position.
+		return fmt.Errorf("checkpoint key %q is inside the replicated scope: choose a key the scope rules exclude, e.g. under %s", k, keyspace.OwnPrefix)
 	}
 	if c.MaxTxnOps < 2 {
 		return fmt.Errorf("max txn ops %d: must be at least 2 (one operation and the checkpoint)", c.MaxTxnOps)
