@@ -36,14 +36,29 @@ type SnapshotState struct {
 	Generation uint64 `json:"generation"`
 	Revision   int64  `json:"revision"`
 	Prefix     string `json:"prefix"`
-	// BaseRevision is the standby revision when the first snapshot began;
+	// BaseRevision is the standby revision when this snapshot began;
 	// in-scope keys not written since are absent from the snapshot.
 	BaseRevision int64 `json:"base_revision"`
-	// InScopeBefore counts the standby's in-scope keys at BaseRevision.
+	// FirstBaseRevision is the standby revision when the first snapshot of
+	// this bootstrap began (snapshots interrupted and replaced by a newer
+	// one belong to the same bootstrap). Keys created after it are the
+	// pipeline's own; only older ones count for the mass-delete guard.
+	// Zero in checkpoints written before it existed: BaseRevision then.
+	FirstBaseRevision int64 `json:"first_base_revision,omitempty"`
+	// InScopeBefore counts the standby's in-scope keys when the first
+	// snapshot of this bootstrap began.
 	InScopeBefore int64 `json:"in_scope_before"`
 	// Chunks and Keys count what was applied so far.
 	Chunks uint64 `json:"chunks"`
 	Keys   uint64 `json:"keys"`
+}
+
+// firstBase returns the standby revision when the bootstrap's first snapshot began.
+func (s *SnapshotState) firstBase() int64 {
+	if s.FirstBaseRevision != 0 {
+		return s.FirstBaseRevision
+	}
+	return s.BaseRevision
 }
 
 // Partial records how much of a record split across standby transactions
