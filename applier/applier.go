@@ -27,9 +27,10 @@ import (
 // checkpoint carries the promoted marker and the applier must not write.
 var ErrPromoted = errors.New("standby promoted: applier fenced")
 
-// errStreamBehind means the stream holds nothing yet to decide whether it
-// is the checkpoint's history (a mirror filling up) or a new one.
-var errStreamBehind = errors.New("waiting for the stream")
+// errStreamBehind means the stream ends before the checkpoint and is, or
+// may yet turn out to be, the checkpoint's own history (a mirror filling
+// up): the applier waits rather than re-seed from an older snapshot.
+var errStreamBehind = errors.New("waiting for the stream to reach the checkpoint")
 
 // errNoSnapshot means the stream holds no snapshot the applier can use yet;
 // one was requested from the publisher.
@@ -113,9 +114,12 @@ func terminal(err error) bool {
 // (streams.ErrCorrupt). A gap (ErrGap) or a revision of a history the
 // standby has no base of (ErrNoBase) re-seeds: the applier restarts from the
 // newest snapshot after its checkpoint, asking the publisher for one if the
-// stream holds none. Other errors (unreachable
-// servers, ErrConflict) restart from the durable checkpoint after a capped
-// exponential backoff.
+// stream holds none. A stream that ends before the checkpoint in the
+// checkpoint's own history (a mirror refilling), or whose newest snapshot is
+// older than the checkpoint, is waited for (logged, and shown by the
+// etcdsync_applier_waiting_for_* gauges) unless Config.Reseed. Other errors
+// (unreachable servers, ErrConflict) restart from the durable checkpoint
+// after a capped exponential backoff.
 func (a *Applier) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = a.cfg.MinBackoff, a.cfg.MaxBackoff, 0
@@ -143,9 +147,12 @@ func (a *Applier) Run(ctx context.Context) error {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		if errors.Is(err, errNoSnapshot) {
-			a.log.Info("waiting for a snapshot in the stream", "retry_in", wait)
-		} else {
+		switch {
+		case errors.Is(err, errStreamBehind):
+			a.log.Warn("waiting for the stream to reach the checkpoint", "err", err, "retry_in", wait)
+		case errors.Is(err, errNoSnapshot):
+			a.log.Info("waiting for a snapshot in the stream", "err", err, "retry_in", wait)
+		default:
 			a.metrics.errors.Inc()
 			a.log.Warn("apply session ended, retrying from the checkpoint", "err", err, "retry_in", wait)
 		}
@@ -191,9 +198,10 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 	recreated := false
 	if ck.Position.Seq != 0 && info.State.LastSeq < ck.Position.Seq {
 		// The stream ends before the checkpoint: either a mirror still
-		// filling up to the origin's sequences (same history: wait for
-		// it), or a recreated stream (another history: its sequences mean
-		// nothing here).
+		// filling up to the origin's sequences (the standby site's NATS
+		// lost its store and the mirror refills from seq 1: same history,
+		// wait for it), or a recreated stream (another history: its
+		// sequences mean nothing here).
 		tail, err := streams.ReadTail(ctx, stream, a.subj)
 		if err != nil {
 			return 0, err
@@ -201,17 +209,29 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		if tail.Seq == 0 {
 			// Nothing to tell the two apart yet (an empty mirror, or a
 			// new stream before its publisher's first snapshot): wait.
+			a.metrics.waitFor(ck.Position.Seq, false)
 			return 0, fmt.Errorf("stream %s ends at seq %d before the checkpoint's %d and holds no record yet: %w",
 				a.cfg.Stream, info.State.LastSeq, ck.Position.Seq, errStreamBehind)
 		}
-		recreated = tail.ClusterID != ck.Position.ClusterID || tail.Generation != ck.Position.Generation
-	}
-	if recreated {
-		// The stream is shorter than the checkpoint: it was recreated (or
-		// this checkpoint belongs to another stream). Its sequences mean
-		// nothing here; any snapshot in it will do.
-		a.log.Warn("the stream ends before the checkpoint (recreated?): re-seeding",
-			"checkpoint_seq", ck.Position.Seq, "stream_last_seq", info.State.LastSeq)
+		cluster, gen, _ := ck.history()
+		if tail.ClusterID == cluster && tail.Generation <= gen {
+			// The checkpoint's own history, not yet at the checkpoint (a
+			// recreated stream starts a generation above every earlier
+			// one). Re-seeding from what it holds would roll the standby
+			// back: wait, unless the operator asked for it.
+			if !a.cfg.Reseed {
+				a.metrics.waitFor(ck.Position.Seq, false)
+				return 0, fmt.Errorf("stream %s ends at seq %d (generation %d, revision %d) before the checkpoint's seq %d (generation %d, revision %d) in the same history: a mirror refilling? %w",
+					a.cfg.Stream, info.State.LastSeq, tail.Generation, tail.Revision, ck.Position.Seq, gen, ck.Position.Revision, errStreamBehind)
+			}
+			a.log.Warn("the stream ends before the checkpoint in the same history: re-seeding from its newest snapshot as asked (reseed), rolling the standby back",
+				"checkpoint", ck.Position.String(), "stream_last_seq", info.State.LastSeq, "stream_generation", tail.Generation, "stream_revision", tail.Revision)
+		} else {
+			a.log.Warn("the stream ends before the checkpoint and holds another history (recreated?): re-seeding",
+				"checkpoint", ck.Position.String(), "stream_last_seq", info.State.LastSeq, "stream_generation", tail.Generation)
+		}
+		// Its sequences mean nothing here; any snapshot in it will do.
+		recreated = true
 		a.reseed = true
 	}
 	if info.State.FirstSeq > start && ck.Position.Seq != 0 {
@@ -227,15 +247,32 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && ((msg.Sequence <= ck.Position.Seq && !recreated) || msg.Sequence < info.State.FirstSeq)):
 			a.requestSnapshot(ctx)
+			a.metrics.waitFor(0, true)
 			return 0, errNoSnapshot
 		case err != nil:
 			return 0, fmt.Errorf("find newest snapshot: %w", err)
+		}
+		snap, err := decodeSingle(msg.Data)
+		if err != nil {
+			return 0, fmt.Errorf("newest snapshot at seq %d: %w", msg.Sequence, err)
+		}
+		if ck.olderThan(&snap) {
+			// Re-seeding from it would roll the standby back.
+			if !a.cfg.Reseed {
+				a.requestSnapshot(ctx)
+				a.metrics.waitFor(0, true)
+				return 0, fmt.Errorf("newest snapshot (seq %d, generation %d, revision %d) is older than the checkpoint %s: %w",
+					msg.Sequence, snap.Generation, snap.Revision, ck.Position, errNoSnapshot)
+			}
+			a.log.Warn("re-seeding from a snapshot older than the checkpoint as asked (reseed), rolling the standby back",
+				"checkpoint", ck.Position.String(), "snapshot_generation", snap.Generation, "snapshot_revision", snap.Revision, "seq", msg.Sequence)
 		}
 		start = msg.Sequence
 		if a.reseed {
 			a.log.Info("re-seeding from snapshot", "seq", start, "checkpoint", ck.Position.String())
 		}
 	}
+	a.metrics.waitFor(0, false)
 	a.nextSeq, a.sessionStart = start, start
 	return start, nil
 }

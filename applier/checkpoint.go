@@ -53,6 +53,28 @@ type SnapshotState struct {
 	Keys   uint64 `json:"keys"`
 }
 
+// history returns the history the standby holds or is being seeded with:
+// the snapshot being applied, else the last position.
+func (ck *Checkpoint) history() (cluster, gen uint64, rev int64) {
+	if s := ck.Snapshot; s != nil {
+		return s.ClusterID, s.Generation, s.Revision
+	}
+	return ck.Position.ClusterID, ck.Position.Generation, ck.Position.Revision
+}
+
+// olderThan reports whether the snapshot (its snapshot-begin record) is an
+// earlier point of the checkpoint's history: the same source cluster and
+// an earlier generation, or the same generation at a lower revision.
+// Re-seeding from it would roll the standby back. Snapshots of another
+// cluster are not comparable and never older.
+func (ck *Checkpoint) olderThan(snap *streams.Record) bool {
+	cluster, gen, rev := ck.history()
+	if ck.Position.Seq == 0 || snap.ClusterID != cluster {
+		return false
+	}
+	return snap.Generation < gen || (snap.Generation == gen && snap.Revision < rev)
+}
+
 // firstBase returns the standby revision when the bootstrap's first snapshot began.
 func (s *SnapshotState) firstBase() int64 {
 	if s.FirstBaseRevision != 0 {

@@ -80,6 +80,13 @@ type Config struct {
 	MassDeleteMinKeys int64
 	// AllowMassDelete lifts MaxDeleteRatio.
 	AllowMassDelete bool
+	// Reseed lets the applier re-seed from a snapshot older than its
+	// checkpoint, rolling the standby back, where it would otherwise wait:
+	// when the stream ends before the checkpoint in the checkpoint's own
+	// history (a mirror refilling from seq 1 after the standby site's NATS
+	// lost its store), or holds only snapshots older than the checkpoint.
+	// Default false: wait, and never roll back.
+	Reseed bool
 	// MinBackoff and MaxBackoff bound the retry delay. Defaults 100ms and 10s.
 	MinBackoff, MaxBackoff time.Duration
 	// Logger receives events; nil discards them. Debug prints each revision.

@@ -18,6 +18,9 @@ type metrics struct {
 	gaps       prometheus.Counter
 	errors     prometheus.Counter
 	stopped    prometheus.Counter
+	// waitSeq and waitSnapshot say what the applier waits for.
+	waitSeq      prometheus.Gauge
+	waitSnapshot prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,9 +36,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		gaps:       prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_gaps_total", Help: "Gaps detected in the log (each leads to a re-seed)."}),
 		errors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_errors_total", Help: "Sessions ended by a retryable error."}),
 		stopped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_stopped_total", Help: "Times the applier stopped on an error that needs an operator or a re-seed."}),
+		waitSeq: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_waiting_for_stream_seq",
+			Help: "The stream sequence the applier waits for the stream to reach (its checkpoint's: a mirror refilling); 0 when not waiting for the stream."}),
+		waitSnapshot: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_waiting_for_snapshot",
+			Help: "1 while the applier waits for a snapshot it can re-seed from (none in the stream, or only ones older than its checkpoint), else 0."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped)
+		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped,
+			m.waitSeq, m.waitSnapshot)
 	}
 	return m
 }
@@ -47,5 +55,16 @@ func (m *metrics) observeTxn(d time.Duration, ops, revs int, ck Checkpoint) {
 	m.checkpoint.Set(float64(ck.Position.Revision))
 	if !ck.SourceTime.IsZero() {
 		m.lag.Set(ck.AppliedAt.Sub(ck.SourceTime).Seconds())
+	}
+}
+
+// waitFor records what the applier waits for: the stream to reach seq
+// (0: not), a usable snapshot.
+func (m *metrics) waitFor(seq uint64, snapshot bool) {
+	m.waitSeq.Set(float64(seq))
+	if snapshot {
+		m.waitSnapshot.Set(1)
+	} else {
+		m.waitSnapshot.Set(0)
 	}
 }

@@ -117,18 +117,28 @@ func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name st
 	if err != nil {
 		return fmt.Errorf("find newest snapshot: %w", err)
 	}
-	f, err := streams.DecodeFrame(m.Data)
+	rec, err := decodeSingle(m.Data)
 	if err != nil {
 		return fmt.Errorf("newest snapshot at seq %d: %w", m.Sequence, err)
+	}
+	s.NewestSnapshot = &SnapshotRef{Seq: m.Sequence, Generation: rec.Generation, Revision: rec.Revision, Stored: m.Time}
+	return nil
+}
+
+// decodeSingle decodes a record that travels in one message (an epoch, a
+// snapshot-begin).
+func decodeSingle(data []byte) (streams.Record, error) {
+	f, err := streams.DecodeFrame(data)
+	if err != nil {
+		return streams.Record{}, err
 	}
 	var a streams.Assembler
 	rec, done, err := a.Add(f)
 	if err != nil {
-		return fmt.Errorf("newest snapshot at seq %d: %w", m.Sequence, err)
+		return streams.Record{}, err
 	}
 	if !done {
-		return fmt.Errorf("newest snapshot at seq %d: begin record split in parts: %w", m.Sequence, streams.ErrCorrupt)
+		return streams.Record{}, fmt.Errorf("%s record split in parts: %w", f.Kind, streams.ErrCorrupt)
 	}
-	s.NewestSnapshot = &SnapshotRef{Seq: m.Sequence, Generation: rec.Generation, Revision: rec.Revision, Stored: m.Time}
-	return nil
+	return rec, nil
 }
