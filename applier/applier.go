@@ -234,6 +234,22 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		recreated = true
 		a.reseed = true
 	}
+	if !recreated && ck.Snapshot != nil && ck.Snapshot.BeginSeq >= info.State.FirstSeq && ck.Snapshot.BeginSeq <= info.State.LastSeq {
+		// A snapshot half applied: the stream must still hold its begin
+		// record where it was, or the rest of the stream is another
+		// history (recreated) and continuing would mix the two.
+		same, err := a.holdsSnapshotBegin(ctx, stream, ck.Snapshot)
+		if err != nil {
+			return 0, err
+		}
+		if !same {
+			a.log.Warn("the stream no longer holds the snapshot being applied (recreated?): re-seeding",
+				"checkpoint", ck.Position.String(), "snapshot_begin_seq", ck.Snapshot.BeginSeq,
+				"snapshot_generation", ck.Snapshot.Generation, "snapshot_revision", ck.Snapshot.Revision)
+			recreated = true
+			a.reseed = true
+		}
+	}
 	if info.State.FirstSeq > start && ck.Position.Seq != 0 {
 		a.log.Warn("the stream no longer holds the messages after the checkpoint: re-seeding",
 			"checkpoint_seq", ck.Position.Seq, "stream_first_seq", info.State.FirstSeq)
@@ -275,6 +291,24 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 	a.metrics.waitFor(0, false)
 	a.nextSeq, a.sessionStart = start, start
 	return start, nil
+}
+
+// holdsSnapshotBegin reports whether the stream holds the begin record of
+// snapshot s at s.BeginSeq (a message deleted there counts as held: nothing
+// says the stream is another one).
+func (a *Applier) holdsSnapshotBegin(ctx context.Context, stream jetstream.Stream, s *SnapshotState) (bool, error) {
+	m, err := stream.GetMsg(ctx, s.BeginSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read snapshot begin at seq %d: %w", s.BeginSeq, err)
+	}
+	rec, err := decodeSingle(m.Data)
+	if err != nil {
+		return false, nil // not a single-message record: not the begin
+	}
+	return rec.Kind == streams.KindSnapshotBegin && rec.ClusterID == s.ClusterID && rec.Generation == s.Generation && rec.Revision == s.Revision, nil
 }
 
 // watchFence ends the session with ErrPromoted as soon as the checkpoint

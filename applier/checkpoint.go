@@ -48,6 +48,11 @@ type SnapshotState struct {
 	// InScopeBefore counts the standby's in-scope keys when the first
 	// snapshot of this bootstrap began.
 	InScopeBefore int64 `json:"in_scope_before"`
+	// BeginSeq is the stream sequence of the snapshot's begin record (zero
+	// in checkpoints written before it existed): a restart checks that the
+	// stream still holds it there, so a recreated stream is not taken for
+	// the rest of this snapshot.
+	BeginSeq uint64 `json:"begin_seq,omitempty"`
 	// Chunks and Keys count what was applied so far.
 	Chunks uint64 `json:"chunks"`
 	Keys   uint64 `json:"keys"`

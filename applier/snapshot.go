@@ -26,7 +26,7 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 	if err := a.flushIfPending(ctx); err != nil {
 		return err
 	}
-	s := &SnapshotState{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Prefix: string(r.Prefix)}
+	s := &SnapshotState{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Prefix: string(r.Prefix), BeginSeq: r.seq}
 	// Every key this snapshot writes gets a mod revision above the base;
 	// whatever is not above it at the end (including keys an interrupted
 	// earlier snapshot wrote) is absent from this snapshot.
@@ -45,6 +45,10 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 		"revision", r.Revision, "reason", r.Reason, "standby_in_scope_keys", s.InScopeBefore, "seq", r.seq)
 	w.Snapshot = s
 	w.Position.Seq = r.seq
+	// A record half applied before (Partial) belongs to the history this
+	// snapshot replaces: resuming it would skip events of a record that
+	// happens to sit at its sequence.
+	w.Partial = nil
 	return a.flush(ctx)
 }
 
