@@ -27,6 +27,9 @@ type Status struct {
 	// LagSeconds is 0 when everything in the stream is applied, otherwise
 	// the time since the publisher observed the last applied revision.
 	LagSeconds float64 `json:"lag_seconds"`
+	// HalfApplied is set when the revision after the checkpoint's is half
+	// applied (the checkpoint's Partial marker).
+	HalfApplied *HalfApplied `json:"half_applied,omitempty"`
 }
 
 // StreamStatus describes the log stream.
@@ -82,6 +85,13 @@ func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetS
 		st.State = "following"
 	}
 	st.Checkpoint = &ck
+	var logStream jetstream.Stream
+	if js != nil {
+		if s, err := js.Stream(ctx, stream); err == nil {
+			logStream = s
+		}
+	}
+	st.HalfApplied = halfApplied(ctx, logStream, &ck)
 	if st.Stream.LastSeq > ck.Position.Seq {
 		st.LagMessages = st.Stream.LastSeq - ck.Position.Seq
 		if !ck.SourceTime.IsZero() {

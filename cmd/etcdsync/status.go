@@ -162,6 +162,9 @@ func printStatus(w io.Writer, st applier.Status) {
 		if sn := ck.Snapshot; sn != nil {
 			fmt.Fprintf(w, "  snapshot       applying revision %d of generation %d: %d keys in %d chunks so far\n", sn.Revision, sn.Generation, sn.Keys, sn.Chunks)
 		}
+		if h := st.HalfApplied; h != nil {
+			fmt.Fprintf(w, "  HALF APPLIED   %s\n", h)
+		}
 	}
 	lagRev := "n/a (different generation or bootstrapping)"
 	if st.LagRevisions >= 0 {
