@@ -17,7 +17,9 @@ type Status struct {
 	Stream     StreamStatus `json:"stream"`
 	Checkpoint *Checkpoint  `json:"checkpoint,omitempty"` // nil: never applied anything
 	// State is one of "following", "bootstrapping" (a snapshot is being
-	// applied), "waiting" (nothing applied yet), "promoted".
+	// applied), "waiting" (nothing applied yet), "refilling" (the stream
+	// ends before the checkpoint, e.g. a mirror refilling from seq 1: the
+	// applier waits for it), "promoted".
 	State string `json:"state"`
 	// LagMessages counts stream messages not yet applied.
 	LagMessages uint64 `json:"lag_messages"`
@@ -81,6 +83,8 @@ func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetS
 		st.State = "promoted"
 	case ck.Snapshot != nil:
 		st.State = "bootstrapping"
+	case js != nil && st.Stream.LastSeq < ck.Position.Seq:
+		st.State = "refilling"
 	default:
 		st.State = "following"
 	}

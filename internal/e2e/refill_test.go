@@ -133,6 +133,9 @@ func TestRefillingStreamIsWaitedFor(t *testing.T) {
 		return waitingForSeq(t, reg) == float64(ck.Position.Seq) || err != nil || got.Position != ck.Position
 	}, "applier waiting for the stream to reach seq %d", ck.Position.Seq)
 	unchanged("stream holding generation 1 only")
+	if st, err := applier.ReadStatus(ctx, p.standby.Client, p.js.JS, streams.DefaultStream, streams.DefaultSite, ""); err != nil || st.State != "refilling" {
+		t.Fatalf("status state %q (%v), want refilling", st.State, err)
+	}
 
 	// Then part of generation 2, still short of the checkpoint.
 	for _, r := range log[5 : len(log)-1] {
