@@ -165,7 +165,11 @@ func (a *Applier) Run(ctx context.Context) error {
 }
 
 // Reset re-reads the checkpoint from the standby and positions the applier
-// after it; it returns the first stream sequence to consume.
+// after it; it returns the first stream sequence to consume. While the
+// stream ends before the checkpoint in the checkpoint's own history, or
+// holds no snapshot a needed re-seed can use (none, or only ones older than
+// the checkpoint without Config.Reseed), it returns an error and Run waits
+// and calls it again.
 func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 	ck, rev, err := ReadCheckpoint(ctx, a.etcd, a.cfg.checkpointKey())
 	if err != nil {
@@ -213,7 +217,7 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 			return 0, fmt.Errorf("stream %s ends at seq %d before the checkpoint's %d and holds no record yet: %w",
 				a.cfg.Stream, info.State.LastSeq, ck.Position.Seq, errStreamBehind)
 		}
-		cluster, gen, _ := ck.history()
+		cluster, gen, rev := ck.history()
 		if tail.ClusterID == cluster && tail.Generation <= gen {
 			// The checkpoint's own history, not yet at the checkpoint (a
 			// recreated stream starts a generation above every earlier
@@ -222,7 +226,7 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 			if !a.cfg.Reseed {
 				a.metrics.waitFor(ck.Position.Seq, false)
 				return 0, fmt.Errorf("stream %s ends at seq %d (generation %d, revision %d) before the checkpoint's seq %d (generation %d, revision %d) in the same history: a mirror refilling? %w",
-					a.cfg.Stream, info.State.LastSeq, tail.Generation, tail.Revision, ck.Position.Seq, gen, ck.Position.Revision, errStreamBehind)
+					a.cfg.Stream, info.State.LastSeq, tail.Generation, tail.Revision, ck.Position.Seq, gen, rev, errStreamBehind)
 			}
 			a.log.Warn("the stream ends before the checkpoint in the same history: re-seeding from its newest snapshot as asked (reseed), rolling the standby back",
 				"checkpoint", ck.Position.String(), "stream_last_seq", info.State.LastSeq, "stream_generation", tail.Generation, "stream_revision", tail.Revision)
