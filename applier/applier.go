@@ -372,6 +372,7 @@ const lagEvery = 2 * time.Second
 func (a *Applier) monitorLag(ctx context.Context) {
 	t := time.NewTicker(lagEvery)
 	defer t.Stop()
+	behind := false // the stream ended before the checkpoint at the last look
 	for {
 		select {
 		case <-ctx.Done():
@@ -389,6 +390,23 @@ func (a *Applier) monitorLag(ctx context.Context) {
 		ck := a.Applied()
 		if ck.Position.Seq == 0 {
 			continue
+		}
+		if tail.StreamLastSeq < ck.Position.Seq {
+			// The stream lost its store under the session (a mirror
+			// refilling from seq 1): the consumer waits for the sequence
+			// after the checkpoint; say so.
+			if !behind {
+				a.log.Warn("waiting for the stream to reach the checkpoint", "stream_last_seq", tail.StreamLastSeq,
+					"checkpoint", ck.Position.String())
+			}
+			behind = true
+			a.metrics.waitFor(ck.Position.Seq, false)
+			continue
+		}
+		if behind {
+			behind = false
+			a.metrics.waitFor(0, false)
+			a.log.Info("the stream reached the checkpoint", "stream_last_seq", tail.StreamLastSeq, "checkpoint", ck.Position.String())
 		}
 		waiting := uint64(0)
 		if tail.StreamLastSeq > ck.Position.Seq {

@@ -158,6 +158,47 @@ func TestRefillingStreamIsWaitedFor(t *testing.T) {
 	}, "standby continues after the refill")
 }
 
+// The standby site's NATS loses its store under a running applier and the
+// mirror refills from seq 1: the applier does not roll the standby back and
+// continues once the refill passes its checkpoint.
+func TestRefillUnderRunningApplier(t *testing.T) {
+	p := newPipeline(t)
+	log := twoGenerations()
+	if _, err := streams.EnsureLogStream(context.Background(), p.js.JS, streams.DefaultLogConfig()); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range log {
+		publishRecord(t, p, r)
+	}
+	ap, _, reg := startApplierWithMetrics(t, p, rawApplierConfig(p))
+	testenvEventually(t, func() bool { return ap.Applied().Position.Seq == uint64(len(log)) }, "whole log applied")
+	want := dump(t, p.standby.Client, rawRules(t))
+	ck := ap.Applied()
+
+	recreateLogStream(t, p)
+	for _, r := range log[:5] {
+		publishRecord(t, p, r)
+	}
+	ctx := context.Background()
+	ckKey := "/etcdsync/checkpoint/" + streams.DefaultStream
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		got, _, err := applier.ReadCheckpoint(ctx, p.standby.Client, ckKey)
+		return waitingForSeq(t, reg) == float64(ck.Position.Seq) || err != nil || got.Position != ck.Position
+	}, "applier waiting for the stream to reach seq %d", ck.Position.Seq)
+	if d := diff(want, dump(t, p.standby.Client, rawRules(t))); d != "" {
+		t.Fatalf("the standby changed (rolled back?):\n%s", d)
+	}
+	for _, r := range log[5:] {
+		publishRecord(t, p, r)
+	}
+	publishRecord(t, p, &streams.Record{Kind: streams.KindRevision, ClusterID: 1, Generation: 2, Revision: 23, Time: time.Now(),
+		Events: []streams.Event{{Type: streams.EventPut, Key: []byte("/rf/e"), Value: []byte("1"), CreateRevision: 23, ModRevision: 23, Version: 1}}})
+	want["/rf/e"] = "1"
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		return diff(want, dump(t, p.standby.Client, rawRules(t))) == "" && waitingForSeq(t, reg) == 0
+	}, "standby continues after the refill")
+}
+
 // With Reseed (etcdsync apply --reseed) the operator accepts the rollback:
 // the applier re-seeds from the refilling stream's older snapshot.
 func TestReseedAcceptsOlderSnapshot(t *testing.T) {
