@@ -27,9 +27,10 @@ import (
 // checkpoint carries the promoted marker and the applier must not write.
 var ErrPromoted = errors.New("standby promoted: applier fenced")
 
-// errStreamBehind means the stream holds nothing yet to decide whether it
-// is the checkpoint's history (a mirror filling up) or a new one.
-var errStreamBehind = errors.New("waiting for the stream")
+// errStreamBehind means the stream ends before the checkpoint and is, or
+// may yet turn out to be, the checkpoint's own history (a mirror filling
+// up): the applier waits rather than re-seed from an older snapshot.
+var errStreamBehind = errors.New("waiting for the stream to reach the checkpoint")
 
 // errNoSnapshot means the stream holds no snapshot the applier can use yet;
 // one was requested from the publisher.
@@ -121,9 +122,12 @@ func terminal(err error) bool {
 // message (streams.ErrCorrupt). A gap (ErrGap) or a revision of a history the
 // standby has no base of (ErrNoBase) re-seeds: the applier restarts from the
 // newest snapshot after its checkpoint, asking the publisher for one if the
-// stream holds none. Other errors (unreachable
-// servers, ErrConflict) restart from the durable checkpoint after a capped
-// exponential backoff.
+// stream holds none. A stream that ends before the checkpoint in the
+// checkpoint's own history (a mirror refilling), or whose newest snapshot is
+// older than the checkpoint, is waited for (logged, and shown by the
+// etcdsync_applier_waiting_for_* gauges) unless Config.Reseed. Other errors
+// (unreachable servers, ErrConflict) restart from the durable checkpoint
+// after a capped exponential backoff.
 func (a *Applier) Run(ctx context.Context) error {
 	if a.cfg.LogKeys == nil {
 		a.log.Warn("the log is unauthenticated: without a log key ring (--log-key-file) anyone who can publish to the stream can write into the standby")
@@ -157,9 +161,12 @@ func (a *Applier) Run(ctx context.Context) error {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
-		if errors.Is(err, errNoSnapshot) {
-			a.log.Info("waiting for a snapshot in the stream", "retry_in", wait)
-		} else {
+		switch {
+		case errors.Is(err, errStreamBehind):
+			a.log.Warn("waiting for the stream to reach the checkpoint", "err", err, "retry_in", wait)
+		case errors.Is(err, errNoSnapshot):
+			a.log.Info("waiting for a snapshot in the stream", "err", err, "retry_in", wait)
+		default:
 			a.metrics.errors.Inc()
 			a.log.Warn("apply session ended, retrying from the checkpoint", "err", err, "retry_in", wait)
 		}
@@ -172,7 +179,11 @@ func (a *Applier) Run(ctx context.Context) error {
 }
 
 // Reset re-reads the checkpoint from the standby and positions the applier
-// after it; it returns the first stream sequence to consume.
+// after it; it returns the first stream sequence to consume. While the
+// stream ends before the checkpoint in the checkpoint's own history, or
+// holds no snapshot a needed re-seed can use (none, or only ones older than
+// the checkpoint without Config.Reseed), it returns an error and Run waits
+// and calls it again.
 func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 	ck, rev, readRev, err := readCheckpoint(ctx, a.etcd, a.cfg.checkpointKey())
 	if err != nil {
@@ -205,9 +216,10 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 	recreated := false
 	if ck.Position.Seq != 0 && info.State.LastSeq < ck.Position.Seq {
 		// The stream ends before the checkpoint: either a mirror still
-		// filling up to the origin's sequences (same history: wait for
-		// it), or a recreated stream (another history: its sequences mean
-		// nothing here).
+		// filling up to the origin's sequences (the standby site's NATS
+		// lost its store and the mirror refills from seq 1: same history,
+		// wait for it), or a recreated stream (another history: its
+		// sequences mean nothing here).
 		tail, err := streams.ReadTail(ctx, stream, a.subj)
 		if err != nil {
 			return 0, err
@@ -215,18 +227,46 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		if tail.Seq == 0 {
 			// Nothing to tell the two apart yet (an empty mirror, or a
 			// new stream before its publisher's first snapshot): wait.
+			a.metrics.waitFor(ck.Position.Seq, false)
 			return 0, fmt.Errorf("stream %s ends at seq %d before the checkpoint's %d and holds no record yet: %w",
 				a.cfg.Stream, info.State.LastSeq, ck.Position.Seq, errStreamBehind)
 		}
-		recreated = tail.ClusterID != ck.Position.ClusterID || tail.Generation != ck.Position.Generation
-	}
-	if recreated {
-		// The stream is shorter than the checkpoint: it was recreated (or
-		// this checkpoint belongs to another stream). Its sequences mean
-		// nothing here; any snapshot in it will do.
-		a.log.Warn("the stream ends before the checkpoint (recreated?): re-seeding",
-			"checkpoint_seq", ck.Position.Seq, "stream_last_seq", info.State.LastSeq)
+		cluster, gen, rev := ck.history()
+		if tail.ClusterID == cluster && tail.Generation <= gen {
+			// The checkpoint's own history, not yet at the checkpoint (a
+			// recreated stream starts a generation above every earlier
+			// one). Re-seeding from what it holds would roll the standby
+			// back: wait, unless the operator asked for it.
+			if !a.cfg.Reseed {
+				a.metrics.waitFor(ck.Position.Seq, false)
+				return 0, fmt.Errorf("stream %s ends at seq %d (generation %d, revision %d) before the checkpoint's seq %d (generation %d, revision %d) in the same history: a mirror refilling? %w",
+					a.cfg.Stream, info.State.LastSeq, tail.Generation, tail.Revision, ck.Position.Seq, gen, rev, errStreamBehind)
+			}
+			a.log.Warn("the stream ends before the checkpoint in the same history: re-seeding from its newest snapshot as asked (reseed), rolling the standby back",
+				"checkpoint", ck.Position.String(), "stream_last_seq", info.State.LastSeq, "stream_generation", tail.Generation, "stream_revision", tail.Revision)
+		} else {
+			a.log.Warn("the stream ends before the checkpoint and holds another history (recreated?): re-seeding",
+				"checkpoint", ck.Position.String(), "stream_last_seq", info.State.LastSeq, "stream_generation", tail.Generation)
+		}
+		// Its sequences mean nothing here; any snapshot in it will do.
+		recreated = true
 		a.reseed = true
+	}
+	if !recreated && ck.Snapshot != nil && ck.Snapshot.BeginSeq >= info.State.FirstSeq && ck.Snapshot.BeginSeq <= info.State.LastSeq {
+		// A snapshot half applied: the stream must still hold its begin
+		// record where it was, or the rest of the stream is another
+		// history (recreated) and continuing would mix the two.
+		same, err := a.holdsSnapshotBegin(ctx, stream, ck.Snapshot)
+		if err != nil {
+			return 0, err
+		}
+		if !same {
+			a.log.Warn("the stream no longer holds the snapshot being applied (recreated?): re-seeding",
+				"checkpoint", ck.Position.String(), "snapshot_begin_seq", ck.Snapshot.BeginSeq,
+				"snapshot_generation", ck.Snapshot.Generation, "snapshot_revision", ck.Snapshot.Revision)
+			recreated = true
+			a.reseed = true
+		}
 	}
 	if info.State.FirstSeq > start && ck.Position.Seq != 0 {
 		a.log.Warn("the stream no longer holds the messages after the checkpoint: re-seeding",
@@ -241,17 +281,52 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound) || (err == nil && ((msg.Sequence <= ck.Position.Seq && !recreated) || msg.Sequence < info.State.FirstSeq)):
 			a.requestSnapshot(ctx)
+			a.metrics.waitFor(0, true)
 			return 0, errNoSnapshot
 		case err != nil:
 			return 0, fmt.Errorf("find newest snapshot: %w", err)
+		}
+		snap, err := decodeSingle(msg.Data)
+		if err != nil {
+			return 0, fmt.Errorf("newest snapshot at seq %d: %w", msg.Sequence, err)
+		}
+		if ck.olderThan(&snap) {
+			// Re-seeding from it would roll the standby back.
+			if !a.cfg.Reseed {
+				a.requestSnapshot(ctx)
+				a.metrics.waitFor(0, true)
+				return 0, fmt.Errorf("newest snapshot (seq %d, generation %d, revision %d) is older than the checkpoint %s: %w",
+					msg.Sequence, snap.Generation, snap.Revision, ck.Position, errNoSnapshot)
+			}
+			a.log.Warn("re-seeding from a snapshot older than the checkpoint as asked (reseed), rolling the standby back",
+				"checkpoint", ck.Position.String(), "snapshot_generation", snap.Generation, "snapshot_revision", snap.Revision, "seq", msg.Sequence)
 		}
 		start = msg.Sequence
 		if a.reseed {
 			a.log.Info("re-seeding from snapshot", "seq", start, "checkpoint", ck.Position.String())
 		}
 	}
+	a.metrics.waitFor(0, false)
 	a.nextSeq, a.sessionStart = start, start
 	return start, nil
+}
+
+// holdsSnapshotBegin reports whether the stream holds the begin record of
+// snapshot s at s.BeginSeq (a message deleted there counts as held: nothing
+// says the stream is another one).
+func (a *Applier) holdsSnapshotBegin(ctx context.Context, stream jetstream.Stream, s *SnapshotState) (bool, error) {
+	m, err := stream.GetMsg(ctx, s.BeginSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read snapshot begin at seq %d: %w", s.BeginSeq, err)
+	}
+	rec, err := decodeSingle(m.Data)
+	if err != nil {
+		return false, nil // not a single-message record: not the begin
+	}
+	return rec.Kind == streams.KindSnapshotBegin && rec.ClusterID == s.ClusterID && rec.Generation == s.Generation && rec.Revision == s.Revision, nil
 }
 
 // watchFence ends the session with ErrPromoted as soon as the checkpoint
@@ -311,6 +386,7 @@ const lagEvery = 2 * time.Second
 func (a *Applier) monitorLag(ctx context.Context) {
 	t := time.NewTicker(lagEvery)
 	defer t.Stop()
+	behind := false // the stream ended before the checkpoint at the last look
 	for {
 		select {
 		case <-ctx.Done():
@@ -328,6 +404,23 @@ func (a *Applier) monitorLag(ctx context.Context) {
 		ck := a.Applied()
 		if ck.Position.Seq == 0 {
 			continue
+		}
+		if tail.StreamLastSeq < ck.Position.Seq {
+			// The stream lost its store under the session (a mirror
+			// refilling from seq 1): the consumer waits for the sequence
+			// after the checkpoint; say so.
+			if !behind {
+				a.log.Warn("waiting for the stream to reach the checkpoint", "stream_last_seq", tail.StreamLastSeq,
+					"checkpoint", ck.Position.String())
+			}
+			behind = true
+			a.metrics.waitFor(ck.Position.Seq, false)
+			continue
+		}
+		if behind {
+			behind = false
+			a.metrics.waitFor(0, false)
+			a.log.Info("the stream reached the checkpoint", "stream_last_seq", tail.StreamLastSeq, "checkpoint", ck.Position.String())
 		}
 		waiting := uint64(0)
 		if tail.StreamLastSeq > ck.Position.Seq {

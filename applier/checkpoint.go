@@ -38,14 +38,56 @@ type SnapshotState struct {
 	Generation uint64 `json:"generation"`
 	Revision   int64  `json:"revision"`
 	Prefix     string `json:"prefix"`
-	// BaseRevision is the standby revision when the first snapshot began;
+	// BaseRevision is the standby revision when this snapshot began;
 	// in-scope keys not written since are absent from the snapshot.
 	BaseRevision int64 `json:"base_revision"`
-	// InScopeBefore counts the standby's in-scope keys at BaseRevision.
+	// FirstBaseRevision is the standby revision when the first snapshot of
+	// this bootstrap began (snapshots interrupted and replaced by a newer
+	// one belong to the same bootstrap). Keys created after it are the
+	// pipeline's own; only older ones count for the mass-delete guard.
+	// Zero in checkpoints written before it existed: BaseRevision then.
+	FirstBaseRevision int64 `json:"first_base_revision,omitempty"`
+	// InScopeBefore counts the standby's in-scope keys when the first
+	// snapshot of this bootstrap began.
 	InScopeBefore int64 `json:"in_scope_before"`
+	// BeginSeq is the stream sequence of the snapshot's begin record (zero
+	// in checkpoints written before it existed): a restart checks that the
+	// stream still holds it there, so a recreated stream is not taken for
+	// the rest of this snapshot.
+	BeginSeq uint64 `json:"begin_seq,omitempty"`
 	// Chunks and Keys count what was applied so far.
 	Chunks uint64 `json:"chunks"`
 	Keys   uint64 `json:"keys"`
+}
+
+// history returns the history the standby holds or is being seeded with:
+// the snapshot being applied, else the last position.
+func (ck *Checkpoint) history() (cluster, gen uint64, rev int64) {
+	if s := ck.Snapshot; s != nil {
+		return s.ClusterID, s.Generation, s.Revision
+	}
+	return ck.Position.ClusterID, ck.Position.Generation, ck.Position.Revision
+}
+
+// olderThan reports whether the snapshot (its snapshot-begin record) is an
+// earlier point of the checkpoint's history: the same source cluster and
+// an earlier generation, or the same generation at a lower revision.
+// Re-seeding from it would roll the standby back. Snapshots of another
+// cluster are not comparable and never older.
+func (ck *Checkpoint) olderThan(snap *streams.Record) bool {
+	cluster, gen, rev := ck.history()
+	if ck.Position.Seq == 0 || snap.ClusterID != cluster {
+		return false
+	}
+	return snap.Generation < gen || (snap.Generation == gen && snap.Revision < rev)
+}
+
+// firstBase returns the standby revision when the bootstrap's first snapshot began.
+func (s *SnapshotState) firstBase() int64 {
+	if s.FirstBaseRevision != 0 {
+		return s.FirstBaseRevision
+	}
+	return s.BaseRevision
 }
 
 // Partial records how much of a record split across standby transactions

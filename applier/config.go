@@ -59,7 +59,8 @@ type Config struct {
 	// Site names the log subjects. Default streams.DefaultSite.
 	Site string
 	// CheckpointKey is the standby key holding the checkpoint.
-	// Default "/etcdsync/checkpoint/<Stream>".
+	// Default "/etcdsync/checkpoint/<Stream>". It must be outside the
+	// replicated scope (Validate refuses it otherwise).
 	CheckpointKey string
 	// Scope decides which keys are replicated.
 	Scope keyspace.Config
@@ -85,6 +86,13 @@ type Config struct {
 	MassDeleteMinKeys int64
 	// AllowMassDelete lifts MaxDeleteRatio.
 	AllowMassDelete bool
+	// Reseed lets the applier re-seed from a snapshot older than its
+	// checkpoint, rolling the standby back, where it would otherwise wait:
+	// when the stream ends before the checkpoint in the checkpoint's own
+	// history (a mirror refilling from seq 1 after the standby site's NATS
+	// lost its store), or holds only snapshots older than the checkpoint.
+	// Default false: wait, and never roll back.
+	Reseed bool
 	// MinBackoff and MaxBackoff bound the retry delay. Defaults 100ms and 10s.
 	MinBackoff, MaxBackoff time.Duration
 	// LogKeys verifies every message's MAC before anything of its batch is
@@ -121,8 +129,14 @@ func (c Config) Validate() error {
 	if err := streams.ValidateSite(c.Site); err != nil {
 		return err
 	}
-	if err := c.Scope.Validate(); err != nil {
+	rules, err := keyspace.New(c.Scope)
+	if err != nil {
 		return err
+	}
+	if k := c.checkpointKey(); rules.Allowed([]byte(k)) {
+		// A snapshot would delete it (the snapshot does not hold it) and
+		// the log could overwrite it: the standby would lose its position.
+		return fmt.Errorf("checkpoint key %q is inside the replicated scope: choose a key the scope rules exclude, e.g. under %s", k, keyspace.OwnPrefix)
 	}
 	if c.MaxTxnOps < 2 {
 		return fmt.Errorf("max txn ops %d: must be at least 2 (one operation and the checkpoint)", c.MaxTxnOps)

@@ -37,14 +37,40 @@
 //     the snapshot: every snapshot key is put, then every in-scope standby key
 //     under the snapshot's prefix that the snapshot did not write (its
 //     mod-revision is not above the standby revision recorded when the
-//     snapshot began) is deleted, unless that would delete more than
-//     MaxDeleteRatio of the standby's in-scope keys (ErrMassDelete).
+//     snapshot began) is deleted. A snapshot interrupted and replaced by a
+//     newer one belongs to the same bootstrap; starting one clears any
+//     half-applied record (Partial) of the history it replaces.
+//   - Mass-delete guard: the deletions it counts are of keys that were on
+//     the standby before the bootstrap's first snapshot began (created at or
+//     below that snapshot's base revision); keys an interrupted snapshot of
+//     the same bootstrap created are the pipeline's own. More than
+//     MassDeleteMinKeys of them and more than MaxDeleteRatio of the
+//     standby's in-scope keys at that time stop the applier (ErrMassDelete)
+//     unless AllowMassDelete.
+//   - No rollback: the standby is never re-seeded from a snapshot older than
+//     its checkpoint (same source cluster, an earlier generation or a lower
+//     revision). A stream that ends before the checkpoint in the
+//     checkpoint's own history (same cluster, generation not above the
+//     checkpoint's: a mirror refilling from seq 1; a recreated stream starts
+//     a generation above every earlier one) is waited for, as is a stream
+//     whose only snapshots are older; the log says what for and the
+//     etcdsync_applier_waiting_for_stream_seq and _waiting_for_snapshot
+//     gauges show it. Only Reseed (etcdsync apply --reseed) accepts the
+//     rollback. A stream of another history (another cluster, a later
+//     generation, or no longer holding a half-applied snapshot's begin
+//     record at its sequence) re-seeds from its newest snapshot.
 //   - Snapshot transactions are sent one at a time, like revisions: etcd
 //     reorders concurrent transactions, and the snapshot's owner-first order
 //     (CRDs, Namespaces, then ascending CreateRevision) must reach the
 //     standby as published, or its garbage collector could see a child
 //     before its owner.
-//   - Scope: keys the rules exclude are never written or deleted.
+//   - Scope: keys the rules exclude are never written or deleted. The
+//     checkpoint key lies outside the scope (Config.Validate refuses it
+//     otherwise).
+//   - Half-applied revisions are never hidden: while a checkpoint's Partial
+//     marker is set, ReadStatus and Promote report which revision is half
+//     applied and how many of its events are on the standby, and Promote
+//     returns ErrInconsistent.
 //   - Corrupt messages stop the applier (errors wrap streams.ErrCorrupt)
 //     before anything of their batch is written.
 package applier

@@ -20,6 +20,9 @@ type metrics struct {
 	stopped    prometheus.Counter
 
 	unauthenticated prometheus.Counter
+	// waitSeq and waitSnapshot say what the applier waits for.
+	waitSeq      prometheus.Gauge
+	waitSnapshot prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,9 +40,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stopped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_stopped_total", Help: "Times the applier stopped on an error that needs an operator or a re-seed."}),
 
 		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_unauthenticated_messages_total", Help: "Log messages rejected because their MAC is missing, unknown or wrong for their position."}),
+		waitSeq: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_waiting_for_stream_seq",
+			Help: "The stream sequence the applier waits for the stream to reach (its checkpoint's: a mirror refilling); 0 when not waiting for the stream."}),
+		waitSnapshot: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_waiting_for_snapshot",
+			Help: "1 while the applier waits for a snapshot it can re-seed from (none in the stream, or only ones older than its checkpoint), else 0."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped, m.unauthenticated)
+		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped,
+			m.unauthenticated, m.waitSeq, m.waitSnapshot)
 	}
 	return m
 }
@@ -51,5 +59,16 @@ func (m *metrics) observeTxn(d time.Duration, ops, revs int, ck Checkpoint) {
 	m.checkpoint.Set(float64(ck.Position.Revision))
 	if !ck.SourceTime.IsZero() {
 		m.lag.Set(ck.AppliedAt.Sub(ck.SourceTime).Seconds())
+	}
+}
+
+// waitFor records what the applier waits for: the stream to reach seq
+// (0: not), a usable snapshot.
+func (m *metrics) waitFor(seq uint64, snapshot bool) {
+	m.waitSeq.Set(float64(seq))
+	if snapshot {
+		m.waitSnapshot.Set(1)
+	} else {
+		m.waitSnapshot.Set(0)
 	}
 }

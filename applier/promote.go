@@ -60,7 +60,8 @@ type PromoteReport struct {
 	// Bumped is the number of revisions added by BumpRevision.
 	Bumped int64 `json:"bumped_revisions"`
 	// Inconsistent, when set, says why the standby's keyspace is not a copy
-	// of the primary at any one revision (a snapshot was half applied).
+	// of the primary at any one revision (a snapshot or a revision was half
+	// applied); Promote then returns an error wrapping ErrInconsistent.
 	Inconsistent string `json:"inconsistent,omitempty"`
 	// ClusterID is the cluster ID (hex) of the primary whose copy the
 	// standby holds: the cluster promoted.
@@ -69,6 +70,9 @@ type PromoteReport struct {
 	// one, Drained says whether it already covers the stream and Bumped
 	// counts the revisions a bump would add.
 	DryRun bool `json:"dry_run,omitempty"`
+	// HalfApplied is set when the revision after the checkpoint's is half
+	// applied (the checkpoint's Partial marker).
+	HalfApplied *HalfApplied `json:"half_applied,omitempty"`
 
 	drainTo uint64 // last sequence the applier can reach
 }
@@ -80,6 +84,11 @@ var ErrNotDrained = errors.New("applier did not drain the stream in time")
 // ErrNoCheckpoint is returned by Promote when the etcd holds no checkpoint:
 // no applier ever wrote to it, so it is not a standby (perhaps the primary).
 var ErrNoCheckpoint = errors.New("no checkpoint: this etcd never received a replica")
+// ErrInconsistent is wrapped by Promote's error when the promoted standby
+// holds part of a revision or of a snapshot: it is not a copy of the
+// primary at any one revision (PromoteReport.Inconsistent says which).
+// The standby is fenced regardless.
+var ErrInconsistent = errors.New("the promoted standby holds a half-applied revision or snapshot")
 
 // Promote makes the standby independent: it waits (bounded) until the
 // applier has applied everything the standby's stream holds, fences the
@@ -88,6 +97,9 @@ var ErrNoCheckpoint = errors.New("no checkpoint: this etcd never received a repl
 // standby's revision, and reports the final position. js may be nil when
 // the stream is unreachable (lost with the primary site): the fence still
 // happens, and the report says nothing is known of unapplied messages.
+// Errors after the fence wrap ErrNotDrained (messages left unapplied) and
+// ErrInconsistent (a revision or snapshot half applied); the report is
+// complete in both cases.
 func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, js jetstream.JetStream) (PromoteReport, error) {
 	if cfg.CheckpointKey == "" {
 		cfg.CheckpointKey = keyspace.OwnPrefix + "checkpoint/" + cfg.Stream
@@ -164,6 +176,15 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 	if sn := rep.Checkpoint.Snapshot; sn != nil {
 		rep.Inconsistent = fmt.Sprintf("a snapshot at source revision %d (generation %d) was half applied (%d keys): the standby mixes its older state with part of that snapshot; re-seed it or audit before serving", sn.Revision, sn.Generation, sn.Keys)
 	}
+	var logStream jetstream.Stream
+	if js != nil {
+		if s, err := js.Stream(ctx, cfg.Stream); err == nil {
+			logStream = s
+		}
+	}
+	if rep.HalfApplied = halfApplied(ctx, logStream, &rep.Checkpoint); rep.HalfApplied != nil {
+		rep.Inconsistent = rep.HalfApplied.String() + ": the standby holds part of one source transaction; audit (and repair) before serving"
+	}
 	if rep.StreamLastSeq > rep.Checkpoint.Position.Seq {
 		rep.Unapplied = rep.StreamLastSeq - rep.Checkpoint.Position.Seq
 	}
@@ -176,10 +197,14 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 			return rep, err
 		}
 	}
+	var errs []error
 	if !rep.Drained && js != nil {
-		return rep, fmt.Errorf("promote: %d messages unapplied after %s (the standby is fenced): %w", rep.Unapplied, cfg.DrainTimeout, ErrNotDrained)
+		errs = append(errs, fmt.Errorf("promote: %d messages unapplied after %s (the standby is fenced): %w", rep.Unapplied, cfg.DrainTimeout, ErrNotDrained))
 	}
-	return rep, nil
+	if rep.Inconsistent != "" {
+		errs = append(errs, fmt.Errorf("promote: %s (the standby is fenced): %w", rep.Inconsistent, ErrInconsistent))
+	}
+	return rep, errors.Join(errs...)
 }
 
 // dryRun completes the report of a dry run from the checkpoint ck.

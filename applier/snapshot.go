@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdsync/etcdsync/streams"
@@ -28,7 +29,7 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 	if err := a.flushIfPending(ctx); err != nil {
 		return err
 	}
-	s := &SnapshotState{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Prefix: string(r.Prefix)}
+	s := &SnapshotState{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Prefix: string(r.Prefix), BeginSeq: r.seq}
 	// Every key this snapshot writes gets a mod revision above the base;
 	// whatever is not above it at the end (including keys an interrupted
 	// earlier snapshot wrote) is absent from this snapshot.
@@ -36,16 +37,21 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 	if err != nil {
 		return err
 	}
-	s.BaseRevision, s.InScopeBefore = base, n
+	s.BaseRevision, s.FirstBaseRevision, s.InScopeBefore = base, base, n
 	if w.Snapshot != nil {
 		// An interrupted snapshot: the mass-delete guard still compares
-		// with the keyspace as it was before the first one began.
-		s.InScopeBefore = w.Snapshot.InScopeBefore
+		// with the keyspace as it was before the first one began, and the
+		// keys the interrupted one created are the pipeline's own.
+		s.FirstBaseRevision, s.InScopeBefore = w.Snapshot.firstBase(), w.Snapshot.InScopeBefore
 	}
 	a.log.Info("snapshot apply started", "cluster_id", fmt.Sprintf("%x", r.ClusterID), "generation", r.Generation,
 		"revision", r.Revision, "reason", r.Reason, "standby_in_scope_keys", s.InScopeBefore, "seq", r.seq)
 	w.Snapshot = s
 	w.Position.Seq = r.seq
+	// A record half applied before (Partial) belongs to the history this
+	// snapshot replaces: resuming it would skip events of a record that
+	// happens to sit at its sequence.
+	w.Partial = nil
 	return a.flush(ctx)
 }
 
@@ -69,14 +75,16 @@ func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
 		return err
 	}
 	// Step 1: find in-scope keys the snapshot did not write.
-	stale, err := a.staleKeys(ctx, s)
+	stale, guarded, err := a.staleKeys(ctx, s)
 	if err != nil {
 		return err
 	}
-	// Step 2: refuse a mass deletion unless allowed.
+	// Step 2: refuse a mass deletion unless allowed. Only keys that were
+	// on the standby before the bootstrap began count: those an
+	// interrupted snapshot of this bootstrap created are the pipeline's own.
 	n := int64(len(stale))
-	if n > a.cfg.MassDeleteMinKeys && !a.cfg.AllowMassDelete && float64(n) > a.cfg.MaxDeleteRatio*float64(s.InScopeBefore) {
-		return &MassDeleteError{Delete: n, InScope: s.InScopeBefore, MaxRatio: a.cfg.MaxDeleteRatio}
+	if guarded > a.cfg.MassDeleteMinKeys && !a.cfg.AllowMassDelete && float64(guarded) > a.cfg.MaxDeleteRatio*float64(s.InScopeBefore) {
+		return &MassDeleteError{Delete: guarded, InScope: s.InScopeBefore, MaxRatio: a.cfg.MaxDeleteRatio}
 	}
 	if n > 0 {
 		// Say what goes: on a re-joining old primary these are the writes
@@ -120,7 +128,7 @@ const scanPage = 5000
 
 // scan pages through the standby's keys (keys only) in the prefix, pinned
 // at the revision of the first page, and calls fn for each in-scope key.
-func (a *Applier) scan(ctx context.Context, prefix string, fn func(key []byte, modRev int64)) (int64, error) {
+func (a *Applier) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.KeyValue)) (int64, error) {
 	key, end := scanRange(prefix)
 	var rev int64
 	for {
@@ -137,7 +145,7 @@ func (a *Applier) scan(ctx context.Context, prefix string, fn func(key []byte, m
 		}
 		for _, kv := range resp.Kvs {
 			if a.rules.Allowed(kv.Key) {
-				fn(kv.Key, kv.ModRevision)
+				fn(kv)
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -149,16 +157,25 @@ func (a *Applier) scan(ctx context.Context, prefix string, fn func(key []byte, m
 
 func (a *Applier) countInScope(ctx context.Context, prefix string) (int64, int64, error) {
 	var n int64
-	rev, err := a.scan(ctx, prefix, func([]byte, int64) { n++ })
+	rev, err := a.scan(ctx, prefix, func(*mvccpb.KeyValue) { n++ })
 	return rev, n, err
 }
 
-func (a *Applier) staleKeys(ctx context.Context, s *SnapshotState) ([][]byte, error) {
+// staleKeys returns the in-scope keys the snapshot s did not write (their
+// mod revision is not above its base) and how many of them were on the
+// standby before the bootstrap's first snapshot began (created at or below
+// its base): the deletions the mass-delete guard counts.
+func (a *Applier) staleKeys(ctx context.Context, s *SnapshotState) ([][]byte, int64, error) {
 	var stale [][]byte
-	_, err := a.scan(ctx, s.Prefix, func(k []byte, modRev int64) {
-		if modRev <= s.BaseRevision {
-			stale = append(stale, k)
+	var guarded int64
+	first := s.firstBase()
+	_, err := a.scan(ctx, s.Prefix, func(kv *mvccpb.KeyValue) {
+		if kv.ModRevision <= s.BaseRevision {
+			stale = append(stale, kv.Key)
+			if kv.CreateRevision <= first {
+				guarded++
+			}
 		}
 	})
-	return stale, err
+	return stale, guarded, err
 }

@@ -17,8 +17,10 @@ type Status struct {
 	Stream     StreamStatus `json:"stream"`
 	Checkpoint *Checkpoint  `json:"checkpoint,omitempty"` // nil: never applied anything
 	// State is one of "following", "bootstrapping" (a snapshot is being
-	// applied), "waiting" (nothing applied yet), "stopped" (on an error
-	// that needs an operator: Checkpoint.Stopped says which), "promoted".
+	// applied), "waiting" (nothing applied yet), "refilling" (the stream
+	// ends before the checkpoint, e.g. a mirror refilling from seq 1: the
+	// applier waits for it), "stopped" (on an error that needs an operator:
+	// Checkpoint.Stopped says which), "promoted".
 	State string `json:"state"`
 	// LagMessages counts stream messages not yet applied.
 	LagMessages uint64 `json:"lag_messages"`
@@ -28,6 +30,9 @@ type Status struct {
 	// LagSeconds is 0 when everything in the stream is applied, otherwise
 	// the time since the publisher observed the last applied revision.
 	LagSeconds float64 `json:"lag_seconds"`
+	// HalfApplied is set when the revision after the checkpoint's is half
+	// applied (the checkpoint's Partial marker).
+	HalfApplied *HalfApplied `json:"half_applied,omitempty"`
 }
 
 // StreamStatus describes the log stream.
@@ -81,10 +86,19 @@ func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetS
 		st.State = "stopped"
 	case ck.Snapshot != nil:
 		st.State = "bootstrapping"
+	case js != nil && st.Stream.LastSeq < ck.Position.Seq:
+		st.State = "refilling"
 	default:
 		st.State = "following"
 	}
 	st.Checkpoint = &ck
+	var logStream jetstream.Stream
+	if js != nil {
+		if s, err := js.Stream(ctx, stream); err == nil {
+			logStream = s
+		}
+	}
+	st.HalfApplied = halfApplied(ctx, logStream, &ck)
 	if st.Stream.LastSeq > ck.Position.Seq {
 		st.LagMessages = st.Stream.LastSeq - ck.Position.Seq
 		if !ck.SourceTime.IsZero() {
@@ -120,18 +134,28 @@ func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name st
 	if err != nil {
 		return fmt.Errorf("find newest snapshot: %w", err)
 	}
-	f, err := streams.DecodeFrame(m.Data)
+	rec, err := decodeSingle(m.Data)
 	if err != nil {
 		return fmt.Errorf("newest snapshot at seq %d: %w", m.Sequence, err)
+	}
+	s.NewestSnapshot = &SnapshotRef{Seq: m.Sequence, Generation: rec.Generation, Revision: rec.Revision, Stored: m.Time}
+	return nil
+}
+
+// decodeSingle decodes a record that travels in one message (an epoch, a
+// snapshot-begin).
+func decodeSingle(data []byte) (streams.Record, error) {
+	f, err := streams.DecodeFrame(data)
+	if err != nil {
+		return streams.Record{}, err
 	}
 	var a streams.Assembler
 	rec, done, err := a.Add(f)
 	if err != nil {
-		return fmt.Errorf("newest snapshot at seq %d: %w", m.Sequence, err)
+		return streams.Record{}, err
 	}
 	if !done {
-		return fmt.Errorf("newest snapshot at seq %d: begin record split in parts: %w", m.Sequence, streams.ErrCorrupt)
+		return streams.Record{}, fmt.Errorf("%s record split in parts: %w", f.Kind, streams.ErrCorrupt)
 	}
-	s.NewestSnapshot = &SnapshotRef{Seq: m.Sequence, Generation: rec.Generation, Revision: rec.Revision, Stored: m.Time}
-	return nil
+	return rec, nil
 }

@@ -63,6 +63,7 @@ type applyOptions struct {
 	maxRequestBytes int64
 	maxDeleteRatio  float64
 	allowMassDelete bool
+	reseed          bool
 	checkpointKey   string
 	printRules      bool
 	elect           electFlags
@@ -90,6 +91,7 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.Float(&o.maxDeleteRatio, "max-delete-ratio", def.MaxDeleteRatio, "largest `RATIO` (0..1) of the standby's in-scope keys a snapshot may delete without --allow-mass-delete")
 	f.Float(&o.maxDeleteRatio, "max-reseed-delete-ratio", def.MaxDeleteRatio, "the same as --max-delete-ratio (`RATIO`)")
 	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
+	f.Bool(&o.reseed, "reseed", false, "re-seed from the stream's newest snapshot even when it is older than the checkpoint (rolls the standby back) instead of waiting for a refilling stream to reach the checkpoint; remove once re-seeded")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
 	o.elect.register(f, "standby")
 	o.logKey.register(f, "a message without a valid MAC for its position stops the applier before anything of its batch is written")
@@ -111,6 +113,7 @@ func (o *applyOptions) config() applier.Config {
 	cfg.MaxRequestBytes = int(o.maxRequestBytes)
 	cfg.MaxDeleteRatio = o.maxDeleteRatio
 	cfg.AllowMassDelete = o.allowMassDelete
+	cfg.Reseed = o.reseed
 	cfg.CheckpointKey = o.checkpointKey
 	return cfg
 }

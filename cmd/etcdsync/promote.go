@@ -37,7 +37,8 @@ func promoteFlags(o *promoteOptions) *flagSet {
 			"With --bump-revision it raises the standby etcd's revision above the last source\n"+
 			"revision seen, so clients' old resourceVersions cannot land inside history they never saw.\n"+
 			"Without --nats-url (the stream is lost with the primary site) it fences at once.\n"+
-			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied or failed, 2 bad usage.")
+			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied or with a revision\n"+
+			"or snapshot half applied (the report says which and how much), or failed; 2 bad usage.")
 	registerSide(f, &o.standby, "standby")
 	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: unreachable, fence without draining)")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
@@ -94,7 +95,7 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		BumpRevision: o.bumpRevision, BumpMax: int64(o.bumpMax), Force: o.force, DryRun: o.dryRun,
 		Progress: func(done, total int64) { log.Info("bumping standby revision", "done", done, "total", total) }}
 	rep, err := applier.Promote(ctx, cfg, cli, js)
-	if err != nil && !errors.Is(err, applier.ErrNotDrained) {
+	if err != nil && !errors.Is(err, applier.ErrNotDrained) && !errors.Is(err, applier.ErrInconsistent) {
 		if errors.Is(err, applier.ErrNoCheckpoint) {
 			return fmt.Errorf("%w; refusing to promote an etcd no applier ever wrote to (is it the primary?); --force promotes it anyway", err)
 		}

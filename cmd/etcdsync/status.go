@@ -40,7 +40,7 @@ func statusFlags(o *statusOptions) *flagSet {
 		"Shows the pipeline as the standby sees it: the log stream (first/last sequence, bytes,\n"+
 			"generation, newest snapshot, the publisher's last revision), the applier's checkpoint\n"+
 			"and the lag in messages, revisions and seconds.\n"+
-			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping), 2 could not read.")
+			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping/refilling), 2 could not read.")
 	registerSide(f, &o.standby, "standby")
 	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream not shown)")
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of the publishing site in subjects")
@@ -156,6 +156,10 @@ func printStatus(w io.Writer, st applier.Status) {
 		fmt.Fprintf(w, "  newest snapshot none (an applier that needs one will request it)\n")
 	}
 	fmt.Fprintf(w, "standby applier  %s\n", st.State)
+	if st.State == "refilling" {
+		fmt.Fprintf(w, "  the stream ends at seq %d, before the checkpoint's %d: the applier waits for it to refill (apply --reseed would roll the standby back)\n",
+			s.LastSeq, st.Checkpoint.Position.Seq)
+	}
 	if ck := st.Checkpoint; ck != nil {
 		fmt.Fprintf(w, "  checkpoint     generation %d, revision %d, seq %d (%s)\n", ck.Position.Generation, ck.Position.Revision, ck.Position.Seq, ck.Position)
 		fmt.Fprintf(w, "  applied at     %s (source time %s)\n", ck.AppliedAt.UTC().Format(time.RFC3339), ck.SourceTime.UTC().Format(time.RFC3339Nano))
@@ -164,6 +168,9 @@ func printStatus(w io.Writer, st applier.Status) {
 		}
 		if sn := ck.Snapshot; sn != nil {
 			fmt.Fprintf(w, "  snapshot       applying revision %d of generation %d: %d keys in %d chunks so far\n", sn.Revision, sn.Generation, sn.Keys, sn.Chunks)
+		}
+		if h := st.HalfApplied; h != nil {
+			fmt.Fprintf(w, "  HALF APPLIED   %s\n", h)
 		}
 	}
 	lagRev := "n/a (different generation or bootstrapping)"
