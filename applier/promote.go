@@ -84,6 +84,7 @@ var ErrNotDrained = errors.New("applier did not drain the stream in time")
 // ErrNoCheckpoint is returned by Promote when the etcd holds no checkpoint:
 // no applier ever wrote to it, so it is not a standby (perhaps the primary).
 var ErrNoCheckpoint = errors.New("no checkpoint: this etcd never received a replica")
+
 // ErrInconsistent is wrapped by Promote's error when the promoted standby
 // holds part of a revision or of a snapshot: it is not a copy of the
 // primary at any one revision (PromoteReport.Inconsistent says which).
