@@ -394,6 +394,30 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 				}
 			}
 		}
+		// Each etcd's ports are open towards the peers its values name.
+		for _, e := range c.Env {
+			site := map[string]string{"ETCDSYNC_PRIMARY_ENDPOINTS": "primary", "ETCDSYNC_STANDBY_ENDPOINTS": "standby",
+				"ETCDSYNC_ETCD_ENDPOINTS": map[string]string{"publish": "primary", "apply": "standby"}[c.Args[0]]}[e.Name]
+			if site == "" {
+				continue
+			}
+			var peers []networkingv1.NetworkPolicyPeer
+			if err := decodeValue(pathValue(t, v, "networkPolicy."+site+"EtcdTo"), &peers); err != nil {
+				t.Fatal(err)
+			}
+			if len(peers) == 0 {
+				peers = nil // no "to": any destination, on these ports only
+			}
+			for _, ep := range strings.Split(e.Value, ",") {
+				port := intstr.Parse(urlPort(t, ep, "2379"))
+				if !slices.ContainsFunc(np.Spec.Egress, func(r networkingv1.NetworkPolicyEgressRule) bool {
+					return slices.ContainsFunc(r.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port != nil && *p.Port == port }) &&
+						reflect.DeepEqual(r.To, peers)
+				}) {
+					t.Errorf("NetworkPolicy %s: no egress rule to port %s towards networkPolicy.%sEtcdTo %v (%s)", np.Name, port.String(), site, peers, e.Name)
+				}
+			}
+		}
 		allowed := map[string]bool{}
 		for _, eg := range np.Spec.Egress {
 			if len(eg.Ports) == 0 {
@@ -431,6 +455,17 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			t.Errorf("NetworkPolicy %s allows egress to %v, which %s does not use", np.Name, keys(allowed), d.Name)
 		}
 	}
+}
+
+// decodeValue converts a chart value into a typed Go value.
+func decodeValue(x any, out any) error {
+	b, err := json.Marshal(x)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(out)
 }
 
 func natsURLOf(t *testing.T, r *rendered) string {
@@ -542,7 +577,7 @@ func chartCases(t *testing.T) map[string]map[string]any {
 	cases := map[string]map[string]any{
 		"ci/primary-values.yaml": chartValues(t, "ci/primary-values.yaml"),
 		"ci/standby-values.yaml": chartValues(t, "ci/standby-values.yaml"),
-		"minimal-primary": {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}},
+		"minimal-primary":        {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}},
 		"minimal-standby": {"role": "standby",
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example"}},
 			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:12379"}}},
