@@ -693,12 +693,17 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 				env[e.Name] = e.Value
 			}
 		}
+		// The pod's namespace arrives as POD_NAMESPACE, as the downward API
+		// gives it: both its own and NATS's are excluded.
+		env["POD_NAMESPACE"] = chartNamespace
 		out, errOut, code := runEtcdsync(t, env, "apply", "--print-rules")
 		if code != 0 {
 			t.Fatalf("etcdsync apply --print-rules: exit %d: %s", code, errOut)
 		}
-		if !strings.Contains(out, fmt.Sprintf("exclude namespace %q", tc.natsNS)) {
-			t.Errorf("%s: --print-rules does not exclude namespace %q:\n%s", tc.values, tc.natsNS, out)
+		for _, ns := range []string{tc.natsNS, chartNamespace} {
+			if !strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
+				t.Errorf("%s: --print-rules does not exclude namespace %q:\n%s", tc.values, ns, out)
+			}
 		}
 	}
 	// Without an in-cluster NATS there is no namespace to exclude.
