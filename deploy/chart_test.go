@@ -272,6 +272,16 @@ func checkRelease(t *testing.T, r *rendered) {
 		checkWorkload(t, r.built, d, image)
 	case "standby":
 		ap := r.deployments["etcdsync-applier"]
+		if pathValue(t, v, "auditor.enabled") != true {
+			if ap == nil || len(r.deployments) != 1 {
+				t.Fatalf("role standby without auditor deploys %v, want etcdsync-applier only", keys(r.deployments))
+			}
+			deployments = append(deployments, ap)
+			apEnv := containerEnv(t, r.built, ap, "apply")
+			checkReplicas(t, r, ap, apEnv, v, "applier")
+			checkWorkload(t, r.built, ap, image)
+			break
+		}
 		au := r.deployments["etcdsync-auditor"]
 		if ap == nil || au == nil || len(r.deployments) != 2 {
 			t.Fatalf("role standby deploys %v, want etcdsync-applier and etcdsync-auditor", keys(r.deployments))
@@ -578,6 +588,17 @@ func chartCases(t *testing.T) map[string]map[string]any {
 		"minimal-standby": {"role": "standby",
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example"}},
 			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:12379"}}},
+		// Every switch the other cases leave on, off.
+		"standby-switches-off": {"role": "standby",
+			"primaryEtcd":         map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
+			"standbyEtcd":         map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
+			"applier":             map[string]any{"replicas": 1, "leaderElect": false},
+			"auditor":             map[string]any{"enabled": false},
+			"networkPolicy":       map[string]any{"enabled": false},
+			"podDisruptionBudget": map[string]any{"enabled": false}},
+		"primary-one-replica": {
+			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
+			"publisher":   map[string]any{"replicas": 1, "leaderElect": false}},
 	}
 	readme, err := chartFiles.ReadFile(chartDir + "/README.md")
 	if err != nil {
@@ -798,6 +819,8 @@ standbyEtcd: {endpoints: ["https://etcd.standby.example:2379"]}
 		{"detail logs not a boolean", "detailLogs: yes please", "/detailLogs"},
 		{"site with a dot", "site: primary.eu", "/site"},
 		{"size without a number", "publisher: {maxBytes: lots}", "/publisher/maxBytes"},
+		{"NATS URL list", `nats: {url: "nats://a:4222,nats://b:4222"}`, "/nats/url"},
+		{"NATS namespace with a capital", "nats: {namespace: NATS}", "/nats/namespace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base, err := chartutil.ReadValues([]byte(ok))
