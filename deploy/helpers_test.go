@@ -273,13 +273,18 @@ func newObject(apiVersion, kind string) (any, error) {
 // decodeObjects decodes every document of a manifest strictly into its
 // Kubernetes API type.
 func decodeObjects(b []byte) ([]any, error) {
+	return decodeObjectsWith(b, newObject)
+}
+
+// decodeObjectsWith is decodeObjects with the types newObj knows.
+func decodeObjectsWith(b []byte, newObj func(apiVersion, kind string) (any, error)) ([]any, error) {
 	var objs []any
 	for i, doc := range splitDocs(b) {
 		var tm typeMeta
 		if err := yaml.Unmarshal(doc, &tm); err != nil {
 			return nil, fmt.Errorf("document %d: %w", i+1, err)
 		}
-		obj, err := newObject(tm.APIVersion, tm.Kind)
+		obj, err := newObj(tm.APIVersion, tm.Kind)
 		if err != nil {
 			return nil, fmt.Errorf("document %d: %w", i+1, err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -25,6 +26,10 @@ const kustomizeDir = "kustomize"
 
 // overlays are the deployable kustomizations, one per site.
 var overlays = []string{"primary", "standby"}
+
+// kustomizeImage is the manifests' image placeholder, set by images: in
+// each overlay's kustomization.
+const kustomizeImage = "etcdsync:latest"
 
 // TestKustomizeFilesDecodeStrictly decodes every YAML document under
 // kustomize/ into its Kubernetes API type (or kustomize's Kustomization),
@@ -96,6 +101,37 @@ type built struct {
 	accounts    map[string]*corev1.ServiceAccount
 	namespaces  map[string]*corev1.Namespace
 	secrets     map[string]*corev1.Secret
+
+	networkPolicies map[string]*networkingv1.NetworkPolicy
+}
+
+// collect indexes decoded objects by kind and name.
+func collect(objs []any) *built {
+	b := &built{deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
+		pdbs: map[string]*policyv1.PodDisruptionBudget{}, configMaps: map[string]*corev1.ConfigMap{},
+		accounts: map[string]*corev1.ServiceAccount{}, namespaces: map[string]*corev1.Namespace{},
+		secrets: map[string]*corev1.Secret{}, networkPolicies: map[string]*networkingv1.NetworkPolicy{}}
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *appsv1.Deployment:
+			b.deployments[o.Name] = o
+		case *corev1.Service:
+			b.services[o.Name] = o
+		case *policyv1.PodDisruptionBudget:
+			b.pdbs[o.Name] = o
+		case *corev1.ConfigMap:
+			b.configMaps[o.Name] = o
+		case *corev1.ServiceAccount:
+			b.accounts[o.Name] = o
+		case *corev1.Namespace:
+			b.namespaces[o.Name] = o
+		case *corev1.Secret:
+			b.secrets[o.Name] = o
+		case *networkingv1.NetworkPolicy:
+			b.networkPolicies[o.Name] = o
+		}
+	}
+	return b
 }
 
 // build runs kustomize (the library kubectl embeds) on an overlay and
@@ -115,29 +151,7 @@ func build(t *testing.T, overlay string) *built {
 	if err != nil {
 		t.Fatalf("kustomize build %s output: %v", overlay, err)
 	}
-	b := &built{deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{},
-		pdbs: map[string]*policyv1.PodDisruptionBudget{}, configMaps: map[string]*corev1.ConfigMap{},
-		accounts: map[string]*corev1.ServiceAccount{}, namespaces: map[string]*corev1.Namespace{},
-		secrets: map[string]*corev1.Secret{}}
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *appsv1.Deployment:
-			b.deployments[o.Name] = o
-		case *corev1.Service:
-			b.services[o.Name] = o
-		case *policyv1.PodDisruptionBudget:
-			b.pdbs[o.Name] = o
-		case *corev1.ConfigMap:
-			b.configMaps[o.Name] = o
-		case *corev1.ServiceAccount:
-			b.accounts[o.Name] = o
-		case *corev1.Namespace:
-			b.namespaces[o.Name] = o
-			continue
-		case *corev1.Secret:
-			b.secrets[o.Name] = o
-		}
-	}
+	b := collect(objs)
 	for _, o := range objs {
 		if l, ok := o.(interface{ GetLabels() map[string]string }); ok && l.GetLabels()["app.kubernetes.io/part-of"] != "etcdsync" {
 			t.Errorf("%T has no label app.kubernetes.io/part-of=etcdsync", o)
@@ -178,7 +192,7 @@ func TestOverlaysBuild(t *testing.T) {
 		}
 		wantResources(t, d, "100m", "128Mi", "256Mi")
 		checkPDB(t, b, d)
-		checkWorkload(t, b, d)
+		checkWorkload(t, b, d, kustomizeImage)
 	})
 	t.Run("standby", func(t *testing.T) {
 		b := build(t, "standby")
@@ -246,8 +260,8 @@ func TestOverlaysBuild(t *testing.T) {
 		if len(b.pdbs) != 1 {
 			t.Errorf("standby PodDisruptionBudgets %v, want the applier's only (a single auditor must not block drains)", keys(b.pdbs))
 		}
-		checkWorkload(t, b, ap)
-		checkWorkload(t, b, au)
+		checkWorkload(t, b, ap, kustomizeImage)
+		checkWorkload(t, b, au, kustomizeImage)
 	})
 }
 
@@ -375,9 +389,9 @@ func containerEnv(t *testing.T, b *built, d *appsv1.Deployment, wantCmd string) 
 			t.Errorf("%s: required %s is not set", d.Name, r)
 		}
 	}
-	// TLS files must lie on a read-only Secret mount.
+	// TLS, credentials and key files must lie on a read-only Secret mount.
 	for name, v := range env {
-		if tlsFileEnv.MatchString(name) {
+		if secretFileEnv.MatchString(name) {
 			if !onSecretMount(d, c, v) {
 				t.Errorf("%s: %s=%s is not on a read-only Secret volume", d.Name, name, v)
 			}
@@ -421,8 +435,8 @@ func onSecretMount(d *appsv1.Deployment, c corev1.Container, path string) bool {
 }
 
 // checkWorkload checks the pod template: selector, probes, security
-// context, ServiceAccount, volumes and the metrics Service.
-func checkWorkload(t *testing.T, b *built, d *appsv1.Deployment) {
+// context, ServiceAccount, volumes, the image and the metrics Service.
+func checkWorkload(t *testing.T, b *built, d *appsv1.Deployment, image string) {
 	t.Helper()
 	ps := d.Spec.Template.Spec
 	for k, v := range d.Spec.Selector.MatchLabels {
@@ -445,8 +459,8 @@ func checkWorkload(t *testing.T, b *built, d *appsv1.Deployment) {
 		vols[v.Name] = v
 	}
 	for _, c := range ps.Containers {
-		if c.Image == "" || c.Image != "etcdsync:latest" {
-			t.Errorf("%s/%s: image %q, want the etcdsync:latest placeholder (set by images: in the kustomization)", d.Name, c.Name, c.Image)
+		if c.Image == "" || c.Image != image {
+			t.Errorf("%s/%s: image %q, want %q", d.Name, c.Name, c.Image, image)
 		}
 		sc := c.SecurityContext
 		if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
@@ -533,5 +547,6 @@ func portExists(c corev1.Container, p intstr.IntOrString) bool {
 	return false
 }
 
-// tlsFileEnv matches the variables that name TLS files.
-var tlsFileEnv = regexp.MustCompile(`^ETCDSYNC_(ETCD|PRIMARY|STANDBY|NATS)_(CACERT|CERT|KEY)$`)
+// secretFileEnv matches the variables that name TLS, credentials and key
+// files.
+var secretFileEnv = regexp.MustCompile(`^ETCDSYNC_((ETCD|PRIMARY|STANDBY|NATS)_(CACERT|CERT|KEY)|NATS_CREDS|NATS_NKEY|LOG_KEY_FILE)$`)

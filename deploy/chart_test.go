@@ -1,0 +1,278 @@
+package deploy
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// TestChartLint runs `helm lint` (Helm's lint package, schema included) on
+// the chart for each ci/ values file.
+func TestChartLint(t *testing.T) {
+	kube := renderKubeVersion(t)
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		t.Run(f, func(t *testing.T) {
+			l := lint.AllWithKubeVersionAndSchemaValidation(chartDir, chartValues(t, f), chartNamespace, kube, false)
+			for _, m := range l.Messages {
+				if m.Severity >= support.WarningSev {
+					t.Errorf("helm lint: %s", m.Error())
+				} else {
+					t.Logf("helm lint: %s", m.Error())
+				}
+			}
+		})
+	}
+}
+
+// TestChartRenders renders every case, decodes each object strictly, and
+// checks the release against its role and the real binary. It logs the
+// size and the objects of each, as `helm template` would print them.
+func TestChartRenders(t *testing.T) {
+	cases := chartCases(t)
+	names := keys(cases)
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			r := renderDecoded(t, cases[name])
+			t.Logf("%d bytes, %d objects: %s", r.size, len(r.objects), strings.Join(r.objects, " "))
+			checkRelease(t, r)
+		})
+	}
+}
+
+// TestChartPodNamespace: every etcdsync container learns its namespace
+// from the downward API, so the applier and the auditor never replicate
+// the namespace they run in.
+func TestChartPodNamespace(t *testing.T) {
+	for _, name := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		r := renderDecoded(t, chartValues(t, name))
+		if len(r.deployments) == 0 {
+			t.Fatalf("%s: no Deployment", name)
+		}
+		for _, d := range r.deployments {
+			for _, c := range d.Spec.Template.Spec.Containers {
+				i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "POD_NAMESPACE" })
+				if i < 0 || c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.FieldRef == nil || c.Env[i].ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+					t.Errorf("%s: %s/%s: want env POD_NAMESPACE from fieldRef metadata.namespace", name, d.Name, c.Name)
+				}
+			}
+		}
+	}
+}
+
+// TestChartStandbyExcludesNATSNamespace: on the standby the NATS
+// namespace is excluded besides the platform's, as the applier itself
+// prints its rules, and the auditor compares the same scope.
+func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
+	for _, tc := range []struct {
+		values    string
+		natsNS    string
+		platforms []string
+	}{
+		{"ci/standby-values.yaml", "nats-standby", []string{"cpaas-system", "cert-manager"}},
+		{"", "nats", nil}, // values.yaml's nats.namespace, no platform list
+	} {
+		vals := chartValues(t, tc.values)
+		vals["role"] = "standby"
+		vals["primaryEtcd"] = map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}}
+		vals["standbyEtcd"] = map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}}
+		r := renderDecoded(t, vals)
+		for _, name := range []string{"etcdsync-applier", "etcdsync-auditor"} {
+			d := r.deployments[name]
+			if d == nil {
+				t.Fatalf("%s: no %s", tc.values, name)
+			}
+			env := map[string]string{}
+			for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+				env[e.Name] = e.Value
+			}
+			got := strings.Split(env["ETCDSYNC_EXCLUDE_NAMESPACE"], ",")
+			for _, ns := range append(tc.platforms, tc.natsNS) {
+				if !slices.Contains(got, ns) {
+					t.Errorf("%s: %s ETCDSYNC_EXCLUDE_NAMESPACE=%q lacks %q", tc.values, name, env["ETCDSYNC_EXCLUDE_NAMESPACE"], ns)
+				}
+			}
+		}
+		// The binary agrees: apply --print-rules with the applier's environment.
+		env := map[string]string{}
+		for _, e := range r.deployments["etcdsync-applier"].Spec.Template.Spec.Containers[0].Env {
+			if strings.HasPrefix(e.Name, "ETCDSYNC_") && e.ValueFrom == nil {
+				env[e.Name] = e.Value
+			}
+		}
+		// The pod's namespace arrives as POD_NAMESPACE, as the downward API
+		// gives it: both its own and NATS's are excluded.
+		env["POD_NAMESPACE"] = chartNamespace
+		out, errOut, code := runEtcdsync(t, env, "apply", "--print-rules")
+		if code != 0 {
+			t.Fatalf("etcdsync apply --print-rules: exit %d: %s", code, errOut)
+		}
+		for _, ns := range []string{tc.natsNS, chartNamespace} {
+			if !strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
+				t.Errorf("%s: --print-rules does not exclude namespace %q:\n%s", tc.values, ns, out)
+			}
+		}
+	}
+	// Without an in-cluster NATS there is no namespace to exclude.
+	r := renderDecoded(t, map[string]any{"role": "standby",
+		"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
+		"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
+		"nats":        map[string]any{"namespace": "", "url": "tls://nats.example:4222"}})
+	for _, e := range r.deployments["etcdsync-applier"].Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "ETCDSYNC_EXCLUDE_NAMESPACE" {
+			t.Errorf("nats.namespace empty: ETCDSYNC_EXCLUDE_NAMESPACE=%q", e.Value)
+		}
+	}
+}
+
+// TestChartFilesAreTheSources: the chart's copies of the alerting rules
+// and the dashboard are byte for byte the files in deploy/prometheus and
+// deploy/grafana, and render as they are.
+func TestChartFilesAreTheSources(t *testing.T) {
+	for src, cp := range map[string]string{
+		rulesFile:     chartDir + "/files/etcdsync-rules.yaml",
+		dashboardFile: chartDir + "/files/etcdsync.json",
+	} {
+		a, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := chartFiles.ReadFile(cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs from %s: the chart packages a copy; run cp %s deploy/%s", cp, src, "deploy/"+src, cp)
+		}
+	}
+	vals := chartValues(t, "ci/standby-values.yaml")
+	r := renderDecoded(t, vals)
+	if len(r.prometheusRules) != 1 {
+		t.Fatalf("ci/standby-values.yaml renders %d PrometheusRules, want 1", len(r.prometheusRules))
+	}
+	checkMonitoring(t, r, valuesOf(t, vals))
+}
+
+// TestChartLogKey: the log's MAC key ring comes from an existing Secret,
+// mounted read-only, and reaches every etcdsync container.
+func TestChartLogKey(t *testing.T) {
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		vals := chartValues(t, f)
+		vals["logKey"] = map[string]any{"existingSecret": "etcdsync-log-key"}
+		r := renderDecoded(t, vals)
+		for _, d := range r.deployments {
+			c := d.Spec.Template.Spec.Containers[0]
+			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "ETCDSYNC_LOG_KEY_FILE" })
+			if i < 0 {
+				t.Errorf("%s: %s has no ETCDSYNC_LOG_KEY_FILE", f, d.Name)
+				continue
+			}
+			if !onSecretMount(d, c, c.Env[i].Value) {
+				t.Errorf("%s: %s ETCDSYNC_LOG_KEY_FILE=%s is not on a read-only Secret volume", f, d.Name, c.Env[i].Value)
+			}
+			cmd := c.Args[0]
+			if _, ok := flagsOf(t)[cmd]["log-key-file"]; !ok {
+				// The chart is ahead of the binary: the variable is checked
+				// against the binary once the flag exists.
+				t.Skipf("etcdsync %s has no --log-key-file yet; ETCDSYNC_LOG_KEY_FILE is not checked against the binary", cmd)
+			}
+			containerEnv(t, r.built, d, cmd)
+		}
+	}
+}
+
+// TestChartRejectsBadValues: values.schema.json refuses what would install
+// a broken site, and the message names the field.
+func TestChartRejectsBadValues(t *testing.T) {
+	ok := `
+role: standby
+primaryEtcd: {endpoints: ["https://etcd.primary.example:2379"]}
+standbyEtcd: {endpoints: ["https://etcd.standby.example:2379"]}
+`
+	for _, tc := range []struct {
+		name, values, want string
+	}{
+		{"role typo", "role: stanby", "/role"},
+		{"interval without unit", "checkInterval: 5", "/checkInterval"},
+		{"interval not a duration", "checkInterval: five minutes", "/checkInterval"},
+		{"zero interval", "checkInterval: 0s", "/checkInterval"},
+		{"no primary endpoints", "primaryEtcd: {endpoints: []}", "/primaryEtcd/endpoints"},
+		{"no standby endpoints", "standbyEtcd: {endpoints: []}", "/standbyEtcd/endpoints"},
+		{"endpoint without scheme", `primaryEtcd: {endpoints: ["etcd.primary.example:2379"]}`, "/primaryEtcd/endpoints/0"},
+		{"endpoints in one string", `standbyEtcd: {endpoints: ["https://a:2379,https://b:2379"]}`, "/standbyEtcd/endpoints/0"},
+		{"unknown key", "chekInterval: 5m", "chekInterval"},
+		{"inline credentials", "nats: {credentials: \"-----BEGIN NATS USER JWT-----\"}", "/nats/credentials"},
+		{"inline log key", "logKey: {value: secret}", "/logKey"},
+		{"namespace list in one string", "excludedNamespaces: [\"cpaas-system,cert-manager\"]", "/excludedNamespaces/0"},
+		{"two appliers without leader election", "applier: {replicas: 2, leaderElect: false}", "/applier/leaderElect"},
+		{"detail logs not a boolean", "detailLogs: yes please", "/detailLogs"},
+		{"site with a dot", "site: primary.eu", "/site"},
+		{"size without a number", "publisher: {maxBytes: lots}", "/publisher/maxBytes"},
+		{"NATS URL list", `nats: {url: "nats://a:4222,nats://b:4222"}`, "/nats/url"},
+		{"NATS namespace with a capital", "nats: {namespace: NATS}", "/nats/namespace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base, err := chartutil.ReadValues([]byte(ok))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bad, err := chartutil.ReadValues([]byte(tc.values))
+			if err != nil {
+				t.Fatalf("values %q: %v", tc.values, err)
+			}
+			vals := chartutil.CoalesceTables(bad, base)
+			_, _, err = renderChart(t, vals)
+			if err == nil {
+				t.Fatalf("values %q rendered; want the schema to refuse them", tc.values)
+			}
+			if !strings.Contains(err.Error(), "schema") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("values %q: error does not name %q:\n%v", tc.values, tc.want, err)
+			}
+		})
+	}
+	// The good values render, so each refusal above is the bad value's.
+	base, _ := chartutil.ReadValues([]byte(ok))
+	if _, _, err := renderChart(t, base); err != nil {
+		t.Fatalf("the base values of this test do not render: %v", err)
+	}
+	// The chart README's sample message is the schema's actual one.
+	readme, err := chartFiles.ReadFile(chartDir + "/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := readmeText.FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("chart README shows no schema error")
+	}
+	_, _, err = renderChart(t, chartutil.CoalesceTables(map[string]any{"role": "stanby"}, base))
+	for _, line := range strings.Split(strings.TrimSpace(string(m[1])), "\n")[1:] {
+		line = strings.TrimPrefix(strings.TrimSpace(line), "Error: ") // helm's CLI prefix
+		if err == nil || !strings.Contains(err.Error(), line) {
+			t.Errorf("chart README shows %q; the schema says:\n%v", line, err)
+		}
+	}
+}
+
+// TestChartPorts: the metrics port values reach the container, the
+// Service, the probes and --metrics-addr together.
+func TestChartPorts(t *testing.T) {
+	vals := chartValues(t, "ci/standby-values.yaml")
+	vals["applier"] = map[string]any{"metricsPort": 19191}
+	r := renderDecoded(t, vals)
+	s := r.services["etcdsync-applier"]
+	if s == nil || len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Port != 19191 {
+		t.Fatalf("Service etcdsync-applier ports %v, want 19191", s)
+	}
+	env := containerEnv(t, r.built, r.deployments["etcdsync-applier"], "apply")
+	if env["ETCDSYNC_METRICS_ADDR"] != ":"+strconv.Itoa(19191) {
+		t.Errorf("ETCDSYNC_METRICS_ADDR=%q", env["ETCDSYNC_METRICS_ADDR"])
+	}
+}
