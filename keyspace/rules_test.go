@@ -2,6 +2,7 @@ package keyspace
 
 import (
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -429,28 +430,32 @@ func fuzzConfigs() []Config {
 	}
 }
 
+// scopeKeys are FuzzAllowed's seeds and the keys TestRulesConcurrentUse
+// decides.
+var scopeKeys = []string{
+	"", "/registry", "/registry/", "/registry//x", "/registry/pods/ns/n", "/registry/pods/ns/n/",
+	"/registry/services/specs/default/kubernetes", "/registry/configmaps/ns/kube-root-ca.crt",
+	"/registry/namespaces/kube-system", "/registry/leases/kube-node-lease/n",
+	"/registry/cr.bar.com/foos/ns/n", "/registry/minions/n", "/registry/events",
+	"compact_rev_key", "/etcdsync/checkpoint/X", "/registry/pods/\xff", "app/tmp/x",
+	// Segments that extend a preset subtree's name are not under it.
+	"/registry/eventsx/ns/e", "/registry/healthz", "/registry/rangesx/r", "/k8s/cluster-a/minionsx/n",
+	"/events-archive/ns/e",
+	// A namespaced key of resource "namespaces" is not a Namespace object.
+	"/registry/namespaces/app/kube-system", "/k8s/cluster-a/namespaces/app/etcdsync",
+	// A grouped key with an empty resource segment does not parse.
+	"/registry/cr.bar.com//kube-system/n", "/k8s/cluster-a/cr.bar.com//cpaas-system/n",
+	// Storage segments and API names of excluded resources.
+	"/k8s/cluster-a/ingress/app/i", "/k8s/cluster-a/endpoints/app/e", "/k8s/cluster-a/services/endpoints/app/e",
+	"/services/specs/app/s", "/controllers/app/rc", "/nodes/n", "/cr.bar.com/foos/app/f", "/cr.bar.com/bars/app/f",
+	"/k8s/cluster-a/namespaces/etcdsync", "/namespaces/dr", "/k8s/cluster-a/deployments/cert-manager/d",
+}
+
 // FuzzAllowed compares Allowed and Explain with oracleAllowed, an
 // independent implementation of the scope rules (oracle_test.go), under
 // each of fuzzConfigs.
 func FuzzAllowed(f *testing.F) {
-	for _, k := range []string{
-		"", "/registry", "/registry/", "/registry//x", "/registry/pods/ns/n", "/registry/pods/ns/n/",
-		"/registry/services/specs/default/kubernetes", "/registry/configmaps/ns/kube-root-ca.crt",
-		"/registry/namespaces/kube-system", "/registry/leases/kube-node-lease/n",
-		"/registry/cr.bar.com/foos/ns/n", "/registry/minions/n", "/registry/events",
-		"compact_rev_key", "/etcdsync/checkpoint/X", "/registry/pods/\xff", "app/tmp/x",
-		// Segments that extend a preset subtree's name are not under it.
-		"/registry/eventsx/ns/e", "/registry/healthz", "/registry/rangesx/r", "/k8s/cluster-a/minionsx/n",
-		"/events-archive/ns/e",
-		// A namespaced key of resource "namespaces" is not a Namespace object.
-		"/registry/namespaces/app/kube-system", "/k8s/cluster-a/namespaces/app/etcdsync",
-		// A grouped key with an empty resource segment does not parse.
-		"/registry/cr.bar.com//kube-system/n", "/k8s/cluster-a/cr.bar.com//cpaas-system/n",
-		// Storage segments and API names of excluded resources.
-		"/k8s/cluster-a/ingress/app/i", "/k8s/cluster-a/endpoints/app/e", "/k8s/cluster-a/services/endpoints/app/e",
-		"/services/specs/app/s", "/controllers/app/rc", "/nodes/n", "/cr.bar.com/foos/app/f", "/cr.bar.com/bars/app/f",
-		"/k8s/cluster-a/namespaces/etcdsync", "/namespaces/dr", "/k8s/cluster-a/deployments/cert-manager/d",
-	} {
+	for _, k := range scopeKeys {
 		f.Add([]byte(k))
 	}
 	cfgs := fuzzConfigs()
@@ -470,4 +475,45 @@ func FuzzAllowed(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRulesConcurrentUse: Rules are safe for concurrent use. Many
+// goroutines decide the same keys under the same Rules at once (run it with
+// -race) and each gets the answer the oracle gives.
+func TestRulesConcurrentUse(t *testing.T) {
+	cfgs := fuzzConfigs()
+	rules := make([]*Rules, len(cfgs))
+	want := make([][]bool, len(cfgs))
+	for i, cfg := range cfgs {
+		rules[i] = mustNew(t, cfg)
+		for _, k := range scopeKeys {
+			want[i] = append(want[i], oracleAllowed(cfg, []byte(k)))
+		}
+	}
+	const goroutines, rounds = 16, 20
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for round := range rounds {
+				for i, r := range rules {
+					for j := range scopeKeys {
+						// Each goroutine starts at a different key, so that
+						// different rules run at the same time.
+						j = (j + g + round) % len(scopeKeys)
+						k := []byte(scopeKeys[j])
+						if got := r.Allowed(k); got != want[i][j] {
+							t.Errorf("config %d: Allowed(%q) = %v, want %v", i, k, got, want[i][j])
+							return
+						}
+						if ok, _ := r.Explain(k); ok != want[i][j] {
+							t.Errorf("config %d: Explain(%q) = %v, want %v", i, k, ok, want[i][j])
+							return
+						}
+					}
+					_ = r.String()
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
