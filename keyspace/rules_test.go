@@ -1,8 +1,8 @@
 package keyspace
 
 import (
-	"errors"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -399,46 +399,121 @@ func BenchmarkAllowed(b *testing.B) {
 	}
 }
 
-func FuzzAllowed(f *testing.F) {
-	for _, k := range []string{
-		"", "/registry", "/registry/", "/registry//x", "/registry/pods/ns/n", "/registry/pods/ns/n/",
-		"/registry/services/specs/default/kubernetes", "/registry/configmaps/ns/kube-root-ca.crt",
-		"/registry/namespaces/kube-system", "/registry/leases/kube-node-lease/n",
-		"/registry/cr.bar.com/foos/ns/n", "/registry/minions/n", "/registry/events",
-		"compact_rev_key", "/etcdsync/checkpoint/X", "/registry/pods/\xff", "app/tmp/x",
-	} {
-		f.Add([]byte(k))
-	}
-	rules := []*Rules{
-		mustNew(f, DefaultConfig()),
-		mustNew(f, Config{
+// fuzzConfigs are the configurations FuzzAllowed and the concurrency test
+// decide keys under: the default preset, every kind of rule together under
+// a custom prefix, the root prefix, and raw mode.
+func fuzzConfigs() []Config {
+	return []Config{
+		DefaultConfig(),
+		{
+			Prefix:            "/k8s/cluster-a/",
+			OwnNamespace:      "etcdsync",
+			ExcludeNamespaces: []string{"cpaas-system", "cert-manager"},
+			ExcludePrefixes:   []string{"/k8s/cluster-a/secrets/", "/k8s/cluster-a/cr.bar.com/foos/secret-ns/"},
+			IncludePrefixes:   []string{"/k8s/cluster-a/", "/k"},
+			ExcludeResources:  []string{"pods", "minions", "ingresses", "services/endpoints", "controllers", "cr.bar.com/foos"},
+		},
+		{
 			Prefix:            "/",
+			OwnNamespace:      "dr",
 			ExcludeNamespaces: []string{"cpaas-system"},
 			ExcludePrefixes:   []string{"/secrets/"},
 			IncludePrefixes:   []string{"/"},
-			ExcludeResources:  []string{"pods", "cr.bar.com/foos", "services/specs"},
-		}),
-		mustNew(f, Config{Mode: ModeRaw, ExcludePrefixes: []string{"app/tmp/"}, IncludePrefixes: []string{"app/", "/"}}),
+			ExcludeResources:  []string{"services", "nodes", "replicationcontrollers", "ingress", "endpoints", "cr.bar.com/foos"},
+		},
+		{
+			IncludePrefixes: []string{"/registry/cr.bar.com/", "/registry/namespaces/", "/registry/configmaps/"},
+			ExcludePrefixes: []string{"/registry/configmaps/app/"},
+		},
+		{Mode: ModeRaw, ExcludePrefixes: []string{"app/tmp/"}, IncludePrefixes: []string{"app/", "/"}},
+		{Mode: ModeRaw},
+	}
+}
+
+// scopeKeys are FuzzAllowed's seeds and the keys TestRulesConcurrentUse
+// decides.
+var scopeKeys = []string{
+	"", "/registry", "/registry/", "/registry//x", "/registry/pods/ns/n", "/registry/pods/ns/n/",
+	"/registry/services/specs/default/kubernetes", "/registry/configmaps/ns/kube-root-ca.crt",
+	"/registry/namespaces/kube-system", "/registry/leases/kube-node-lease/n",
+	"/registry/cr.bar.com/foos/ns/n", "/registry/minions/n", "/registry/events",
+	"compact_rev_key", "/etcdsync/checkpoint/X", "/registry/pods/\xff", "app/tmp/x",
+	// Segments that extend a preset subtree's name are not under it.
+	"/registry/eventsx/ns/e", "/registry/healthz", "/registry/rangesx/r", "/k8s/cluster-a/minionsx/n",
+	"/events-archive/ns/e",
+	// A namespaced key of resource "namespaces" is not a Namespace object.
+	"/registry/namespaces/app/kube-system", "/k8s/cluster-a/namespaces/app/etcdsync",
+	// A grouped key with an empty resource segment does not parse.
+	"/registry/cr.bar.com//kube-system/n", "/k8s/cluster-a/cr.bar.com//cpaas-system/n",
+	// Storage segments and API names of excluded resources.
+	"/k8s/cluster-a/ingress/app/i", "/k8s/cluster-a/endpoints/app/e", "/k8s/cluster-a/services/endpoints/app/e",
+	"/services/specs/app/s", "/controllers/app/rc", "/nodes/n", "/cr.bar.com/foos/app/f", "/cr.bar.com/bars/app/f",
+	"/k8s/cluster-a/namespaces/etcdsync", "/namespaces/dr", "/k8s/cluster-a/deployments/cert-manager/d",
+}
+
+// FuzzAllowed compares Allowed and Explain with oracleAllowed, an
+// independent implementation of the scope rules (oracle_test.go), under
+// each of fuzzConfigs.
+func FuzzAllowed(f *testing.F) {
+	for _, k := range scopeKeys {
+		f.Add([]byte(k))
+	}
+	cfgs := fuzzConfigs()
+	rules := make([]*Rules, len(cfgs))
+	for i, cfg := range cfgs {
+		rules[i] = mustNew(f, cfg)
 	}
 	f.Fuzz(func(t *testing.T, key []byte) {
-		for _, r := range rules {
-			got := r.Allowed(key)
-			ok, reason := r.Explain(key)
-			if got != ok {
-				t.Fatalf("Allowed(%q) = %v but Explain = %v (%s)", key, got, ok, reason)
+		for i, r := range rules {
+			want := oracleAllowed(cfgs[i], key)
+			if got := r.Allowed(key); got != want {
+				_, reason := r.Explain(key)
+				t.Fatalf("config %d: Allowed(%q) = %v (%s); oracle says %v", i, key, got, reason, want)
 			}
-			if reason == "" {
-				t.Fatalf("Explain(%q): empty reason", key)
-			}
-			if strings.HasPrefix(string(key), OwnPrefix) && got {
-				t.Fatalf("Allowed(%q) = true under OwnPrefix", key)
-			}
-			if r.mode == ModeKubernetes && got {
-				_, err := Parse(r.prefix, key)
-				if errors.Is(err, ErrOutsidePrefix) {
-					t.Fatalf("Allowed(%q) = true outside the prefix", key)
-				}
+			if ok, reason := r.Explain(key); ok != want || reason == "" {
+				t.Fatalf("config %d: Explain(%q) = %v, %q; oracle says %v", i, key, ok, reason, want)
 			}
 		}
 	})
+}
+
+// TestRulesConcurrentUse: Rules are safe for concurrent use. Many
+// goroutines decide the same keys under the same Rules at once (run it with
+// -race) and each gets the answer the oracle gives.
+func TestRulesConcurrentUse(t *testing.T) {
+	cfgs := fuzzConfigs()
+	rules := make([]*Rules, len(cfgs))
+	want := make([][]bool, len(cfgs))
+	for i, cfg := range cfgs {
+		rules[i] = mustNew(t, cfg)
+		for _, k := range scopeKeys {
+			want[i] = append(want[i], oracleAllowed(cfg, []byte(k)))
+		}
+	}
+	const goroutines, rounds = 16, 20
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for round := range rounds {
+				for i, r := range rules {
+					for j := range scopeKeys {
+						// Each goroutine starts at a different key, so that
+						// different rules run at the same time.
+						j = (j + g + round) % len(scopeKeys)
+						k := []byte(scopeKeys[j])
+						if got := r.Allowed(k); got != want[i][j] {
+							t.Errorf("config %d: Allowed(%q) = %v, want %v", i, k, got, want[i][j])
+							return
+						}
+						if ok, _ := r.Explain(k); ok != want[i][j] {
+							t.Errorf("config %d: Explain(%q) = %v, want %v", i, k, ok, want[i][j])
+							return
+						}
+					}
+					_ = r.String()
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
