@@ -91,7 +91,7 @@ func TestMirrorTakesWhatItsOriginTook(t *testing.T) {
 					t.Fatalf("origin refused a %d-byte message: %v", size, err)
 				}
 			}
-			testenv.Eventually(t, 20*time.Second, func() bool {
+			testenv.Eventually(t, 60*time.Second, func() bool {
 				info, err := mirror.Info(ctx)
 				return err == nil && info.State.LastSeq == 4
 			}, "mirror holding every message of its origin")
