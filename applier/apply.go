@@ -42,10 +42,11 @@ func (b *txnBuilder) reset() {
 	b.bytes, b.revs = 0, 0
 }
 
-// cost returns the operations and the request bytes that the events allow
-// adds to the transaction being built: an event on a key already written
-// (by the transaction or an earlier event) replaces that operation, adding
-// its size difference and no operation. A lease is counted at its largest.
+// cost returns the operations and the request bytes that the events the
+// rules allow add to the transaction being built: an event on a key already
+// written (by the transaction or an earlier event) replaces that operation,
+// adding its size difference and no operation. A lease is counted at its
+// largest.
 func (b *txnBuilder) cost(events []streams.Event, allow func([]byte) bool) (ops, bytes int) {
 	var seen map[string]int // sizes of the keys the events wrote so far
 	if len(events) > 1 {
@@ -388,7 +389,8 @@ func (a *Applier) flush(ctx context.Context) error {
 	cmp := compareBytes(len(key), a.ckRev)
 	size := requestBytes(cmp + a.txn.bytes + putOpBytes(len(key), len(val), 0))
 	start := time.Now()
-	rev, err := int64(0), error(nil)
+	var rev int64
+	var err error
 	alone := len(a.txn.ops) == 1 && size > a.cfg.MaxRequestBytes
 	if !alone {
 		rev, err = a.commit(ctx, append(a.txn.ops, ckOp), ck.Position.Seq)

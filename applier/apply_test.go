@@ -2,6 +2,7 @@ package applier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -257,5 +258,35 @@ func TestCheckpointInBudget(t *testing.T) {
 	a.apply(revision(11, putEvent("/a", strings.Repeat("a", first))), revision(12, putEvent("/b", strings.Repeat("b", second))))
 	if pos := a.Applied().Position; pos.Revision != 12 {
 		t.Errorf("checkpoint at %s, want revision 12", pos)
+	}
+}
+
+// An operation the standby refuses even alone stops the applier with a
+// *TooLargeError recorded in the checkpoint; the next checkpoint the
+// applier writes, once it gets past the cause, clears the record.
+func TestStopRecordedThenCleared(t *testing.T) {
+	const limit = 64 << 10
+	e := testenv.StartEtcdConfig(t, embedded.EtcdConfig{MaxRequestBytes: limit})
+	cfg := DefaultConfig()
+	cfg.MaxRequestBytes, cfg.MaxTxnBytes = limit, 32<<10
+	a := newTestApplier(t, e.Client, cfg)
+	err := a.ApplyBatch(context.Background(), a.msgs(revision(11, putEvent("/big", strings.Repeat("v", 100<<10)))))
+	var tl *TooLargeError
+	if !errors.As(err, &tl) || tl.Key != "/big" || tl.Limit != limit {
+		t.Fatalf("ApplyBatch: %v, want a *TooLargeError for /big", err)
+	}
+	ck, rev, err := ReadCheckpoint(context.Background(), e.Client, cfg.checkpointKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ck.Stopped == nil || !strings.Contains(ck.Stopped.Reason, `"/big"`) || ck.Position.Revision != 1 {
+		t.Fatalf("checkpoint after the stop: %+v, want the stop recorded at revision 1", ck)
+	}
+	// A new session from the checkpoint (as Reset) that gets past it.
+	a.ck, a.ckRev, a.work, a.nextSeq, a.seq = ck, rev, ck, ck.Position.Seq+1, ck.Position.Seq
+	a.txn.reset()
+	a.apply(revision(11, putEvent("/big", "smaller")))
+	if ck, _, err = ReadCheckpoint(context.Background(), e.Client, cfg.checkpointKey()); err != nil || ck.Stopped != nil || ck.Position.Revision != 11 {
+		t.Errorf("checkpoint after the next transaction: %+v (%v), want revision 11 and no stop", ck, err)
 	}
 }

@@ -27,12 +27,14 @@
 //     the checkpoint compare, and the checkpoint follows in a transaction
 //     of its own (a crash in between re-applies the operation, which is
 //     idempotent). Every value a kube-apiserver write carried to a primary
-//     with the same limit fits (its own compare and read-back are larger);
-//     a plain etcd put within the compare's size (about 50 bytes plus the
-//     checkpoint key) of the limit does not. An operation the standby
-//     refuses even alone stops the applier with a *TooLargeError (ErrTooLarge)
-//     naming the key, the request size and the limit, never retried; the
-//     checkpoint records it (Stopped) for status and readiness.
+//     with the same limit fits (its compare and read-back of the key are
+//     larger than the checkpoint compare with the default checkpoint key);
+//     a plain etcd put within the compare's size (about 20 bytes plus the
+//     checkpoint key's length) of the limit does not. An operation the
+//     standby refuses even alone stops the applier with a *TooLargeError
+//     (ErrTooLarge) naming the key, the request size and the limit, never
+//     retried; the checkpoint records it (Stopped) for status and
+//     readiness until the next checkpoint the applier writes.
 //   - Bootstrap: a snapshot makes the standby's in-scope keyspace exactly
 //     the snapshot: every snapshot key is put, then every in-scope standby key
 //     under the snapshot's prefix that the snapshot did not write (its

@@ -79,8 +79,11 @@ func (c MirrorConfig) StreamConfig() jetstream.StreamConfig {
 		MaxAge:      c.MaxAge,
 		MaxBytes:    maxBytes,
 		MaxMsgs:     -1,
-		MaxMsgSize:  DefaultMaxMsgSize,
-		Discard:     jetstream.DiscardOld,
+		// Unlimited: a mirror takes every message its origin took,
+		// whatever the origin's max_msg_size (a fixed size below the
+		// origin's would stall the mirror on the first larger message).
+		MaxMsgSize: -1,
+		Discard:    jetstream.DiscardOld,
 	}
 }
 
@@ -103,9 +106,16 @@ func EnsureMirror(ctx context.Context, js jetstream.JetStream, cfg MirrorConfig)
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", cfg.Name, err)
 	}
-	m := s.CachedInfo().Config.Mirror
-	if m == nil || m.Name != sc.Mirror.Name {
+	c := s.CachedInfo().Config
+	if c.Mirror == nil || c.Mirror.Name != sc.Mirror.Name {
 		return nil, fmt.Errorf("stream %s exists and is not a mirror of %s: delete it (it cannot be turned into a mirror) or pick another name", cfg.Name, sc.Mirror.Name)
+	}
+	if c.MaxMsgSize != sc.MaxMsgSize {
+		// A mirror created with a fixed message size: lift it.
+		c.MaxMsgSize = sc.MaxMsgSize
+		if s, err = js.UpdateStream(ctx, c); err != nil {
+			return nil, fmt.Errorf("update mirror %s: lift its max message size: %w", cfg.Name, err)
+		}
 	}
 	return s, nil
 }

@@ -97,7 +97,7 @@ func TestValueOverStandbyLimitStops(t *testing.T) {
 			put(t, p.primary.Client, "/app/small", "x")
 			put(t, p.primary.Client, "/app/big", strings.Repeat("v", tt.size))
 			put(t, p.primary.Client, "/app/after", "y")
-			err := ar.wait(t, 30*time.Second, "applier given a value over the standby's limit")
+			err := ar.wait(t, 60*time.Second, "applier given a value over the standby's limit")
 			var tl *applier.TooLargeError
 			if !errors.As(err, &tl) || !errors.Is(err, applier.ErrTooLarge) {
 				t.Fatalf("applier stopped with %v, want a *TooLargeError", err)
