@@ -12,6 +12,7 @@ build:
 test:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
+	$(GO) run ./internal/mutants -quick
 
 vet:
 	$(GO) vet $(PKGS)
@@ -41,3 +42,10 @@ bench:
 	$(GO) build -o bench/bin/etcdsync ./cmd/etcdsync
 	cd bench && $(GO) build -o bin/etcd ./cmd/etcd && $(GO) build -o bin/etcdctl ./cmd/etcdctl && $(GO) build -o bin/bench .
 	bench/bin/bench --bin bench/bin $(ARGS)
+
+# Each mutant deletes one mechanism; the test named beside it must go red
+# (internal/mutants/*.txt). MUTANTS=regexp runs a subset. make test runs the
+# quick part (mutants guarded by package tests); this runs them all.
+.PHONY: mutants
+mutants:
+	$(GO) run ./internal/mutants $(if $(MUTANTS),-run '$(MUTANTS)')

@@ -46,10 +46,14 @@ type Applier struct {
 	metrics *metrics
 
 	// State of the current session, re-read from the standby after any error.
-	ck      Checkpoint // as last written
-	ckRev   int64      // mod revision of the checkpoint key (0: absent)
-	work    Checkpoint // after everything handed to the transaction builder
-	nextSeq uint64
+	ck    Checkpoint // as last written
+	ckRev int64      // mod revision of the checkpoint key (0: absent)
+	// ckReadRev is the standby revision the session's checkpoint was read
+	// at: the fence is watched from the next one (a checkpoint removed by
+	// Demote leaves its promoted history behind it).
+	ckReadRev int64
+	work      Checkpoint // after everything handed to the transaction builder
+	nextSeq   uint64
 	// sessionStart is the first sequence of the session.
 	sessionStart uint64
 	asm          streams.Assembler
@@ -64,6 +68,8 @@ type Applier struct {
 
 	nc      *nats.Conn
 	applied atomic.Pointer[Checkpoint]
+	// pres is the presence key held while Run runs (nil: none yet).
+	pres *presence
 }
 
 // New validates cfg and returns an Applier writing to etcd (the standby) and
@@ -104,22 +110,28 @@ func (a *Applier) Applied() Checkpoint {
 
 // terminal reports errors that retrying from the checkpoint cannot fix.
 func terminal(err error) bool {
-	return errors.Is(err, ErrMassDelete) ||
+	return errors.Is(err, ErrMassDelete) || errors.Is(err, ErrTooLarge) ||
 		errors.Is(err, streams.ErrCorrupt) || errors.Is(err, ErrPromoted)
 }
 
 // Run applies the log until ctx is cancelled (returns nil) or an error that
-// needs an operator: ErrMassDelete, ErrPromoted or a corrupt message
-// (streams.ErrCorrupt). A gap (ErrGap) or a revision of a history the
+// needs an operator: ErrMassDelete, ErrTooLarge, ErrPromoted or a corrupt
+// message (streams.ErrCorrupt). A gap (ErrGap) or a revision of a history the
 // standby has no base of (ErrNoBase) re-seeds: the applier restarts from the
 // newest snapshot after its checkpoint, asking the publisher for one if the
 // stream holds none. Other errors (unreachable
 // servers, ErrConflict) restart from the durable checkpoint after a capped
 // exponential backoff.
 func (a *Applier) Run(ctx context.Context) error {
+	if a.cfg.LogKeys == nil {
+		a.log.Warn("the log is unauthenticated: without a log key ring (--log-key-file) anyone who can publish to the stream can write into the standby")
+	} else {
+		a.log.Info("log messages are authenticated", "signing_key", a.cfg.LogKeys.SigningKeyID(), "keys", a.cfg.LogKeys.IDs())
+	}
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = a.cfg.MinBackoff, a.cfg.MaxBackoff, 0
 	bo.Reset() // start from InitialInterval, not the library default
+	defer a.releasePresence()
 	for {
 		start := time.Now()
 		err := a.session(ctx)
@@ -160,14 +172,14 @@ func (a *Applier) Run(ctx context.Context) error {
 // Reset re-reads the checkpoint from the standby and positions the applier
 // after it; it returns the first stream sequence to consume.
 func (a *Applier) Reset(ctx context.Context) (uint64, error) {
-	ck, rev, err := ReadCheckpoint(ctx, a.etcd, a.cfg.checkpointKey())
+	ck, rev, readRev, err := readCheckpoint(ctx, a.etcd, a.cfg.checkpointKey())
 	if err != nil {
 		return 0, err
 	}
 	if ck.Promoted {
 		return 0, ErrPromoted
 	}
-	a.ck, a.ckRev, a.work = ck, rev, ck
+	a.ck, a.ckRev, a.ckReadRev, a.work = ck, rev, readRev, ck
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		a.work.Snapshot = &s
@@ -343,6 +355,12 @@ func (a *Applier) requestSnapshot(ctx context.Context) {
 
 // session consumes the stream from the checkpoint until an error.
 func (a *Applier) session(ctx context.Context) error {
+	// Announce this applier before reading the checkpoint: Demote either
+	// sees it or this session reads what Demote wrote.
+	presenceLost, err := a.holdPresence(ctx)
+	if err != nil {
+		return err
+	}
 	start, err := a.Reset(ctx)
 	if err != nil {
 		return err
@@ -366,9 +384,17 @@ func (a *Applier) session(ctx context.Context) error {
 	defer stop()
 	msgs := make(chan Msg, a.cfg.MaxBatchMessages)
 	held := semaphore.NewWeighted(bufferBytes) // bytes read but not yet applied
-	fenceFrom := a.ckRev + 1
+	fenceFrom := a.ckReadRev + 1
 	g.Go(func() error { return a.watchFence(gctx, fenceFrom) })
 	g.Go(func() error { a.monitorLag(gctx); return nil })
+	g.Go(func() error {
+		select {
+		case <-presenceLost:
+			return errors.New("presence lease lost")
+		case <-gctx.Done():
+			return nil
+		}
+	})
 	g.Go(func() error {
 		for {
 			m, err := it.Next()

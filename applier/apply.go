@@ -3,6 +3,7 @@ package applier
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -28,19 +29,81 @@ type record struct {
 // txnBuilder accumulates the operations of the next standby transaction.
 type txnBuilder struct {
 	ops   []clientv3.Op
+	keys  []string // the key of each operation
+	sizes []int    // the request bytes of each operation
 	idx   map[string]int
-	bytes int
+	bytes int // request bytes of ops
 	revs  int // revisions completed in this transaction
 }
 
 func (b *txnBuilder) reset() {
-	b.ops = b.ops[:0]
+	b.ops, b.keys, b.sizes = b.ops[:0], b.keys[:0], b.sizes[:0]
 	clear(b.idx)
 	b.bytes, b.revs = 0, 0
 }
 
-// opOverhead approximates the request bytes of one operation besides its key and value.
-const opOverhead = 32
+// cost returns the operations and the request bytes that the events allow
+// adds to the transaction being built: an event on a key already written
+// (by the transaction or an earlier event) replaces that operation, adding
+// its size difference and no operation. A lease is counted at its largest.
+func (b *txnBuilder) cost(events []streams.Event, allow func([]byte) bool) (ops, bytes int) {
+	var seen map[string]int // sizes of the keys the events wrote so far
+	if len(events) > 1 {
+		seen = make(map[string]int, len(events))
+	}
+	for i := range events {
+		e := &events[i]
+		if !allow(e.Key) {
+			continue
+		}
+		size := eventBytes(e)
+		old, ok := seen[string(e.Key)]
+		if !ok {
+			if j, in := b.idx[string(e.Key)]; in {
+				old, ok = b.sizes[j], true
+			}
+		}
+		if ok {
+			bytes += size - old
+		} else {
+			ops++
+			bytes += size
+		}
+		if seen != nil {
+			seen[string(e.Key)] = size
+		}
+	}
+	return ops, bytes
+}
+
+// eventBytes is the request size of e's operation, its lease counted at the largest.
+func eventBytes(e *streams.Event) int {
+	if e.Type == streams.EventDelete {
+		return deleteOpBytes(len(e.Key))
+	}
+	lease := int64(0)
+	if e.Lease != 0 {
+		lease = leaseBound
+	}
+	return putOpBytes(len(e.Key), len(e.Value), lease)
+}
+
+// budget bounds one standby transaction.
+type budget struct {
+	maxOps   int // operations, the checkpoint included (MaxTxnOps)
+	maxBytes int // request bytes, the checkpoint included (MaxTxnBytes)
+	reserve  int // request bytes of the checkpoint's compare and put
+}
+
+// fits reports whether ops operations of bytes request bytes and the
+// checkpoint fit in one transaction.
+func (b budget) fits(ops, bytes int) bool {
+	return ops+1 <= b.maxOps && bytes+b.reserve <= b.maxBytes
+}
+
+func (a *Applier) budget() budget {
+	return budget{maxOps: a.cfg.MaxTxnOps, maxBytes: a.cfg.MaxTxnBytes, reserve: checkpointReserve(a.cfg.checkpointKey())}
+}
 
 // ApplyBatch applies msgs, which must continue the log exactly where the
 // applier stands (the first message's sequence is the last consumed + 1, and
@@ -76,6 +139,12 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		f, err := streams.DecodeFrame(m.Data)
 		if err != nil {
 			return nil, fmt.Errorf("decode message at seq %d: %w", m.Seq, err)
+		}
+		// Mirrors keep the origin's sequences, so the message before this
+		// one is m.Seq-1 on both sites.
+		if err := a.cfg.LogKeys.Verify(f, m.Seq-1); err != nil {
+			a.metrics.unauthenticated.Inc()
+			return nil, fmt.Errorf("message at seq %d: %w", m.Seq, err)
 		}
 		if f.Part != 0 && !a.asm.Pending() && m.Seq == a.sessionStart {
 			// The session starts in the middle of a record: the checkpoint
@@ -117,11 +186,17 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 			w.Position.Seq = r.seq // republished revision: already applied
 			return nil
 		}
+		if err := a.startRevision(ctx, r); err != nil {
+			return err
+		}
 		if err := a.addEvents(ctx, r); err != nil {
 			return err
 		}
 		a.txn.revs++
-		a.log.Debug("revision applied", "revision", r.Revision, "events", len(r.Events), "seq", r.seq)
+		if a.log.Enabled(ctx, slog.LevelDebug) {
+			keys, more := a.inScopeKeys(r)
+			a.log.Debug("revision applied", "revision", r.Revision, "events", len(r.Events), "seq", r.seq, "keys", keys, "more_keys", more)
+		}
 		w.Position = streams.Position{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Part: r.part, Seq: r.seq}
 		w.SourceTime = r.Time
 	case streams.KindSnapshotBegin:
@@ -171,6 +246,33 @@ func (a *Applier) checkHistory(r *record) error {
 // flushed half-way through r records in the checkpoint how many of r's
 // events it made durable, and a restart resumes r after them, so no event
 // is written twice.
+// debugKeys bounds the keys a debug line names.
+const debugKeys = 32
+
+// inScopeKeys returns the first debugKeys keys r writes or deletes on the
+// standby, as "put <key>" or "delete <key>" (never values), and how many
+// more there are.
+func (a *Applier) inScopeKeys(r *record) ([]string, int) {
+	var keys []string
+	more := 0
+	for i := range r.Events {
+		e := &r.Events[i]
+		if !a.rules.Allowed(e.Key) {
+			continue
+		}
+		if len(keys) == debugKeys {
+			more++
+			continue
+		}
+		op := "put "
+		if e.Type == streams.EventDelete {
+			op = "delete "
+		}
+		keys = append(keys, op+string(e.Key))
+	}
+	return keys, more
+}
+
 func (a *Applier) addEvents(ctx context.Context, r *record) error {
 	from := 0
 	if p := a.work.Partial; p != nil && p.Seq == r.seq {
@@ -191,11 +293,32 @@ func (a *Applier) addEvents(ctx context.Context, r *record) error {
 	return nil
 }
 
+// startRevision ends the transaction being built before r when r fits
+// whole in a transaction but not in what remains of this one: transactions
+// end at revision boundaries, so the standby never shows part of a source
+// transaction. Only a revision larger than a whole transaction is split.
+func (a *Applier) startRevision(ctx context.Context, r *record) error {
+	if len(a.txn.ops) == 0 {
+		return nil
+	}
+	b := a.budget()
+	ops, bytes := a.txn.cost(r.Events, a.rules.Allowed)
+	if b.fits(len(a.txn.ops)+ops, a.txn.bytes+bytes) {
+		return nil
+	}
+	if ops, bytes = (&txnBuilder{}).cost(r.Events, a.rules.Allowed); !b.fits(ops, bytes) {
+		return nil // split anyway: it may as well fill this transaction
+	}
+	return a.flush(ctx)
+}
+
 // add adds one key operation to the transaction being built, flushing it
 // first when it is full. A later write of a key already in the transaction
-// replaces the earlier one.
+// replaces the earlier one, unless its size would take the transaction over
+// its budget: then the transaction is flushed first.
 func (a *Applier) add(ctx context.Context, e *streams.Event) error {
 	var op clientv3.Op
+	var lease clientv3.LeaseID
 	switch {
 	case e.Type == streams.EventDelete:
 		op = clientv3.OpDelete(string(e.Key))
@@ -204,32 +327,50 @@ func (a *Applier) add(ctx context.Context, e *streams.Event) error {
 		if err != nil {
 			return err
 		}
+		lease = id
 		op = clientv3.OpPut(string(e.Key), string(e.Value), clientv3.WithLease(id))
 	default:
 		op = clientv3.OpPut(string(e.Key), string(e.Value))
 	}
-	size := len(e.Key) + len(e.Value) + opOverhead
-	if i, ok := a.txn.idx[string(e.Key)]; ok {
-		a.txn.ops[i] = op
-		a.txn.bytes += size
-		return nil
+	size := deleteOpBytes(len(e.Key))
+	if e.Type != streams.EventDelete {
+		size = putOpBytes(len(e.Key), len(e.Value), int64(lease))
 	}
-	if len(a.txn.ops)+2 > a.cfg.MaxTxnOps || (len(a.txn.ops) > 0 && a.txn.bytes+size > a.cfg.MaxTxnBytes) {
+	b := a.budget()
+	if i, ok := a.txn.idx[string(e.Key)]; ok {
+		grow := size - a.txn.sizes[i]
+		if len(a.txn.ops) == 1 || b.fits(len(a.txn.ops), a.txn.bytes+grow) {
+			a.txn.ops[i], a.txn.sizes[i] = op, size
+			a.txn.bytes += grow
+			return nil
+		}
+		if err := a.flush(ctx); err != nil {
+			return err
+		}
+	} else if len(a.txn.ops) > 0 && !b.fits(len(a.txn.ops)+1, a.txn.bytes+size) {
 		if err := a.flush(ctx); err != nil {
 			return err
 		}
 	}
 	a.txn.idx[string(e.Key)] = len(a.txn.ops)
 	a.txn.ops = append(a.txn.ops, op)
+	a.txn.keys = append(a.txn.keys, string(e.Key))
+	a.txn.sizes = append(a.txn.sizes, size)
 	a.txn.bytes += size
 	return nil
 }
 
 // flush commits the pending operations together with the checkpoint of the
-// work completed so far, guarded by the checkpoint's mod revision.
+// work completed so far, guarded by the checkpoint's mod revision. A single
+// operation too large to go with the checkpoint under the standby's request
+// limit is written alone under the checkpoint compare, and the checkpoint
+// follows in a transaction of its own (a crash in between re-applies the
+// operation, which is idempotent). An operation the standby refuses even
+// alone stops the applier with a *TooLargeError, recorded in the checkpoint.
 func (a *Applier) flush(ctx context.Context) error {
 	ck := a.work
 	ck.AppliedAt = time.Now()
+	ck.Stopped = nil // whatever stopped an earlier session is past
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		ck.Snapshot = &s
@@ -242,20 +383,66 @@ func (a *Applier) flush(ctx context.Context) error {
 		ck.Partial = &p
 	}
 	key := a.cfg.checkpointKey()
-	ops := append(a.txn.ops, clientv3.OpPut(key, ck.encode()))
+	val := ck.encode()
+	ckOp := clientv3.OpPut(key, val)
+	cmp := compareBytes(len(key), a.ckRev)
+	size := requestBytes(cmp + a.txn.bytes + putOpBytes(len(key), len(val), 0))
 	start := time.Now()
-	resp, err := a.etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", a.ckRev)).Then(ops...).Commit()
-	if err != nil {
-		return fmt.Errorf("apply txn of %d ops up to seq %d: %w", len(ops), ck.Position.Seq, err)
+	rev, err := int64(0), error(nil)
+	alone := len(a.txn.ops) == 1 && size > a.cfg.MaxRequestBytes
+	if !alone {
+		rev, err = a.commit(ctx, append(a.txn.ops, ckOp), ck.Position.Seq)
+		switch {
+		case err == nil:
+		case !tooLarge(err):
+			return err
+		case len(a.txn.ops) != 1:
+			return a.stop(ctx, &TooLargeError{Bytes: size, Limit: a.cfg.MaxRequestBytes})
+		default:
+			alone = true // the standby's limit is below the configured one
+		}
 	}
-	if !resp.Succeeded {
-		return fmt.Errorf("apply txn up to seq %d: checkpoint %s is no longer at mod revision %d: %w", ck.Position.Seq, key, a.ckRev, ErrConflict)
+	if alone {
+		if _, err := a.commit(ctx, a.txn.ops, ck.Position.Seq); err != nil {
+			if tooLarge(err) {
+				return a.stop(ctx, &TooLargeError{Key: a.txn.keys[0], Bytes: requestBytes(cmp + a.txn.bytes), Limit: a.cfg.MaxRequestBytes})
+			}
+			return err
+		}
+		if rev, err = a.commit(ctx, []clientv3.Op{ckOp}, ck.Position.Seq); err != nil {
+			return err
+		}
 	}
 	a.metrics.observeTxn(time.Since(start), len(a.txn.ops), a.txn.revs, ck)
-	a.ckRev, a.ck = resp.Header.Revision, ck
+	a.ckRev, a.ck = rev, ck
 	a.applied.Store(&ck)
 	a.txn.reset()
 	return nil
+}
+
+// commit writes ops under the checkpoint compare and returns the standby
+// revision it made.
+func (a *Applier) commit(ctx context.Context, ops []clientv3.Op, seq uint64) (int64, error) {
+	key := a.cfg.checkpointKey()
+	resp, err := a.etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", a.ckRev)).Then(ops...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("apply txn of %d ops up to seq %d: %w", len(ops), seq, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("apply txn up to seq %d: checkpoint %s is no longer at mod revision %d: %w", seq, key, a.ckRev, ErrConflict)
+	}
+	return resp.Header.Revision, nil
+}
+
+// stop records err in the durable checkpoint (Checkpoint.Stopped), so
+// that status and readiness can say why the applier stopped, and returns it.
+func (a *Applier) stop(ctx context.Context, err error) error {
+	ck := a.ck
+	ck.Stopped = &Stop{Reason: err.Error(), At: time.Now()}
+	if _, werr := a.commit(ctx, []clientv3.Op{clientv3.OpPut(a.cfg.checkpointKey(), ck.encode())}, ck.Position.Seq); werr != nil {
+		return fmt.Errorf("%w (recording it in the checkpoint: %w)", err, werr)
+	}
+	return err
 }
 
 func sameSnapshot(x, y *SnapshotState) bool {

@@ -28,6 +28,8 @@ type Checkpoint struct {
 	Partial *Partial `json:"partial,omitempty"`
 	// Promoted fences the applier: set by promotion, never cleared by it.
 	Promoted bool `json:"promoted,omitempty"`
+	// Stopped says why the applier stopped (see Stop); nil while it runs.
+	Stopped *Stop `json:"stopped,omitempty"`
 }
 
 // SnapshotState tracks a snapshot being applied.
@@ -58,18 +60,25 @@ type Partial struct {
 // ReadCheckpoint reads the checkpoint at key from the standby. It returns the
 // checkpoint and the key's mod revision (0 when absent, with a zero checkpoint).
 func ReadCheckpoint(ctx context.Context, cli *clientv3.Client, key string) (Checkpoint, int64, error) {
+	ck, modRev, _, err := readCheckpoint(ctx, cli, key)
+	return ck, modRev, err
+}
+
+// readCheckpoint is ReadCheckpoint that also returns the etcd revision the
+// checkpoint was read at.
+func readCheckpoint(ctx context.Context, cli *clientv3.Client, key string) (Checkpoint, int64, int64, error) {
 	resp, err := cli.Get(ctx, key)
 	if err != nil {
-		return Checkpoint{}, 0, fmt.Errorf("read checkpoint %s: %w", key, err)
+		return Checkpoint{}, 0, 0, fmt.Errorf("read checkpoint %s: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return Checkpoint{}, 0, nil
+		return Checkpoint{}, 0, resp.Header.Revision, nil
 	}
 	var ck Checkpoint
 	if err := json.Unmarshal(resp.Kvs[0].Value, &ck); err != nil {
-		return Checkpoint{}, 0, fmt.Errorf("read checkpoint %s: %w", key, err)
+		return Checkpoint{}, 0, 0, fmt.Errorf("read checkpoint %s: %w", key, err)
 	}
-	return ck, resp.Kvs[0].ModRevision, nil
+	return ck, resp.Kvs[0].ModRevision, resp.Header.Revision, nil
 }
 
 func (ck *Checkpoint) encode() string {

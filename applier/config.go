@@ -65,10 +65,16 @@ type Config struct {
 	Scope keyspace.Config
 	// MaxTxnOps is the standby's --max-txn-ops, checkpoint included. Default 128.
 	MaxTxnOps int
-	// MaxTxnBytes bounds the size of one standby transaction. Default 1 MiB
-	// (the standby's --max-request-bytes defaults to 1.5 MiB); one operation
-	// larger than this goes alone.
+	// MaxTxnBytes bounds the request size of one standby transaction,
+	// checkpoint included. Default 1 MiB; one operation larger than this
+	// goes alone. At most MaxRequestBytes.
 	MaxTxnBytes int
+	// MaxRequestBytes is the standby's --max-request-bytes. Default 1.5 MiB
+	// (etcd's default). An operation too large to go with the checkpoint
+	// under it is written alone under the checkpoint compare and the
+	// checkpoint follows; one the standby refuses even so stops the applier
+	// (ErrTooLarge).
+	MaxRequestBytes int
 	// MaxBatchMessages bounds the messages handed to ApplyBatch at once. Default 1024.
 	MaxBatchMessages int
 	// MaxDeleteRatio is the largest share of the standby's in-scope keys a
@@ -81,6 +87,11 @@ type Config struct {
 	AllowMassDelete bool
 	// MinBackoff and MaxBackoff bound the retry delay. Defaults 100ms and 10s.
 	MinBackoff, MaxBackoff time.Duration
+	// LogKeys verifies every message's MAC before anything of its batch is
+	// written: a message without a valid MAC for its stream position stops
+	// the applier (errors wrap streams.ErrUnauthenticated). nil accepts an
+	// unauthenticated log.
+	LogKeys *streams.KeyRing
 	// Logger receives events; nil discards them. Debug prints each revision.
 	Logger *slog.Logger
 }
@@ -93,6 +104,7 @@ func DefaultConfig() Config {
 		Scope:             keyspace.DefaultConfig(),
 		MaxTxnOps:         128,
 		MaxTxnBytes:       1 << 20,
+		MaxRequestBytes:   3 << 19,
 		MaxBatchMessages:  1024,
 		MaxDeleteRatio:    0.5,
 		MassDeleteMinKeys: 10,
@@ -117,6 +129,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxTxnBytes < 4<<10 {
 		return fmt.Errorf("max txn bytes %d: must be at least 4096", c.MaxTxnBytes)
+	}
+	if c.MaxRequestBytes < c.MaxTxnBytes {
+		return fmt.Errorf("max request bytes %d: must be at least max txn bytes %d", c.MaxRequestBytes, c.MaxTxnBytes)
 	}
 	if c.MaxBatchMessages < 1 {
 		return fmt.Errorf("max batch messages %d: must be at least 1", c.MaxBatchMessages)

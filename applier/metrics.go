@@ -18,6 +18,8 @@ type metrics struct {
 	gaps       prometheus.Counter
 	errors     prometheus.Counter
 	stopped    prometheus.Counter
+
+	unauthenticated prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,9 +35,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		gaps:       prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_gaps_total", Help: "Gaps detected in the log (each leads to a re-seed)."}),
 		errors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_errors_total", Help: "Sessions ended by a retryable error."}),
 		stopped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_stopped_total", Help: "Times the applier stopped on an error that needs an operator or a re-seed."}),
+
+		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_unauthenticated_messages_total", Help: "Log messages rejected because their MAC is missing, unknown or wrong for their position."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped)
+		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped, m.unauthenticated)
 	}
 	return m
 }

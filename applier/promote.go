@@ -31,6 +31,13 @@ type PromoteConfig struct {
 	BumpMax int64
 	// Progress, if set, is called while bumping.
 	Progress func(done, total int64)
+	// Force promotes an etcd that holds no checkpoint (it never received a
+	// replica: most likely the primary itself). Without it Promote refuses
+	// with ErrNoCheckpoint before writing anything.
+	Force bool
+	// DryRun reads the checkpoint and the stream and reports what Promote
+	// would do, without waiting, fencing or bumping.
+	DryRun bool
 }
 
 // PromoteReport is the failover's data-loss report.
@@ -55,6 +62,13 @@ type PromoteReport struct {
 	// Inconsistent, when set, says why the standby's keyspace is not a copy
 	// of the primary at any one revision (a snapshot was half applied).
 	Inconsistent string `json:"inconsistent,omitempty"`
+	// ClusterID is the cluster ID (hex) of the primary whose copy the
+	// standby holds: the cluster promoted.
+	ClusterID string `json:"cluster_id"`
+	// DryRun reports that nothing was changed: Checkpoint is the current
+	// one, Drained says whether it already covers the stream and Bumped
+	// counts the revisions a bump would add.
+	DryRun bool `json:"dry_run,omitempty"`
 
 	drainTo uint64 // last sequence the applier can reach
 }
@@ -62,6 +76,10 @@ type PromoteReport struct {
 // ErrNotDrained is wrapped by Promote's error when the applier did not catch
 // up within the drain timeout; the standby is fenced regardless.
 var ErrNotDrained = errors.New("applier did not drain the stream in time")
+
+// ErrNoCheckpoint is returned by Promote when the etcd holds no checkpoint:
+// no applier ever wrote to it, so it is not a standby (perhaps the primary).
+var ErrNoCheckpoint = errors.New("no checkpoint: this etcd never received a replica")
 
 // Promote makes the standby independent: it waits (bounded) until the
 // applier has applied everything the standby's stream holds, fences the
@@ -81,11 +99,23 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 		cfg.BumpMax = 10_000_000
 	}
 	var rep PromoteReport
+	// Step 0: only a standby is promoted.
+	ck, ckRev, err := ReadCheckpoint(ctx, standby, cfg.CheckpointKey)
+	if err != nil {
+		return rep, err
+	}
+	if ckRev == 0 && !cfg.Force {
+		return rep, fmt.Errorf("promote: checkpoint %s absent: %w", cfg.CheckpointKey, ErrNoCheckpoint)
+	}
+	rep.ClusterID = fmt.Sprintf("%x", ck.Position.ClusterID)
 	// Step 1: how far the standby's stream goes.
 	if js != nil {
 		if err := rep.readStream(ctx, js, cfg.Stream); err != nil {
 			return rep, err
 		}
+	}
+	if cfg.DryRun {
+		return rep.dryRun(ctx, standby, ck, js != nil, cfg)
 	}
 	// Step 2: wait for the applier to drain it.
 	deadline := time.Now().Add(cfg.DrainTimeout)
@@ -150,6 +180,30 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 		return rep, fmt.Errorf("promote: %d messages unapplied after %s (the standby is fenced): %w", rep.Unapplied, cfg.DrainTimeout, ErrNotDrained)
 	}
 	return rep, nil
+}
+
+// dryRun completes the report of a dry run from the checkpoint ck.
+func (rep *PromoteReport) dryRun(ctx context.Context, standby *clientv3.Client, ck Checkpoint, streamRead bool, cfg PromoteConfig) (PromoteReport, error) {
+	if ck.Promoted {
+		return *rep, fmt.Errorf("promote: standby already promoted at %s: %w", ck.Position, ErrPromoted)
+	}
+	resp, err := standby.Get(ctx, cfg.CheckpointKey, clientv3.WithCountOnly())
+	if err != nil {
+		return *rep, fmt.Errorf("promote: read standby revision: %w", err)
+	}
+	rep.DryRun, rep.Checkpoint, rep.StandbyRevision = true, ck, resp.Header.Revision
+	rep.DataLossSince = ck.SourceTime
+	rep.Drained = streamRead && ck.Position.Seq >= rep.drainTo && ck.Snapshot == nil
+	if rep.StreamLastSeq > ck.Position.Seq {
+		rep.Unapplied = rep.StreamLastSeq - ck.Position.Seq
+	}
+	if sn := ck.Snapshot; sn != nil {
+		rep.Inconsistent = fmt.Sprintf("a snapshot at source revision %d (generation %d) is half applied (%d keys): promoted now, the standby would mix its older state with part of that snapshot", sn.Revision, sn.Generation, sn.Keys)
+	}
+	if cfg.BumpRevision {
+		rep.Bumped = max(max(ck.Position.Revision, rep.StreamLastRevision)+1-rep.StandbyRevision, 0)
+	}
+	return *rep, nil
 }
 
 // readStream records the stream's last sequence and newest source revision.

@@ -17,7 +17,8 @@ type Status struct {
 	Stream     StreamStatus `json:"stream"`
 	Checkpoint *Checkpoint  `json:"checkpoint,omitempty"` // nil: never applied anything
 	// State is one of "following", "bootstrapping" (a snapshot is being
-	// applied), "waiting" (nothing applied yet), "promoted".
+	// applied), "waiting" (nothing applied yet), "stopped" (on an error
+	// that needs an operator: Checkpoint.Stopped says which), "promoted".
 	State string `json:"state"`
 	// LagMessages counts stream messages not yet applied.
 	LagMessages uint64 `json:"lag_messages"`
@@ -76,6 +77,8 @@ func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetS
 		return st, nil
 	case ck.Promoted:
 		st.State = "promoted"
+	case ck.Stopped != nil:
+		st.State = "stopped"
 	case ck.Snapshot != nil:
 		st.State = "bootstrapping"
 	default:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -160,12 +161,23 @@ func (a *Auditor) publish(ctx context.Context, rep *Report) error {
 }
 
 // ensureDriftStream creates or updates the drift stream once per Auditor
-// (again after a failure).
+// (again after a failure). A stream that exists with the configured
+// subjects, age and replicas is used as it is: an auditor whose NATS
+// identity may not manage streams (the reader role) publishes into the
+// drift stream that the publisher or `streams init` created.
 func (a *Auditor) ensureDriftStream(ctx context.Context) error {
 	if a.driftReady.Load() {
 		return nil
 	}
-	if _, err := a.js.CreateOrUpdateStream(ctx, DriftStreamConfig(a.cfg)); err != nil {
+	want := DriftStreamConfig(a.cfg)
+	if s, err := a.js.Stream(ctx, want.Name); err == nil {
+		have := s.CachedInfo().Config
+		if slices.Equal(have.Subjects, want.Subjects) && have.MaxAge == want.MaxAge && have.Replicas == want.Replicas {
+			a.driftReady.Store(true)
+			return nil
+		}
+	}
+	if _, err := a.js.CreateOrUpdateStream(ctx, want); err != nil {
 		return fmt.Errorf("ensure drift stream %s: %w", a.cfg.DriftStream, err)
 	}
 	a.driftReady.Store(true)

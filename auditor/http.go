@@ -20,16 +20,20 @@ type CheckResponse struct {
 
 // CheckHandler serves /check: the last report, as JSON when the request's
 // Accept header mentions json or the query has format=json, as text
-// otherwise. The status is 200 when the most recent audit completed
-// (whatever it found), 503 when no audit has completed yet or the most
-// recent one failed (the body then carries the error and the previous
-// report, if any).
+// otherwise. The status is 200 when the most recent audit completed and
+// found the standby consistent, 409 (Conflict) when it found drift, 503
+// when no audit has completed yet or the most recent one failed (the body
+// then carries the error and the previous report, if any): a blackbox
+// probe alerts on anything but 2xx.
 func (a *Auditor) CheckHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var resp CheckResponse
 		status := http.StatusOK
 		if rep := a.last.Load(); rep != nil {
 			resp.Report = rep
+			if !rep.Consistent {
+				status = http.StatusConflict
+			}
 		}
 		if f := a.lastErr.Load(); f != nil {
 			t := f.time.UTC()

@@ -60,7 +60,8 @@ func get(t *testing.T, h http.Handler, target, accept string) (int, string) {
 }
 
 // TestRunCheckAndMetrics runs the interval loop and reads /check and the
-// metrics, through a success and a failure.
+// metrics, through drift (409, so a blackbox probe alerts), consistency
+// (200) and a failure (503).
 func TestRunCheckAndMetrics(t *testing.T) {
 	e := newEnv(t, false)
 	e.copyKeys(map[string]string{"/registry/configmaps/app/a": "1", "/registry/configmaps/app/b": "2"})
@@ -77,14 +78,14 @@ func TestRunCheckAndMetrics(t *testing.T) {
 	runBG(t, a.Run)
 	testenv.Eventually(t, 10*time.Second, func() bool { _, ok := a.Last(); return ok }, "a completed audit")
 	code, body := get(t, h, "/check", "")
-	if code != http.StatusOK || !strings.Contains(body, "LOCAL ETCD missed keys: 1") || !strings.Contains(body, "/registry/configmaps/app/a") ||
+	if code != http.StatusConflict || !strings.Contains(body, "LOCAL ETCD missed keys: 1") || !strings.Contains(body, "/registry/configmaps/app/a") ||
 		!strings.Contains(body, "drift events: not published") {
 		t.Errorf("/check text: %d\n%s", code, body)
 	}
 	for _, target := range []string{"/check?format=json", "/check"} {
 		code, body := get(t, h, target, "application/json")
 		var resp auditor.CheckResponse
-		if err := json.Unmarshal([]byte(body), &resp); err != nil || code != http.StatusOK || resp.Report == nil ||
+		if err := json.Unmarshal([]byte(body), &resp); err != nil || code != http.StatusConflict || resp.Report == nil ||
 			resp.Report.Missed.Count != 1 || resp.Report.Missed.Keys[0].Key != "/registry/configmaps/app/a" {
 			t.Errorf("/check json via %s: %d %v\n%s", target, code, err, body)
 		}
@@ -101,6 +102,13 @@ func TestRunCheckAndMetrics(t *testing.T) {
 	if v := gauge(t, reg, "etcdsync_auditor_last_run_timestamp_seconds"); v < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("last run timestamp = %v", v)
 	}
+
+	// The drift repaired, /check answers 200.
+	put(t, e.standby.Client, "/registry/configmaps/app/a", "1")
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		code, body := get(t, h, "/check", "")
+		return code == http.StatusOK && strings.Contains(body, "result: CONSISTENT")
+	}, "/check 200 once consistent")
 
 	// Audits now fail: /check says so, with the previous report.
 	del(t, e.standby.Client, ckKey)

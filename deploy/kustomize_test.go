@@ -3,6 +3,7 @@ package deploy
 import (
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -206,10 +207,23 @@ func TestOverlaysBuild(t *testing.T) {
 			t.Error("no ETCDSYNC_EXCLUDE_NAMESPACE example on the standby")
 		}
 		// --print-rules runs apply's full configuration path without
-		// connecting anywhere: the scope values must be valid.
-		out, errOut, code := runEtcdsync(t, apEnv, "apply", "--print-rules")
+		// connecting anywhere: the scope values must be valid. The pod's
+		// namespace arrives as POD_NAMESPACE, as the downward API gives it.
+		if ap.Namespace == "" {
+			t.Fatal("the applier Deployment has no namespace")
+		}
+		withNS := maps.Clone(apEnv)
+		withNS["POD_NAMESPACE"] = ap.Namespace
+		out, errOut, code := runEtcdsync(t, withNS, "apply", "--print-rules")
 		if code != 0 {
 			t.Fatalf("etcdsync apply --print-rules with the applier's environment: exit %d: %s", code, errOut)
+		}
+		// Both sites run etcdsync in its namespace and NATS in "nats":
+		// neither may be replicated over the standby's own.
+		for _, ns := range []string{ap.Namespace, "nats"} {
+			if !strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
+				t.Errorf("--print-rules does not exclude namespace %q, where each site runs its own etcdsync or NATS:\n%s", ns, out)
+			}
 		}
 		for _, ns := range strings.Split(apEnv["ETCDSYNC_EXCLUDE_NAMESPACE"], ",") {
 			if !strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
@@ -313,6 +327,20 @@ func containerEnv(t *testing.T, b *built, d *appsv1.Deployment, wantCmd string) 
 		for k, v := range cm.Data {
 			env[ef.Prefix+k] = v
 		}
+	}
+	// Every etcdsync container knows the namespace it runs in, from the
+	// downward API: the applier and auditor exclude it from the scope.
+	podNS := false
+	for _, e := range c.Env {
+		if e.Name == "POD_NAMESPACE" {
+			if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+				t.Errorf("%s: POD_NAMESPACE must come from the downward API (fieldRef metadata.namespace)", d.Name)
+			}
+			podNS = true
+		}
+	}
+	if !podNS {
+		t.Errorf("%s: no POD_NAMESPACE from the downward API: the applier and auditor could not exclude their own namespace", d.Name)
 	}
 	for _, e := range c.Env {
 		if !strings.HasPrefix(e.Name, "ETCDSYNC_") {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"sigs.k8s.io/yaml"
 
 	"github.com/etcdsync/etcdsync/streams"
@@ -322,4 +325,122 @@ func TestNATSMirrorAcrossLeafnode(t *testing.T) {
 		t.Fatalf("create mirror from primary-mirror.json: %v", err)
 	}
 	waitMirrored(t, ctx, standby.js, primary.js, 10)
+}
+
+// chartVar matches the chart's "<< $X >>" syntax for an unquoted nats.conf
+// variable.
+var chartVar = regexp.MustCompile(`"<< (\$[A-Z_]+) >>"`)
+
+// TestNATSValuesAuthorization renders each site's authorization block as
+// the chart does (config.merge into nats.conf, "<< $X >>" as a variable from
+// the environment), loads it with nats-server's own parser, and checks that
+// every identity has exactly the permissions the embedded server grants its
+// role (streams.Access), the connection types of its role, and that the
+// standby's leafnode remote authenticates with the leaf identity's seed.
+func TestNATSValuesAuthorization(t *testing.T) {
+	leaf, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPub, _ := leaf.PublicKey()
+	leafSeed, _ := leaf.Seed()
+	for name, v := range map[string]string{"NATS_PUBLISHER_PASSWORD": "p1", "NATS_APPLIER_PASSWORD": "p2",
+		"NATS_AUDITOR_PASSWORD": "p3", "NATS_ADMIN_PASSWORD": "p4", "NATS_LEAF_NKEY": leafPub, "NATS_LEAF_SEED": string(leafSeed)} {
+		t.Setenv(name, v)
+	}
+	access := func(site, domain string) streams.Access {
+		return streams.Access{Site: site, Stream: streams.DefaultStream, DriftStream: streams.DefaultDriftStream, Domain: domain}
+	}
+	type want struct {
+		perms *server.Permissions
+		kind  string
+	}
+	wants := map[string]map[string]want{
+		"primary": {
+			"etcdsync-publisher": {access("primary", "").Permissions(streams.RolePublisher), "STANDARD"},
+			"etcdsync-applier":   {access("primary", "").Permissions(streams.RoleReader), "STANDARD"},
+			"etcdsync-auditor":   {access("primary", "").Permissions(streams.RoleReader), "STANDARD"},
+			leafPub:              {access("primary", "primary").Permissions(streams.RoleLeaf), "LEAFNODE"},
+			"etcdsync-admin":     {nil, "STANDARD"},
+		},
+		// The standby's readers read the primary's log (its mirror); its
+		// publisher identity serves the promoted site after a failover.
+		"standby": {
+			"etcdsync-publisher": {access("standby", "").Permissions(streams.RolePublisher), "STANDARD"},
+			"etcdsync-applier":   {access("primary", "").Permissions(streams.RoleReader), "STANDARD"},
+			"etcdsync-auditor":   {access("primary", "").Permissions(streams.RoleReader), "STANDARD"},
+			"etcdsync-admin":     {nil, "STANDARD"},
+		},
+	}
+	for site, file := range natsValues {
+		t.Run(site, func(t *testing.T) {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v map[string]any
+			if err := yaml.UnmarshalStrict(b, &v); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			authz := lookup(v, "config", "merge", "authorization")
+			if authz == nil {
+				t.Fatalf("%s: no config.merge.authorization", file)
+			}
+			var buf bytes.Buffer
+			enc := json.NewEncoder(&buf)
+			enc.SetEscapeHTML(false) // nats.conf knows no \u escapes
+			if err := enc.Encode(map[string]any{"authorization": authz}); err != nil {
+				t.Fatal(err)
+			}
+			conf := chartVar.ReplaceAll(buf.Bytes(), []byte("$1"))
+			path := filepath.Join(t.TempDir(), "nats.conf")
+			if err := os.WriteFile(path, conf, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			opts, err := server.ProcessConfigFile(path)
+			if err != nil {
+				t.Fatalf("%s: nats-server rejects the authorization block: %v", file, err)
+			}
+			got := map[string]want{}
+			for _, u := range opts.Users {
+				got[u.Username] = want{u.Permissions, connTypes(u.AllowedConnectionTypes)}
+			}
+			for _, u := range opts.Nkeys {
+				got[u.Nkey] = want{u.Permissions, connTypes(u.AllowedConnectionTypes)}
+			}
+			for id, w := range wants[site] {
+				g, ok := got[id]
+				if !ok {
+					t.Errorf("%s: no identity %s", file, id)
+					continue
+				}
+				if g.kind != w.kind {
+					t.Errorf("%s: %s connects as %q, want %q", file, id, g.kind, w.kind)
+				}
+				if gj, wj := string(mustJSON(t, g.perms)), string(mustJSON(t, w.perms)); gj != wj {
+					t.Errorf("%s: %s permissions\n have %s\n want %s", file, id, gj, wj)
+				}
+			}
+			if len(got) != len(wants[site]) {
+				t.Errorf("%s: %d identities, want %d", file, len(got), len(wants[site]))
+			}
+			if site == "standby" {
+				remotes, _ := lookup(v, "config", "leafnodes", "merge", "remotes").([]any)
+				if len(remotes) != 1 || lookup(remotes[0], "nkey") != "<< $NATS_LEAF_SEED >>" {
+					t.Errorf("%s: the leafnode remote must authenticate with nkey << $NATS_LEAF_SEED >>", file)
+				}
+			}
+		})
+	}
+}
+
+// connTypes returns the one allowed connection type ("" for none or many).
+func connTypes(m map[string]struct{}) string {
+	if len(m) != 1 {
+		return ""
+	}
+	for k := range m {
+		return k
+	}
+	return ""
 }

@@ -37,6 +37,12 @@ type Config struct {
 	// every key in them and their Namespace object. DNS-1123 labels.
 	// Kubernetes mode only.
 	ExcludeNamespaces []string
+	// OwnNamespace is the namespace etcdsync itself runs in (POD_NAMESPACE,
+	// from the downward API), excluded like ExcludeNamespaces: both sites
+	// run etcdsync there, and neither may receive the other's Deployments,
+	// Secrets or configuration. Empty when etcdsync runs outside
+	// Kubernetes. Ignored in raw mode, where keys are not parsed.
+	OwnNamespace string
 	// ExcludePrefixes are full etcd key prefixes to exclude, compared bytewise,
 	// e.g. "/registry/secrets/". They must start with "/" in kubernetes mode.
 	ExcludePrefixes []string
@@ -93,6 +99,11 @@ func (c Config) Validate() error {
 	}
 
 	if kube {
+		if c.OwnNamespace != "" {
+			if err := validateNamespace(c.OwnNamespace); err != nil {
+				add("own namespace %q (POD_NAMESPACE): %w", c.OwnNamespace, err)
+			}
+		}
 		for _, ns := range c.ExcludeNamespaces {
 			if err := validateNamespace(ns); err != nil {
 				add("exclude namespace %q: %w", ns, err)

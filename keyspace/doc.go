@@ -41,7 +41,8 @@
 //     ConfigMap named kube-root-ca.crt;
 //  5. ExcludeResources, matched against the parsed key;
 //  6. excluded namespaces: the preset's kube-system, kube-public and
-//     kube-node-lease plus ExcludeNamespaces. A namespace covers every
+//     kube-node-lease, OwnNamespace (the namespace etcdsync runs in, from
+//     POD_NAMESPACE: both sites run etcdsync there) plus ExcludeNamespaces. A namespace covers every
 //     namespaced key in it and its own Namespace object
 //     (<prefix>/namespaces/<ns>). Cluster-scoped objects that merely refer
 //     to a namespace (webhooks, APIServices, PVs) cannot be told from the key

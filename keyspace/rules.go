@@ -26,7 +26,10 @@ type Rules struct {
 }
 
 // Sources of namespace and resource rules, as shown by Explain and String.
-const sourceConfig = "config"
+const (
+	sourceConfig = "config"
+	sourceOwn    = "etcdsync's own namespace, from POD_NAMESPACE: both sites run etcdsync there"
+)
 
 var ownPrefix = []byte(OwnPrefix)
 
@@ -76,6 +79,9 @@ func New(cfg Config) (*Rules, error) {
 	}
 	for _, ns := range presetNamespaces {
 		addNamespace(ns, presetName)
+	}
+	if cfg.OwnNamespace != "" {
+		addNamespace(cfg.OwnNamespace, sourceOwn)
 	}
 	for _, ns := range cfg.ExcludeNamespaces {
 		addNamespace(ns, sourceConfig)

@@ -141,6 +141,48 @@ func TestRulesConfigured(t *testing.T) {
 	}
 }
 
+// TestRulesOwnNamespace: the namespace etcdsync runs in is excluded with
+// every key in it, the Namespace object included, whatever the flags say,
+// and the rule listing says why.
+func TestRulesOwnNamespace(t *testing.T) {
+	r := mustNew(t, Config{OwnNamespace: "etcdsync", ExcludeNamespaces: []string{"nats"}})
+	tests := []struct {
+		key        string
+		want       bool
+		wantReason string
+	}{
+		{"/registry/deployments/etcdsync/etcdsync-applier", false, `namespace "etcdsync" excluded (etcdsync's own namespace, from POD_NAMESPACE`},
+		{"/registry/secrets/etcdsync/etcd-client-cert", false, `namespace "etcdsync"`},
+		{"/registry/configmaps/etcdsync/etcdsync-scope", false, `namespace "etcdsync"`},
+		{"/registry/namespaces/etcdsync", false, `namespace "etcdsync"`},
+		{"/registry/leases/etcdsync/etcdsync-applier", false, `namespace "etcdsync"`},
+		{"/registry/configmaps/nats/nats-config", false, `namespace "nats" excluded (config)`},
+		{"/registry/deployments/etcdsync-apps/web", true, "included"},
+		{"/registry/namespaces/etcdsync2", true, "included"},
+	}
+	for _, tt := range tests {
+		got := r.Allowed([]byte(tt.key))
+		ok, reason := r.Explain([]byte(tt.key))
+		if got != tt.want || ok != tt.want {
+			t.Errorf("Allowed(%q) = %v, Explain = %v (%s), want %v", tt.key, got, ok, reason, tt.want)
+		}
+		if !strings.Contains(reason, tt.wantReason) {
+			t.Errorf("Explain(%q) reason = %q, want it to contain %q", tt.key, reason, tt.wantReason)
+		}
+	}
+	if s := r.String(); !strings.Contains(s, `exclude namespace "etcdsync": its keys and its Namespace object (etcdsync's own namespace, from POD_NAMESPACE`) {
+		t.Errorf("String() does not say why the own namespace is excluded:\n%s", s)
+	}
+	if _, err := New(Config{OwnNamespace: "Bad_NS"}); err == nil || !strings.Contains(err.Error(), "POD_NAMESPACE") {
+		t.Errorf("New with a bad own namespace: err = %v, want one naming POD_NAMESPACE", err)
+	}
+	// Raw mode parses no namespaces: POD_NAMESPACE is set in every manifest
+	// and must not make a raw-mode applier refuse to start.
+	if _, err := New(Config{Mode: ModeRaw, OwnNamespace: "etcdsync"}); err != nil {
+		t.Errorf("raw mode with an own namespace: %v", err)
+	}
+}
+
 func TestRulesIncludePrefixes(t *testing.T) {
 	r := mustNew(t, Config{
 		IncludePrefixes: []string{"/registry/cr.bar.com/", "/registry/namespaces/"},

@@ -26,8 +26,10 @@ type Config struct {
 	Stream streams.LogConfig
 	// Prefix limits what is published to keys with this prefix ("" = all).
 	Prefix string
-	// MaxMessageBytes is the largest message body published; larger records
-	// are split into parts. Default 1,000 KiB (fits NATS' default 1 MB max_payload).
+	// MaxMessageBytes is the largest message published, headers included
+	// (streams.HeaderRoom of it is theirs); larger records are split into
+	// parts. At most the stream's MaxMsgSize. Default 1,000 KiB (fits NATS'
+	// default 1 MB max_payload).
 	MaxMessageBytes int
 	// Window is the number of messages published but not yet acknowledged.
 	// Default 256.
@@ -60,6 +62,9 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Leader names this publisher in epoch markers. Default "<hostname>-<pid>".
 	Leader string
+	// LogKeys signs every message (its first key) for its stream position;
+	// nil publishes an unauthenticated log.
+	LogKeys *streams.KeyRing
 	// Logger receives events; nil discards them.
 	Logger *slog.Logger
 }

@@ -238,7 +238,7 @@ func TestLastWitness(t *testing.T) {
 		if r.Generation == 0 {
 			r.Generation = 7
 		}
-		msgs, err := streams.NewMsgs(subj, &r, 4<<10)
+		msgs, err := streams.NewMsgs(subj, &r, 4<<10, nil, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -86,6 +86,11 @@ func (p *Publisher) Published() streams.Position {
 // current session; the next one starts from the stream tail after a capped
 // exponential backoff.
 func (p *Publisher) Run(ctx context.Context) error {
+	if p.cfg.LogKeys == nil {
+		p.log.Warn("the log is unauthenticated: without a log key ring (--log-key-file) anyone who can publish to the stream can write into the standby")
+	} else {
+		p.log.Info("log messages are authenticated", "signing_key", p.cfg.LogKeys.SigningKeyID(), "keys", p.cfg.LogKeys.IDs())
+	}
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = p.cfg.MinBackoff, p.cfg.MaxBackoff, 0
 	bo.Reset() // start from InitialInterval, not the library default
@@ -127,8 +132,14 @@ func (p *Publisher) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tail, err := streams.ReadTail(ctx, stream, p.subj)
-	if err != nil {
+	tail, err := streams.ReadVerifiedTail(ctx, stream, p.subj, p.cfg.LogKeys)
+	untrustedTail := errors.Is(err, streams.ErrCorrupt)
+	if untrustedTail {
+		// The tail cannot say where to resume (forged, written before the
+		// log was signed, or by an older frame version): a new generation
+		// that trusts nothing of it.
+		p.log.Warn("the stream's tail cannot be trusted: starting a new generation", "err", err)
+	} else if err != nil {
 		return err
 	}
 	// Step 1: where is the source now?
@@ -144,6 +155,8 @@ func (p *Publisher) session(ctx context.Context) error {
 	switch {
 	case tail.Seq == 0:
 		reason = ReasonFirstStart
+	case untrustedTail:
+		reason = fmt.Sprintf("%s: the message at the stream tail (seq %d) is unreadable or fails its MAC check", ReasonContinuity, tail.Seq)
 	case tail.ClusterID != clusterID:
 		reason = fmt.Sprintf("%s: source cluster changed from %x to %x", ReasonContinuity, tail.ClusterID, clusterID)
 	case !tail.Complete:
@@ -176,10 +189,11 @@ func (p *Publisher) session(ctx context.Context) error {
 	}
 	gen, resumeRev := tail.Generation, tail.Revision
 	switch {
-	case tail.Seq == 0:
-		// A first start (or a recreated stream): a generation number never
-		// used before, so a standby holding a checkpoint of an older stream
-		// can never take this history for its own.
+	case tail.Seq == 0 || untrustedTail:
+		// A first start (or a recreated stream, or a tail that cannot be
+		// trusted): a generation number never used before, so a standby
+		// holding a checkpoint of an older stream can never take this
+		// history for its own.
 		gen, resumeRev = uint64(time.Now().UnixNano()), 0
 	case reason != "":
 		gen, resumeRev = tail.Generation+1, 0
@@ -355,7 +369,7 @@ func (p *Publisher) probeKey() string {
 func (p *Publisher) writeEpoch(ctx context.Context, tailSeq, clusterID, gen uint64, rev int64) (uint64, error) {
 	rec := &streams.Record{Kind: streams.KindEpoch, ClusterID: clusterID, Generation: gen, Revision: rev, Time: time.Now(),
 		Leader: fmt.Sprintf("%s-%d", p.cfg.Leader, tailSeq)}
-	msgs, err := streams.NewMsgs(p.subj, rec, p.cfg.MaxMessageBytes)
+	msgs, err := streams.NewMsgs(p.subj, rec, p.cfg.MaxMessageBytes, p.cfg.LogKeys, tailSeq)
 	if err != nil {
 		return 0, err
 	}
@@ -383,7 +397,7 @@ type sender struct {
 // send publishes rec asynchronously; it blocks while the window is full.
 func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 	rec.ClusterID, rec.Generation = s.clusterID, s.gen
-	msgs, err := streams.NewMsgs(s.p.subj, rec, s.p.cfg.MaxMessageBytes)
+	msgs, err := streams.NewMsgs(s.p.subj, rec, s.p.cfg.MaxMessageBytes, s.p.cfg.LogKeys, s.last)
 	if err != nil {
 		return err
 	}

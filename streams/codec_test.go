@@ -2,8 +2,12 @@ package streams
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -75,7 +79,7 @@ func TestDecodeRecordErrors(t *testing.T) {
 func TestSplitAndAssemble(t *testing.T) {
 	big := sampleRecord()
 	big.Events[0].Value = bytes.Repeat([]byte("x"), 1400<<10) // 1.4 MiB value
-	frames, err := SplitRecord(&big, 512<<10)
+	frames, err := SplitRecord(&big, 512<<10, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +111,7 @@ func TestSplitAndAssemble(t *testing.T) {
 func TestAssemblerRejectsOutOfOrder(t *testing.T) {
 	big := sampleRecord()
 	big.Events[0].Value = bytes.Repeat([]byte("x"), 300<<10)
-	frames, err := SplitRecord(&big, 128<<10)
+	frames, err := SplitRecord(&big, 128<<10, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,31 +130,180 @@ func TestAssemblerRejectsOutOfOrder(t *testing.T) {
 	}
 }
 
-func TestDecodeFrameDetectsCorruption(t *testing.T) {
+// Every bit of every byte of a frame, header included, is covered: flipping
+// any one of them is an error, for unsigned and signed frames, and a signed
+// frame whose bytes survive the CRC (recomputed by an attacker) still fails
+// its MAC.
+func TestDecodeFrameDetectsEveryBitFlip(t *testing.T) {
 	r := sampleRecord()
-	frames, err := SplitRecord(&r, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range frames[0] {
-		b := append([]byte{}, frames[0]...)
-		b[i] ^= 0x40
-		f, err := DecodeFrame(b)
-		if err == nil {
-			// A flipped bit in a varint header field may still parse; the
-			// checksum still covers the payload, so decoding must then fail
-			// or the frame must be structurally different.
-			if _, derr := DecodeRecord(f.Payload); derr == nil && f.Part == 0 && f.Parts == 1 && f.Kind == r.Kind {
-				t.Fatalf("flipping byte %d went unnoticed", i)
-			}
-			continue
+	ring := testRing(t)
+	for _, tc := range []struct {
+		name string
+		ring *KeyRing
+	}{{"unsigned", nil}, {"signed", ring}} {
+		frames, err := SplitRecord(&r, 1<<20, tc.ring, 41)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if !errors.Is(err, ErrCorrupt) {
-			t.Fatalf("byte %d: want ErrCorrupt, got %v", i, err)
+		orig := frames[0]
+		for i := range orig {
+			for bit := 0; bit < 8; bit++ {
+				b := append([]byte{}, orig...)
+				b[i] ^= 1 << bit
+				if _, err := DecodeFrame(b); !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("%s: flipping bit %d of byte %d of %d: err = %v, want ErrCorrupt", tc.name, bit, i, len(orig), err)
+				}
+			}
 		}
 	}
 	if _, err := DecodeFrame([]byte(`{"json":true}`)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("json body: want ErrCorrupt, got %v", err)
+	}
+}
+
+// A frame's kind must be its record's kind: a revision record relabelled as
+// an epoch (with a valid checksum) is rejected by the assembler.
+func TestAssemblerChecksRecordKind(t *testing.T) {
+	r := sampleRecord()
+	payload := AppendRecord(nil, &r)
+	fb := AppendFrame(nil, Frame{Kind: KindEpoch, Part: 0, Parts: 1, Payload: payload}, nil, 0)
+	f, err := DecodeFrame(fb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a Assembler
+	if _, _, err := a.Add(f); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "epoch frame holds a revision record") {
+		t.Fatalf("relabelled frame: err = %v", err)
+	}
+}
+
+func testRing(t testing.TB) *KeyRing {
+	t.Helper()
+	ring, err := ParseKeyRing([]byte("# test ring\nk2026:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)) +
+		"\nold-1:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 40)) + "  # rotated out soon\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ring
+}
+
+// recrc recomputes a frame's trailing CRC, as an attacker would.
+func recrc(b []byte) []byte {
+	b = append([]byte{}, b...)
+	binary.BigEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], castagnoli))
+	return b
+}
+
+func TestFrameMAC(t *testing.T) {
+	ring := testRing(t)
+	r := sampleRecord()
+	frames, err := SplitRecord(&r, 1<<20, ring, 41)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := DecodeFrame(frames[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.KeyID != "k2026" {
+		t.Fatalf("signed by %q, want the ring's first key", f.KeyID)
+	}
+	if err := ring.Verify(f, 41); err != nil {
+		t.Fatalf("genuine frame: %v", err)
+	}
+	// The previous key verifies what it signed (rotation).
+	older, _ := ParseKeyRing([]byte("old-1:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 40))))
+	oldFrames, _ := SplitRecord(&r, 1<<20, older, 7)
+	of, _ := DecodeFrame(oldFrames[0])
+	if err := ring.Verify(of, 7); err != nil {
+		t.Fatalf("frame signed by a second key of the ring: %v", err)
+	}
+
+	unsigned, _ := SplitRecord(&r, 1<<20, nil, 41)
+	uf, _ := DecodeFrame(unsigned[0])
+	if err := (*KeyRing)(nil).Verify(uf, 41); err != nil {
+		t.Fatalf("no ring: %v", err)
+	}
+	other, _ := ParseKeyRing([]byte("k2026:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{8}, 32))))
+	forgedFrames, _ := SplitRecord(&r, 1<<20, other, 41)
+	forged, _ := DecodeFrame(forgedFrames[0])
+	// An altered payload with a recomputed CRC.
+	altered := append([]byte{}, frames[0]...)
+	altered[len(altered)-4-MACSize-1] ^= 1
+	af, err := DecodeFrame(recrc(altered))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknownFrames, _ := SplitRecord(&r, 1<<20, mustRing(t, "nope:"+base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), 41)
+	unknown, _ := DecodeFrame(unknownFrames[0])
+	for _, tc := range []struct {
+		name    string
+		f       Frame
+		prev    uint64
+		wantMsg string
+	}{
+		{"unsigned", uf, 41, "carries no MAC"},
+		{"forged with another key of the same ID", forged, 41, "does not match"},
+		{"altered payload", af, 41, "does not match"},
+		{"replayed at another position", f, 42, "does not match"},
+		{"unknown key", unknown, 41, `key "nope"`},
+	} {
+		err := ring.Verify(tc.f, tc.prev)
+		if !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.wantMsg) {
+			t.Errorf("%s: err = %v, want ErrUnauthenticated mentioning %q", tc.name, err, tc.wantMsg)
+		}
+	}
+}
+
+func mustRing(t testing.TB, s string) *KeyRing {
+	t.Helper()
+	r, err := ParseKeyRing([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestParseKeyRing(t *testing.T) {
+	k32 := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	for _, tc := range []struct {
+		name, in, wantErr string
+	}{
+		{"ok", "a:" + k32, ""},
+		{"comments and blanks", "# c\n\n  a-1:" + k32 + " # x\nB2:" + k32 + "\n", ""},
+		{"empty", "# nothing\n", "holds no key"},
+		{"no colon", k32, "want ID:BASE64"},
+		{"bad id", "a_b:" + k32, "letters, digits and dashes"},
+		{"duplicate", "a:" + k32 + "\na:" + k32, "given twice"},
+		{"short", "a:" + base64.StdEncoding.EncodeToString(make([]byte, 31)), "at least 32"},
+		{"not base64", "a:!!!!", "not base64"},
+	} {
+		r, err := ParseKeyRing([]byte(tc.in))
+		if tc.wantErr == "" {
+			if err != nil || r.SigningKeyID() == "" {
+				t.Errorf("%s: %v", tc.name, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.wantErr)
+		} else if strings.Contains(err.Error(), k32) {
+			t.Errorf("%s: error shows the key: %v", tc.name, err)
+		}
+	}
+}
+
+func TestDigestedRecordRoundTrip(t *testing.T) {
+	r := sampleRecord()
+	r.Digested = true
+	r.Digest.AddPair([]byte("a"), []byte("b"))
+	r.Events[1].PrevHash = ElementHash([]byte("/registry/pods/ns/b"), []byte("old"))
+	got, err := DecodeRecord(AppendRecord(nil, &r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Digested || got.Digest != r.Digest || got.Events[1].PrevHash != r.Events[1].PrevHash || got.Events[0].PrevHash != ([32]byte{}) {
+		t.Fatalf("digest fields lost in the round trip: %+v", got)
 	}
 }
 
@@ -175,16 +328,32 @@ func TestPositionStringParse(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	r := sampleRecord()
-	frames, _ := SplitRecord(&r, 1<<20)
-	f.Add(frames[0])
-	f.Add(AppendRecord(nil, &r))
-	f.Add([]byte("ES\x01\x01\x00\x01\x00\x00\x00\x00"))
-	f.Fuzz(func(t *testing.T, b []byte) {
+	ring := testRing(f)
+	frames, _ := SplitRecord(&r, 1<<20, nil, 0)
+	f.Add(frames[0], uint64(0))
+	signed, _ := SplitRecord(&r, 1<<20, ring, 5)
+	f.Add(signed[0], uint64(5))
+	f.Add(AppendRecord(nil, &r), uint64(0))
+	f.Add([]byte("ES\x02\x01\x00\x01\x01\x00\x00\x00\x00"), uint64(0))
+	f.Fuzz(func(t *testing.T, b []byte, prev uint64) {
 		if fr, err := DecodeFrame(b); err == nil {
 			var a Assembler
 			_, _, _ = a.Add(fr)
+			// A frame that verifies must be exactly one the publisher
+			// signed at that position.
+			if ring.Verify(fr, prev) == nil && !(prev == 5 && bytes.Equal(b, signed[0])) {
+				t.Fatalf("a mutated frame verified at prev seq %d", prev)
+			}
 		} else if !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("frame error does not wrap ErrCorrupt: %v", err)
+		}
+		// The same bytes as a payload behind a valid CRC reach the record
+		// decoder and the assembler.
+		var a Assembler
+		if fr, err := DecodeFrame(AppendFrame(nil, Frame{Kind: KindRevision, Parts: 1, Payload: b}, nil, 0)); err != nil {
+			t.Fatalf("re-framed payload: %v", err)
+		} else if _, _, err := a.Add(fr); err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("assembler error does not wrap ErrCorrupt: %v", err)
 		}
 		rec, err := DecodeRecord(b)
 		if err != nil {
@@ -193,13 +362,30 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		// What decodes must re-encode to a record that decodes the same.
-		again, err := DecodeRecord(AppendRecord(nil, &rec))
+		// What decodes re-encodes to the same record, split in parts.
+		parts, err := SplitRecord(&rec, 4096, ring, prev)
 		if err != nil {
-			t.Fatalf("re-encoded record does not decode: %v", err)
+			t.Fatal(err)
 		}
-		if again.Kind != rec.Kind || again.Revision != rec.Revision || len(again.Events) != len(rec.Events) {
-			t.Fatal("re-encoded record differs")
+		var asm Assembler
+		for i, p := range parts {
+			fr, err := DecodeFrame(p)
+			if err != nil {
+				t.Fatalf("part %d: %v", i, err)
+			}
+			if err := ring.Verify(fr, prev+uint64(i)); err != nil {
+				t.Fatalf("part %d: %v", i, err)
+			}
+			again, done, err := asm.Add(fr)
+			if err != nil {
+				t.Fatalf("part %d: %v", i, err)
+			}
+			if done != (i == len(parts)-1) {
+				t.Fatalf("part %d of %d: done = %v", i, len(parts), done)
+			}
+			if done && !bytes.Equal(AppendRecord(nil, &again), AppendRecord(nil, &rec)) {
+				t.Fatal("round trip through frames changed the record")
+			}
 		}
 	})
 }

@@ -19,30 +19,64 @@
 // reassembles the parts before it decodes the record, so a 1.4 MiB value or a
 // prefix delete of 50k keys is still one revision for positioning.
 //
-// # Frame format (version 1)
+// # Frame format (version 2)
 //
 //	offset  size     field
 //	0       2        magic "ES"
-//	2       1        frame version (1)
+//	2       1        frame version (2)
 //	3       1        kind (1 revision, 2 snapshot-begin, 3 snapshot-chunk, 4 snapshot-end, 5 epoch)
-//	4       uvarint  part index (0-based)
+//	4       1        flags (bit 0: the frame is signed; other bits must be 0)
+//	5       uvarint  part index (0-based)
 //	.       uvarint  number of parts (>= 1)
-//	.       4        CRC-32C (Castagnoli) of the payload, big endian
-//	.       rest     payload: bytes [part*size, ...) of the encoded record
+//	.       1+n      signed frames only: key ID length n (1..64), key ID
+//	.       ...      payload: bytes [part*size, ...) of the encoded record
+//	.       32       signed frames only: MAC
+//	end-4   4        CRC-32C (Castagnoli) of every byte before it, big endian
 //
-// # Record format (version 1), all integers varint/uvarint
+// The CRC covers the whole frame, header included, and is checked before
+// anything of the header is trusted; a frame's kind must equal its
+// record's. The MAC is HMAC-SHA256, under the key the key ID names, of
 //
-//	1 byte record version (1), 1 byte kind,
+//	"etcdsync log frame v2\x00" || uint64 big endian: stream sequence of the message before this one || frame bytes before the MAC
+//
+// so a message verifies only at the position it was published at: forged,
+// altered and replayed messages fail. Mirrors keep the origin's sequences,
+// so the standby checks the same MAC. The key ring (KeyRing, --log-key-file)
+// holds one key per line, "ID:BASE64", at least 32 bytes each; the first
+// signs and all verify, so keys rotate without downtime. A consumer with a
+// ring rejects unsigned frames (ErrUnauthenticated); without one it reads
+// signed and unsigned frames alike.
+//
+// Version 1 (CRC over the payload only, no flags, no MAC, no digests) is
+// not read. A publisher whose stream tail it cannot read or authenticate
+// starts a new generation with a snapshot after it, so upgrading is: stop
+// the publisher, let the applier drain, upgrade both; the applier re-seeds
+// from the new generation's snapshot.
+//
+// # Record format (version 2), all integers varint/uvarint
+//
+//	1 byte record version (2), 1 byte kind,
 //	uvarint cluster id, uvarint generation, varint revision, varint time (unix ns),
 //	bytes prefix, bytes reason, uvarint chunk, uvarint keys, bytes leader,
+//	bytes digest (empty, or 32 bytes: the record is Digested),
 //	uvarint event count, then per event:
 //	  1 byte type (1 put, 2 delete), bytes key, bytes value,
 //	  varint create revision, varint mod revision, varint version, varint lease,
-//	  varint lease TTL (seconds remaining when observed)
+//	  varint lease TTL (seconds remaining when observed),
+//	  bytes previous hash (32 bytes in a Digested record, else empty)
 //
 // where "bytes" is a uvarint length followed by that many bytes. Decoding
 // never panics: truncated, oversized or corrupt input returns an error that
 // wraps ErrCorrupt and names the field.
+//
+// # Digests
+//
+// A Digested revision record carries Digest, the multiset digest (see
+// Digest) of the source keyspace under the publisher's prefix after that
+// revision, and each of its events the ElementHash of the key's previous
+// pair, so that anyone replaying the log can keep a digest without reading
+// etcd: remove PrevHash, add the new pair. A Digested snapshot-end carries
+// the digest of the snapshot. Keys under a lease are outside every digest.
 //
 // # Positions
 //

@@ -9,9 +9,12 @@ import (
 const (
 	frameMagic0  = 'E'
 	frameMagic1  = 'S'
-	frameVersion = 1
-	// frameOverhead bounds the bytes a frame adds to its payload.
-	frameOverhead = 4 + 2*binary.MaxVarintLen64 + 4
+	frameVersion = 2
+	// frameFlagMAC marks a frame that carries a key ID and a MAC.
+	frameFlagMAC = 1
+	// frameOverhead bounds the bytes a frame adds to its payload: magic,
+	// version, kind, flags, two uvarints, key ID, MAC and CRC.
+	frameOverhead = 5 + 2*binary.MaxVarintLen64 + 1 + maxKeyID + MACSize + 4
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -22,40 +25,73 @@ type Frame struct {
 	Part    int // 0-based
 	Parts   int // >= 1
 	Payload []byte
+	// KeyID names the key whose MAC the frame carries; "" when unsigned.
+	KeyID string
+	// MAC is the frame's HMAC-SHA256 (nil when unsigned).
+	MAC []byte
+
+	covered []byte // the bytes the MAC covers (decoded frames only)
 }
 
-// AppendFrame appends the encoding of f to dst.
-func AppendFrame(dst []byte, f Frame) []byte {
-	dst = append(dst, frameMagic0, frameMagic1, frameVersion, byte(f.Kind))
+// AppendFrame appends the encoding of f to dst. With a non-nil ring the
+// frame is signed by the ring's first key for the position right after
+// stream sequence prevSeq; f.KeyID and f.MAC are ignored.
+func AppendFrame(dst []byte, f Frame, ring *KeyRing, prevSeq uint64) []byte {
+	start := len(dst)
+	var flags byte
+	if ring != nil {
+		flags |= frameFlagMAC
+	}
+	dst = append(dst, frameMagic0, frameMagic1, frameVersion, byte(f.Kind), flags)
 	dst = binary.AppendUvarint(dst, uint64(f.Part))
 	dst = binary.AppendUvarint(dst, uint64(f.Parts))
-	dst = binary.BigEndian.AppendUint32(dst, crc32.Checksum(f.Payload, castagnoli))
-	return append(dst, f.Payload...)
+	if ring != nil {
+		k := ring.keys[0]
+		dst = append(dst, byte(len(k.id)))
+		dst = append(dst, k.id...)
+		dst = append(dst, f.Payload...)
+		dst = append(dst, frameMAC(k.key, dst[start:], prevSeq)...)
+	} else {
+		dst = append(dst, f.Payload...)
+	}
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
 
-// DecodeFrame decodes one stream message body. The payload aliases b.
-// Errors wrap ErrCorrupt and say what is wrong.
+// DecodeFrame decodes one stream message body. The payload aliases b. The
+// CRC covers every byte of the frame, header included; the MAC, if any, is
+// only parsed here and checked by KeyRing.Verify, which needs the message's
+// position. Errors wrap ErrCorrupt and say what is wrong.
 func DecodeFrame(b []byte) (Frame, error) {
-	if len(b) < 4 {
+	if len(b) < 5+2+4 {
 		return Frame{}, fmt.Errorf("%w: frame of %d bytes is shorter than its header", ErrCorrupt, len(b))
 	}
 	if b[0] != frameMagic0 || b[1] != frameMagic1 {
 		return Frame{}, fmt.Errorf("%w: bad magic %q, not an etcdsync frame", ErrCorrupt, b[:2])
 	}
 	if b[2] != frameVersion {
-		return Frame{}, fmt.Errorf("%w: unsupported frame version %d", ErrCorrupt, b[2])
+		return Frame{}, fmt.Errorf("%w: unsupported frame version %d (this etcdsync reads version %d: upgrade both sites together, see streams/doc.go)", ErrCorrupt, b[2], frameVersion)
+	}
+	// The checksum comes first: nothing of the header is trusted before it.
+	body := b[:len(b)-4]
+	sum := binary.BigEndian.Uint32(b[len(b)-4:])
+	if got := crc32.Checksum(body, castagnoli); got != sum {
+		return Frame{}, fmt.Errorf("%w: frame checksum mismatch (%d bytes): want %08x, got %08x", ErrCorrupt, len(b), sum, got)
 	}
 	f := Frame{Kind: Kind(b[3])}
 	if !f.Kind.valid() {
 		return Frame{}, fmt.Errorf("%w: unknown frame kind %d", ErrCorrupt, b[3])
 	}
-	off := 4
-	part, n := binary.Uvarint(b[off:])
+	flags := b[4]
+	if flags&^frameFlagMAC != 0 {
+		return Frame{}, fmt.Errorf("%w: unknown frame flags %#x", ErrCorrupt, flags)
+	}
+	off := 5
+	part, n := binary.Uvarint(body[off:])
 	if n <= 0 {
 		return Frame{}, fmt.Errorf("%w: bad part index", ErrCorrupt)
 	}
 	off += n
-	parts, n := binary.Uvarint(b[off:])
+	parts, n := binary.Uvarint(body[off:])
 	if n <= 0 {
 		return Frame{}, fmt.Errorf("%w: bad part count", ErrCorrupt)
 	}
@@ -63,21 +99,35 @@ func DecodeFrame(b []byte) (Frame, error) {
 	if parts == 0 || parts > 1<<20 || part >= parts {
 		return Frame{}, fmt.Errorf("%w: part %d of %d is out of range", ErrCorrupt, part, parts)
 	}
-	if len(b)-off < 4 {
-		return Frame{}, fmt.Errorf("%w: truncated checksum", ErrCorrupt)
+	f.Part, f.Parts = int(part), int(parts)
+	end := len(body)
+	if flags&frameFlagMAC != 0 {
+		if off >= len(body) {
+			return Frame{}, fmt.Errorf("%w: truncated key ID", ErrCorrupt)
+		}
+		idLen := int(body[off])
+		off++
+		if idLen == 0 || idLen > maxKeyID || len(body)-off < idLen+MACSize {
+			return Frame{}, fmt.Errorf("%w: bad key ID length %d", ErrCorrupt, idLen)
+		}
+		f.KeyID = string(body[off : off+idLen])
+		if err := validKeyID(f.KeyID); err != nil {
+			return Frame{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+		off += idLen
+		end = len(body) - MACSize
+		f.MAC = body[end:]
+		f.covered = body[:end]
 	}
-	sum := binary.BigEndian.Uint32(b[off:])
-	off += 4
-	f.Part, f.Parts, f.Payload = int(part), int(parts), b[off:]
-	if got := crc32.Checksum(f.Payload, castagnoli); got != sum {
-		return Frame{}, fmt.Errorf("%w: checksum mismatch in part %d of %d (%d payload bytes): want %08x, got %08x", ErrCorrupt, part, parts, len(f.Payload), sum, got)
-	}
+	f.Payload = body[off:end:end]
 	return f, nil
 }
 
 // SplitRecord encodes r and splits it into frames whose encoding is at most
-// maxMsg bytes. It returns the encoded frames in part order.
-func SplitRecord(r *Record, maxMsg int) ([][]byte, error) {
+// maxMsg bytes. With a non-nil ring every frame is signed, frame i for the
+// position after stream sequence prevSeq+i (the frames are published
+// consecutively). It returns the encoded frames in part order.
+func SplitRecord(r *Record, maxMsg int, ring *KeyRing, prevSeq uint64) ([][]byte, error) {
 	if maxMsg <= frameOverhead+1 {
 		return nil, fmt.Errorf("split record: message size %d is too small", maxMsg)
 	}
@@ -91,7 +141,7 @@ func SplitRecord(r *Record, maxMsg int) ([][]byte, error) {
 	for i := 0; i < parts; i++ {
 		end := min((i+1)*size, len(payload))
 		chunk := payload[i*size : end]
-		out = append(out, AppendFrame(make([]byte, 0, len(chunk)+frameOverhead), Frame{Kind: r.Kind, Part: i, Parts: parts, Payload: chunk}))
+		out = append(out, AppendFrame(make([]byte, 0, len(chunk)+frameOverhead), Frame{Kind: r.Kind, Part: i, Parts: parts, Payload: chunk}, ring, prevSeq+uint64(i)))
 	}
 	return out, nil
 }
@@ -111,14 +161,14 @@ func (a *Assembler) Pending() bool { return a.next > 0 }
 func (a *Assembler) Reset() { a.kind, a.parts, a.next, a.buf = 0, 0, 0, nil }
 
 // Add adds the next frame. It returns the decoded record and true when f was
-// the last part. Parts must arrive in order with nothing between them;
-// anything else returns an error wrapping ErrCorrupt and resets the assembler.
-// The returned record may alias f's payload or a buffer of its own; the
-// assembler never reuses either.
+// the last part. Parts must arrive in order with nothing between them, and
+// the record's kind must be the frames' kind; anything else returns an error
+// wrapping ErrCorrupt and resets the assembler. The returned record may
+// alias f's payload or a buffer of its own; the assembler never reuses
+// either.
 func (a *Assembler) Add(f Frame) (Record, bool, error) {
 	if f.Parts == 1 && !a.Pending() {
-		r, err := DecodeRecord(f.Payload)
-		return r, err == nil, err
+		return decodeKind(f.Payload, f.Kind)
 	}
 	if !a.Pending() {
 		if f.Part != 0 {
@@ -136,8 +186,19 @@ func (a *Assembler) Add(f Frame) (Record, bool, error) {
 	if a.next < a.parts {
 		return Record{}, false, nil
 	}
-	buf := a.buf
+	buf, kind := a.buf, a.kind
 	a.next, a.buf = 0, nil
-	r, err := DecodeRecord(buf)
-	return r, err == nil, err
+	return decodeKind(buf, kind)
+}
+
+// decodeKind decodes a record whose frames said it is of kind k.
+func decodeKind(b []byte, k Kind) (Record, bool, error) {
+	r, err := DecodeRecord(b)
+	if err != nil {
+		return Record{}, false, err
+	}
+	if r.Kind != k {
+		return Record{}, false, fmt.Errorf("%w: %s frame holds a %s record", ErrCorrupt, k, r.Kind)
+	}
+	return r, true, nil
 }

@@ -40,10 +40,19 @@ func MsgID(r *Record, part, parts int) string {
 	return id
 }
 
+// HeaderRoom is what a log message sets aside for its headers: etcdsync's
+// and the Msg-Id (well under 512 bytes: identifiers and numbers) and the
+// expected-sequence headers a publisher adds. JetStream counts headers in
+// a stream's max_msg_size, and NATS in max_payload.
+const HeaderRoom = 1 << 10
+
 // NewMsgs encodes r into one or more messages (parts) on the log subjects
-// of subj, each at most maxMsg bytes of body, with headers and Msg-Id set.
-func NewMsgs(subj Subjects, r *Record, maxMsg int) ([]*nats.Msg, error) {
-	frames, err := SplitRecord(r, maxMsg)
+// of subj, each at most maxMsg bytes with its headers (a body of at most
+// maxMsg - HeaderRoom bytes), with headers and Msg-Id set. With a non-nil
+// ring every message is signed for its position: the first follows stream
+// sequence prevSeq, each next one the message before it.
+func NewMsgs(subj Subjects, r *Record, maxMsg int, ring *KeyRing, prevSeq uint64) ([]*nats.Msg, error) {
+	frames, err := SplitRecord(r, maxMsg-HeaderRoom, ring, prevSeq)
 	if err != nil {
 		return nil, err
 	}

@@ -62,6 +62,10 @@ type Event struct {
 	// LeaseTTL is the source lease's remaining time to live in seconds when
 	// the publisher observed the event (0 without a lease).
 	LeaseTTL int64
+	// PrevHash is the ElementHash of the key's previous (key, value) pair,
+	// zero when the key is new or its previous version had a lease (it was
+	// not in the digest). Meaningful only when the record is Digested.
+	PrevHash [32]byte
 }
 
 // Record is one logical log entry. Which fields are meaningful depends on Kind.
@@ -87,13 +91,19 @@ type Record struct {
 	Leader string
 	// Events are the revision's events or the snapshot chunk's keys.
 	Events []Event
+	// Digested says that Digest (and every event's PrevHash) was computed.
+	Digested bool
+	// Digest is the digest of the source keyspace under the publisher's
+	// prefix after this revision (revision records) or at the snapshot's
+	// revision (snapshot-end). See Digest for what it covers.
+	Digest Digest
 }
 
-const recordVersion = 1
+const recordVersion = 2
 
 // EncodedSize returns an upper bound of the encoded size of r.
 func (r *Record) EncodedSize() int {
-	n := 2 + 5*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(r.Prefix) + len(r.Reason) + len(r.Leader) + 2*binary.MaxVarintLen64
+	n := 2 + 5*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(r.Prefix) + len(r.Reason) + len(r.Leader) + 2*binary.MaxVarintLen64 + 1 + 32
 	for i := range r.Events {
 		n += EventSize(&r.Events[i])
 	}
@@ -102,7 +112,7 @@ func (r *Record) EncodedSize() int {
 
 // EventSize returns an upper bound of the encoded size of e.
 func EventSize(e *Event) int {
-	return 1 + 2*binary.MaxVarintLen64 + len(e.Key) + len(e.Value) + 5*binary.MaxVarintLen64
+	return 1 + 2*binary.MaxVarintLen64 + len(e.Key) + len(e.Value) + 5*binary.MaxVarintLen64 + 1 + 32
 }
 
 // AppendRecord appends the encoding of r to dst.
@@ -121,6 +131,11 @@ func AppendRecord(dst []byte, r *Record) []byte {
 	dst = binary.AppendUvarint(dst, r.Chunk)
 	dst = binary.AppendUvarint(dst, r.Keys)
 	dst = appendBytes(dst, []byte(r.Leader))
+	if r.Digested {
+		dst = appendBytes(dst, r.Digest[:])
+	} else {
+		dst = appendBytes(dst, nil)
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(r.Events)))
 	for i := range r.Events {
 		e := &r.Events[i]
@@ -132,6 +147,11 @@ func AppendRecord(dst []byte, r *Record) []byte {
 		dst = binary.AppendVarint(dst, e.Version)
 		dst = binary.AppendVarint(dst, e.Lease)
 		dst = binary.AppendVarint(dst, e.LeaseTTL)
+		if r.Digested {
+			dst = appendBytes(dst, e.PrevHash[:])
+		} else {
+			dst = appendBytes(dst, nil)
+		}
 	}
 	return dst
 }
@@ -142,8 +162,8 @@ func appendBytes(dst, b []byte) []byte {
 }
 
 // minEventSize is the smallest possible encoded event: type, two empty
-// byte strings and five one-byte varints.
-const minEventSize = 8
+// byte strings, five one-byte varints and an empty previous hash.
+const minEventSize = 9
 
 // DecodeRecord decodes a record encoded by AppendRecord. Byte slices of the
 // result alias b. Errors wrap ErrCorrupt.
@@ -168,6 +188,14 @@ func DecodeRecord(b []byte) (Record, error) {
 	r.Chunk = d.uvarint("chunk")
 	r.Keys = d.uvarint("keys")
 	r.Leader = string(d.bytes("leader"))
+	switch dg := d.bytes("digest"); len(dg) {
+	case 0:
+	case len(r.Digest):
+		r.Digested = true
+		copy(r.Digest[:], dg)
+	default:
+		d.fail("digest", fmt.Sprintf("%d bytes, want 0 or %d", len(dg), len(r.Digest)))
+	}
 	n := d.uvarint("event count")
 	if d.err != nil {
 		return Record{}, d.err
@@ -191,6 +219,15 @@ func DecodeRecord(b []byte) (Record, error) {
 		e.Version = d.varint("event version")
 		e.Lease = d.varint("event lease")
 		e.LeaseTTL = d.varint("event lease ttl")
+		switch ph := d.bytes("event previous hash"); {
+		case d.err != nil:
+		case !r.Digested && len(ph) != 0:
+			d.fail("event previous hash", "present in a record without a digest")
+		case r.Digested && len(ph) != len(e.PrevHash):
+			d.fail("event previous hash", fmt.Sprintf("%d bytes, want %d", len(ph), len(e.PrevHash)))
+		default:
+			copy(e.PrevHash[:], ph)
+		}
 		if d.err != nil {
 			return Record{}, fmt.Errorf("event %d: %w", i, d.err)
 		}

@@ -30,8 +30,19 @@ type Tail struct {
 }
 
 // ReadTail reads the last message of the log stream: where a publisher
-// resumes, and how far the log goes.
+// resumes, and how far the log goes. It checks no MAC; see
+// ReadVerifiedTail.
 func ReadTail(ctx context.Context, stream jetstream.Stream, subj Subjects) (Tail, error) {
+	return ReadVerifiedTail(ctx, stream, subj, nil)
+}
+
+// ReadVerifiedTail is ReadTail that also checks the last message's MAC
+// against ring (nil: no check), so that a forged tail cannot tell a
+// publisher where to resume. A tail that cannot be trusted (unreadable:
+// ErrCorrupt, or unauthenticated: ErrUnauthenticated, which wraps it) is
+// returned with Seq and StreamLastSeq set beside the error, so a publisher
+// can start a new generation after it.
+func ReadVerifiedTail(ctx context.Context, stream jetstream.Stream, subj Subjects, ring *KeyRing) (Tail, error) {
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return Tail{}, fmt.Errorf("read stream tail: %w", err)
@@ -43,9 +54,13 @@ func ReadTail(ctx context.Context, stream jetstream.Stream, subj Subjects) (Tail
 	if err != nil {
 		return Tail{}, fmt.Errorf("read stream tail: %w", err)
 	}
+	untrusted := Tail{Seq: msg.Sequence, StreamLastSeq: max(info.State.LastSeq, msg.Sequence)}
 	f, err := DecodeFrame(msg.Data)
 	if err != nil {
-		return Tail{}, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
+		return untrusted, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
+	}
+	if err := ring.Verify(f, msg.Sequence-1); err != nil {
+		return untrusted, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
 	}
 	t := Tail{Seq: msg.Sequence, StreamLastSeq: max(info.State.LastSeq, msg.Sequence), Kind: f.Kind}
 	if t.ClusterID, err = strconv.ParseUint(msg.Header.Get(HeaderCluster), 16, 64); err != nil {

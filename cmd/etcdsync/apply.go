@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,10 +33,18 @@ func (s *scopeFlags) register(f *flagSet, defExcludeNamespaces []string) {
 	f.List(&s.excludeResources, "exclude-resource", nil, "comma-separated `RESOURCES` to exclude: built-in by name (pods, services) or group/resource (cr.example.com/foos)")
 }
 
+// podNamespaceEnv names the namespace etcdsync runs in, set from the
+// downward API in every shipped manifest. The applier and auditor always
+// exclude it: both sites run etcdsync (and its Secrets and configuration)
+// there, and neither may receive the other's.
+const podNamespaceEnv = "POD_NAMESPACE"
+
+// config builds the scope; the own namespace comes from $POD_NAMESPACE.
 func (s *scopeFlags) config() keyspace.Config {
 	return keyspace.Config{
 		Mode:              s.mode,
 		Prefix:            s.prefix,
+		OwnNamespace:      os.Getenv(podNamespaceEnv),
 		ExcludeNamespaces: s.excludeNamespaces,
 		ExcludePrefixes:   s.excludePrefixes,
 		IncludePrefixes:   s.includePrefixes,
@@ -52,6 +61,7 @@ type applyOptions struct {
 	scope           scopeFlags
 	maxTxnOps       int
 	maxTxnBytes     int64
+	maxRequestBytes int64
 	maxDeleteRatio  float64
 	allowMassDelete bool
 	checkpointKey   string
@@ -60,6 +70,7 @@ type applyOptions struct {
 	metricsAddr     string
 	readyMaxLag     time.Duration
 	log             logFlags
+	logKey          logKeyFlag
 }
 
 func applyFlags(o *applyOptions) *flagSet {
@@ -75,12 +86,14 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.String(&o.stream, "stream", def.Stream, "`NAME` of the log stream (on the standby site: its local mirror)")
 	o.scope.register(f, nil)
 	f.Int(&o.maxTxnOps, "max-txn-ops", def.MaxTxnOps, "`N` operations per standby transaction, checkpoint included (the standby's --max-txn-ops)")
-	f.Bytes(&o.maxTxnBytes, "max-txn-bytes", int64(def.MaxTxnBytes), "`SIZE` bound of one standby transaction (below the standby's --max-request-bytes)")
+	f.Bytes(&o.maxTxnBytes, "max-txn-bytes", int64(def.MaxTxnBytes), "`SIZE` bound of one standby transaction, checkpoint included (at most --max-request-bytes)")
+	f.Bytes(&o.maxRequestBytes, "max-request-bytes", int64(def.MaxRequestBytes), "`SIZE` the standby etcd's --max-request-bytes: a value too large to go with the checkpoint is written alone; one the standby refuses even alone stops the applier")
 	f.Float(&o.maxDeleteRatio, "max-delete-ratio", def.MaxDeleteRatio, "largest `RATIO` (0..1) of the standby's in-scope keys a snapshot may delete without --allow-mass-delete")
 	f.Float(&o.maxDeleteRatio, "max-reseed-delete-ratio", def.MaxDeleteRatio, "the same as --max-delete-ratio (`RATIO`)")
 	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
 	o.elect.register(f, "standby")
+	o.logKey.register(f, "a message without a valid MAC for its position stops the applier before anything of its batch is written")
 	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9091; empty: off)")
 	f.Duration(&o.readyMaxLag, "ready-max-lag", 30*time.Second, "/readyz answers 503 while the stream holds unapplied messages and the last applied revision was observed more than `DURATION` ago")
@@ -96,6 +109,7 @@ func (o *applyOptions) config() applier.Config {
 	cfg.Scope = o.scope.config()
 	cfg.MaxTxnOps = o.maxTxnOps
 	cfg.MaxTxnBytes = int(o.maxTxnBytes)
+	cfg.MaxRequestBytes = int(o.maxRequestBytes)
 	cfg.MaxDeleteRatio = o.maxDeleteRatio
 	cfg.AllowMassDelete = o.allowMassDelete
 	cfg.CheckpointKey = o.checkpointKey
@@ -137,6 +151,9 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg := o.config()
 	cfg.Logger = log
+	if cfg.LogKeys, err = o.logKey.load(cmd); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageErrorf(cmd, "%v", err)
 	}
@@ -157,7 +174,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log.Info("applier starting", "etcd", o.etcd.endpoints, "nats", o.nats.url, "stream", cfg.Stream, "site", cfg.Site,
+	log.Info("applier starting", "etcd", o.etcd.endpoints, "nats", redactURL(o.nats.url), "stream", cfg.Stream, "site", cfg.Site,
 		"exclude_namespaces", cfg.Scope.ExcludeNamespaces, "keyspace", cfg.Scope.Mode)
 	ready, err := applyReadiness(cli, nc, cfg, o.readyMaxLag)
 	if err != nil {

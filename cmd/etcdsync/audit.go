@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/etcdsync/etcdsync/auditor"
 	"github.com/etcdsync/etcdsync/keyspace"
@@ -176,8 +179,17 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	primary, err := o.primary.connect(ctx)
-	if err != nil {
+	if err != nil && (once || errors.Is(err, context.Canceled)) {
 		return fail(fmt.Errorf("primary %w", err))
+	}
+	if err != nil {
+		// The primary site may be lost: the auditor keeps running (not
+		// ready, etcdsync_auditor_primary_up 0), so the failover commands
+		// have a pod to run in, and audits again once it answers.
+		log.Warn("primary unreachable at start-up: auditing when it answers", "err", err)
+		if primary, err = o.primary.client(); err != nil {
+			return err
+		}
 	}
 	defer primary.Close()
 	standby, err := o.standby.connect(ctx)
@@ -196,7 +208,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer nc.Close()
 		if js, err = jetstream.New(nc); err != nil {
-			return fail(fmt.Errorf("nats %s: %w", o.nats.url, err))
+			return fail(fmt.Errorf("nats %s: %w", redactURL(o.nats.url), err))
 		}
 		conns = append(conns, nc)
 	}
@@ -207,12 +219,12 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if !once {
-		log.Info("auditor starting", "primary", o.primary.endpoints, "standby", o.standby.endpoints, "nats", o.nats.url,
+		log.Info("auditor starting", "primary", o.primary.endpoints, "standby", o.standby.endpoints, "nats", redactURL(o.nats.url),
 			"interval", cfg.Interval, "site", cfg.Site, "prefix", cfg.Prefix, "keyspace", cfg.Scope.Mode)
 		if js == nil {
 			log.Warn("no --nats-url: reports are not published as drift events")
 		}
-		return runAuditServed(ctx, log, o.metricsAddr, reg, conns, a)
+		return runAuditServed(ctx, log, o.metricsAddr, reg, conns, a, newPrimaryProbe(primary, reg))
 	}
 	return auditOnce(ctx, &o, a, stdout, stderr)
 }
@@ -301,6 +313,71 @@ func clearProgress(stderr io.Writer, o *auditOptions) {
 
 // runAuditServed runs the auditor's interval loop and, when addr is set, an
 // HTTP server with /check, /metrics, /healthz and /readyz, like runServed.
-func runAuditServed(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, conns []*nats.Conn, a *auditor.Auditor) error {
-	return runServedReady(ctx, log, addr, reg, conns, nil, a.Run, route{path: "/check", handler: a.CheckHandler()})
+// /readyz answers 503 "primary unreachable" while the probe fails.
+func runAuditServed(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, conns []*nats.Conn, a *auditor.Auditor, probe *primaryProbe) error {
+	run := func(ctx context.Context) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { probe.run(gctx); return nil })
+		g.Go(func() error { return a.Run(gctx) })
+		return g.Wait()
+	}
+	return runServedReady(ctx, log, addr, reg, conns, probe.ready, run, route{path: "/check", handler: a.CheckHandler()})
+}
+
+// primaryProbeEvery is how often the auditor checks that the primary answers.
+const primaryProbeEvery = 10 * time.Second
+
+// primaryProbe tracks whether the primary etcd answers, for /readyz and
+// the etcdsync_auditor_primary_up gauge.
+type primaryProbe struct {
+	cli  *clientv3.Client
+	up   prometheus.Gauge
+	last atomic.Pointer[error] // nil pointer: not probed yet; *nil: up
+}
+
+func newPrimaryProbe(cli *clientv3.Client, reg prometheus.Registerer) *primaryProbe {
+	p := &primaryProbe{cli: cli, up: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_auditor_primary_up",
+		Help: "1 when the primary etcd answered the auditor's last probe (every 10s), 0 when it did not (primary unreachable)."})}
+	reg.MustRegister(p.up)
+	return p
+}
+
+// probe asks the primary for its member list once.
+func (p *primaryProbe) probe(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	_, err := p.cli.MemberList(ctx)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled) {
+			return
+		}
+		err = fmt.Errorf("primary unreachable: %w", err)
+		p.up.Set(0)
+	} else {
+		p.up.Set(1)
+	}
+	p.last.Store(&err)
+}
+
+// run probes until ctx ends.
+func (p *primaryProbe) run(ctx context.Context) {
+	t := time.NewTicker(primaryProbeEvery)
+	defer t.Stop()
+	for {
+		p.probe(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// ready is the auditor's readiness: the primary answered the last probe.
+func (p *primaryProbe) ready(context.Context) error {
+	last := p.last.Load()
+	if last == nil {
+		return errors.New("primary not probed yet")
+	}
+	return *last
 }

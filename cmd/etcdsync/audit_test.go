@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -145,11 +146,11 @@ func TestAuditInterval(t *testing.T) {
 	base := "http://" + addr
 	eventually(t, 20*time.Second, "a report on /check", func() bool {
 		code, body := httpGet(base + "/check")
-		return code == 200 && strings.Contains(body, "LOCAL ETCD mismatched keys: 1") && strings.Contains(body, "drift events: 2 messages published")
+		return code == http.StatusConflict && strings.Contains(body, "LOCAL ETCD mismatched keys: 1") && strings.Contains(body, "drift events: 2 messages published")
 	})
 	code, body := httpGet(base + "/check?format=json")
 	var resp auditor.CheckResponse
-	if err := json.Unmarshal([]byte(body), &resp); err != nil || code != 200 || resp.Report == nil || resp.Report.Mismatched.Count != 1 {
+	if err := json.Unmarshal([]byte(body), &resp); err != nil || code != http.StatusConflict || resp.Report == nil || resp.Report.Mismatched.Count != 1 {
 		t.Errorf("/check json: %d %v\n%s", code, err, body)
 	}
 	if _, body := httpGet(base + "/metrics"); !strings.Contains(body, `etcdsync_auditor_keys{state="mismatched"} 1`) ||

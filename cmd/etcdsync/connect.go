@@ -11,10 +11,12 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -127,6 +129,22 @@ func (e *etcdFlags) connect(ctx context.Context) (*clientv3.Client, error) {
 	})
 }
 
+// client creates a client without checking that the cluster answers (it
+// connects when the cluster does).
+func (e *etcdFlags) client() (*clientv3.Client, error) {
+	where := strings.Join(e.endpoints, ",")
+	tlsCfg, err := e.tlsConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", where, err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.endpoints, DialTimeout: connectTimeout, TLS: tlsCfg,
+		Username: e.username, Password: e.password, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", where, err)
+	}
+	return cli, nil
+}
+
 // dialEtcd creates a client for cfg (with a silent zap logger) and checks,
 // within connectTimeout, that the cluster answers a member list.
 func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error) {
@@ -159,16 +177,22 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 
 // natsFlags describe how to reach NATS.
 type natsFlags struct {
-	url    string
-	creds  string
-	nkey   string
-	cacert string
-	cert   string
-	key    string
+	url          string
+	user         string
+	passwordFile string
+	tokenFile    string
+	creds        string
+	nkey         string
+	cacert       string
+	cert         string
+	key          string
 }
 
 func (n *natsFlags) register(f *flagSet, urlHelp string) {
 	f.String(&n.url, "nats-url", "", urlHelp)
+	f.String(&n.user, "nats-user", "", "NATS `USER` (with --nats-password-file)")
+	f.String(&n.passwordFile, "nats-password-file", "", "`FILE` holding the password of --nats-user")
+	f.String(&n.tokenFile, "nats-token-file", "", "`FILE` holding a NATS authentication token")
 	f.String(&n.creds, "nats-creds", "", "NATS credentials `FILE` (JWT and NKey seed)")
 	f.String(&n.nkey, "nats-nkey", "", "`FILE` holding an NKey seed (NATS nkey authentication without a JWT)")
 	f.String(&n.cacert, "nats-cacert", "", "`FILE` with the CA certificates that verify the NATS servers (TLS)")
@@ -183,24 +207,69 @@ func (n *natsFlags) validate(cmd string) error {
 	if n.creds != "" && n.nkey != "" {
 		return usageErrorf(cmd, "--nats-creds and --nats-nkey are exclusive (a creds file holds its own NKey seed)")
 	}
+	if (n.user == "") != (n.passwordFile == "") {
+		return usageErrorf(cmd, "--nats-user and --nats-password-file must be given together")
+	}
+	var ways []string
+	for flag, set := range map[string]bool{"--nats-user": n.user != "", "--nats-token-file": n.tokenFile != "", "--nats-creds or --nats-nkey": n.creds != "" || n.nkey != ""} {
+		if set {
+			ways = append(ways, flag)
+		}
+	}
+	if len(ways) > 1 {
+		slices.Sort(ways)
+		return usageErrorf(cmd, "%s are exclusive: give one way to authenticate to NATS", strings.Join(ways, ", "))
+	}
 	return nil
+}
+
+// readSecret returns the first line of the file named by flag, without
+// surrounding blanks. Errors name the flag and the file, never the content.
+func readSecret(flag, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", flag, err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	if line = strings.TrimSpace(line); line == "" {
+		return "", fmt.Errorf("read %s %s: empty", flag, path)
+	}
+	return line, nil
+}
+
+// redactURL returns the NATS URLs in s with any user information replaced
+// by "redacted", for logs and errors.
+func redactURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = url.User("redacted")
+			parts[i] = u.String()
+		} else if err != nil && strings.Contains(p, "@") {
+			parts[i] = "<unparsable url with credentials>"
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // connect connects to url (n.url unless the caller runs its own server),
 // reconnecting forever once connected; the first connection must succeed
 // within connectTimeout.
 func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name(name),
-		nats.Timeout(connectTimeout),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("nats disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+	opts := connOptions(name, log)
+	if n.user != "" {
+		pw, err := readSecret("--nats-password-file", n.passwordFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserInfo(n.user, pw))
+	}
+	if n.tokenFile != "" {
+		tok, err := readSecret("--nats-token-file", n.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Token(tok))
 	}
 	if n.creds != "" {
 		opts = append(opts, nats.UserCredentials(n.creds))
@@ -220,7 +289,42 @@ func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, err
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats %s: %w", url, err)
+		return nil, fmt.Errorf("nats %s: %w", redactURL(url), err)
+	}
+	return nc, nil
+}
+
+// connOptions are the options of every NATS connection: reconnect
+// forever once connected, log disconnections.
+func connOptions(name string, log *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.Name(name),
+		nats.Timeout(connectTimeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+	}
+}
+
+// connectInProcess connects to an embedded server in process, as the
+// identity of the NKey pair kp when it is not nil.
+func connectInProcess(srv nats.InProcessConnProvider, kp nkeys.KeyPair, name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := append(connOptions(name, log), nats.InProcessServer(srv))
+	if kp != nil {
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats: %w", err)
+		}
+		opts = append(opts, nats.Nkey(pub, kp.Sign))
+	}
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	return nc, nil
 }

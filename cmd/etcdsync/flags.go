@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -46,6 +47,8 @@ type flagSet struct {
 	order    []string
 	// lookupEnv reads the environment; os.LookupEnv unless a test sets it.
 	lookupEnv func(string) (string, bool)
+	// environ lists the environment; os.Environ unless a test sets it.
+	environ func() []string
 }
 
 // newFlagSet returns the flags of subcommand cmd. synopsis is the usage line
@@ -54,7 +57,7 @@ func newFlagSet(cmd, synopsis, about string) *flagSet {
 	fs := flag.NewFlagSet("etcdsync "+cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	return &flagSet{cmd: cmd, synopsis: synopsis, about: about, fs: fs, lookupEnv: os.LookupEnv}
+	return &flagSet{cmd: cmd, synopsis: synopsis, about: about, fs: fs, lookupEnv: os.LookupEnv, environ: os.Environ}
 }
 
 func (f *flagSet) add(v flag.Value, name, usage string) {
@@ -76,7 +79,7 @@ func (f *flagSet) List(p *[]string, name string, def []string, usage string) {
 	f.add(&listValue{p: p}, name, usage)
 }
 
-// Duration defines a duration flag ("1h30m", "500ms", "0").
+// Duration defines a duration flag ("1h30m", "500ms", "7d", "2w", "0").
 func (f *flagSet) Duration(p *time.Duration, name string, def time.Duration, usage string) {
 	*p = def
 	f.add((*durationValue)(p), name, usage)
@@ -89,7 +92,8 @@ func (f *flagSet) Int(p *int, name string, def int, usage string) {
 }
 
 // Bytes defines a byte size flag: a plain number of bytes or a number with
-// a unit (KiB, MiB, GiB, TiB, or KB, MB, GB, TB).
+// a unit: IEC (KiB, MiB, GiB, TiB; KB, MB, GB, TB) or a Kubernetes quantity
+// (Ki, Mi, Gi, Ti; k, M, G, T).
 func (f *flagSet) Bytes(p *int64, name string, def int64, usage string) {
 	*p = def
 	f.add((*bytesValue)(p), name, usage)
@@ -112,6 +116,9 @@ func (f *flagSet) Bool(p *bool, name string, def bool, usage string) {
 // and returns errHelp; a bad value, an unknown flag or a positional argument
 // returns a *usageError.
 func (f *flagSet) parse(args []string, stdout io.Writer) error {
+	if err := f.checkEnv(); err != nil {
+		return err
+	}
 	for _, name := range f.order {
 		env := envName(name)
 		v, ok := f.lookupEnv(env)
@@ -139,6 +146,76 @@ func (f *flagSet) parse(args []string, stdout io.Writer) error {
 		return usageErrorf(f.cmd, "unexpected argument %q (flags start with --)", f.fs.Arg(0))
 	}
 	return nil
+}
+
+// testEnvPrefix starts the ETCDSYNC_ variables of the test suites
+// (ETCDSYNC_TEST_LOG), which are no flag's.
+const testEnvPrefix = envPrefix + "TEST_"
+
+// knownEnv returns the environment variable of every flag of every
+// command: a pod's environment may serve several commands (the auditor's
+// also serves status and promote).
+func knownEnv() map[string]bool {
+	sets := []*flagSet{
+		publishFlags(&publishOptions{}), applyFlags(&applyOptions{}), auditFlags(&auditOptions{}),
+		statusFlags(&statusOptions{}), promoteFlags(&promoteOptions{}), demoteFlags(&demoteOptions{}),
+		streamsFlags(&streamsOptions{}), sandboxFlags(&sandboxOptions{}),
+	}
+	known := map[string]bool{}
+	for _, s := range sets {
+		for _, name := range s.order {
+			known[envName(name)] = true
+		}
+	}
+	return known
+}
+
+// checkEnv returns a *usageError for a set ETCDSYNC_ variable that is no
+// command's flag, naming the closest known one (a misspelt variable would
+// otherwise be ignored: ETCDSYNC_EXCLUDE_NAMESPACES replicated everything).
+func (f *flagSet) checkEnv() error {
+	var known map[string]bool
+	for _, kv := range f.environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, envPrefix) || strings.HasPrefix(name, testEnvPrefix) {
+			continue
+		}
+		if known == nil {
+			known = knownEnv()
+		}
+		if known[name] {
+			continue
+		}
+		best, bestD := "", -1
+		for k := range known {
+			if d := editDistance(name, k); bestD < 0 || d < bestD || (d == bestD && k < best) {
+				best, bestD = k, d
+			}
+		}
+		return usageErrorf(f.cmd, "unknown environment variable $%s (did you mean $%s?); every ETCDSYNC_ variable must be a flag's", name, best)
+	}
+	return nil
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // usage prints the synopsis and every flag with its environment variable
@@ -203,9 +280,9 @@ func (d *durationValue) Set(v string) error {
 		*d = 0
 		return nil
 	}
-	x, err := time.ParseDuration(v)
+	x, err := parseDuration(v)
 	if err != nil {
-		return fmt.Errorf("not a duration (want e.g. 30s, 5m, 24h)")
+		return fmt.Errorf("not a duration (want e.g. 30s, 5m, 24h, 7d, 2w)")
 	}
 	if x < 0 {
 		return fmt.Errorf("must not be negative")
@@ -214,6 +291,51 @@ func (d *durationValue) Set(v string) error {
 	return nil
 }
 func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+// durationUnits are the units parseDuration reads before time.ParseDuration's.
+var durationUnits = []struct {
+	suffix byte
+	d      time.Duration
+}{{'w', 7 * 24 * time.Hour}, {'d', 24 * time.Hour}}
+
+// parseDuration is time.ParseDuration that also reads weeks and days in
+// front: "2w", "7d", "1d12h", "1w2d3h30m".
+func parseDuration(v string) (time.Duration, error) {
+	var total time.Duration
+	rest := v
+	for _, u := range durationUnits {
+		i := 0
+		for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+			i++
+		}
+		if i == 0 || i >= len(rest) || rest[i] != u.suffix {
+			continue
+		}
+		n, err := strconv.ParseInt(rest[:i], 10, 64)
+		if err != nil || n > int64(math.MaxInt64/u.d) {
+			return 0, fmt.Errorf("duration %q out of range", v)
+		}
+		total += time.Duration(n) * u.d
+		rest = rest[i+1:]
+	}
+	if rest == "" {
+		if total == 0 && v != "0d" && v != "0w" {
+			return 0, fmt.Errorf("empty duration")
+		}
+		return total, nil
+	}
+	if rest != v && (rest[0] == '-' || rest[0] == '+') {
+		return 0, fmt.Errorf("duration %q: a sign in the middle", v)
+	}
+	x, err := time.ParseDuration(rest)
+	if err != nil {
+		return 0, err
+	}
+	if x > 0 && total > math.MaxInt64-x {
+		return 0, fmt.Errorf("duration %q out of range", v)
+	}
+	return total + x, nil
+}
 
 type intValue int
 
@@ -254,12 +376,16 @@ func (b *boolValue) IsBoolFlag() bool { return true }
 
 type bytesValue int64
 
+// byteUnits are the IEC (KiB) and Kubernetes quantity (Ki, k, M) units,
+// longest first.
 var byteUnits = []struct {
 	suffix string
 	mult   int64
 }{
 	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
 	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+	{"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
 	{"B", 1},
 }
 
@@ -273,7 +399,7 @@ func (b *bytesValue) Set(v string) error {
 	}
 	x, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || x < 0 || (x > 0 && mult > (1<<63-1)/x) {
-		return fmt.Errorf("not a byte size (want e.g. 1048576, 512MiB, 10GiB)")
+		return fmt.Errorf("not a byte size (want e.g. 1048576, 512MiB, 512Mi, 10GiB, 10Gi, 1G)")
 	}
 	*b = bytesValue(x * mult)
 	return nil

@@ -4,6 +4,9 @@
 //	etcdsync publish   watch the primary etcd, publish to the log
 //	etcdsync apply     replay the log into the standby etcd
 //	etcdsync audit     compare the standby with the primary, report and repair drift
+//	etcdsync status    show the stream, the standby's checkpoint and the lag
+//	etcdsync promote   fail over: fence the applier, report the final position
+//	etcdsync demote    make a promoted etcd a standby again (failback)
 //	etcdsync sandbox   the whole pipeline in one process, with a workload
 //	etcdsync version   print the version
 //
@@ -61,6 +64,7 @@ var commands = []command{
 	{"streams", "set up a site's log stream: streams init --role primary|standby", runStreams},
 	{"status", "show the stream, the standby's checkpoint and the lag", runStatus},
 	{"promote", "fail over: drain, fence the applier, report the standby's final position", runPromote},
+	{"demote", "make a promoted etcd a standby again: clear its checkpoint so its applier re-seeds", runDemote},
 	{"sandbox", "run two embedded etcds, embedded NATS, the pipeline and a workload, then check consistency", runSandbox},
 	{"version", "print the version", runVersion},
 }

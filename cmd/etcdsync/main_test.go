@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,59 @@ func TestBytesValue(t *testing.T) {
 	}
 }
 
+// TestSizeUnits: sizes take IEC and Kubernetes quantity units (issue 16.7).
+func TestSizeUnits(t *testing.T) {
+	for in, want := range map[string]int64{"20Gi": 20 << 30, "20GiB": 20 << 30, "512Mi": 512 << 20, "64Ki": 64 << 10, "1Ti": 1 << 40,
+		"2G": 2e9, "3M": 3e6, "5k": 5000, "1GB": 1e9} {
+		var b bytesValue
+		if err := b.Set(in); err != nil || int64(b) != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"20Gx", "Gi", "-1Gi", "1.5Gi"} {
+		var b bytesValue
+		if err := b.Set(in); err == nil {
+			t.Errorf("Set(%q) = %d, want an error", in, b)
+		}
+	}
+}
+
+// TestDurationDaysWeeks: durations take days and weeks (issue 16.7).
+func TestDurationDaysWeeks(t *testing.T) {
+	const day = 24 * time.Hour
+	for in, want := range map[string]time.Duration{"7d": 7 * day, "2w": 14 * day, "1d12h": 36 * time.Hour, "1w2d3h30m": 9*day + 3*time.Hour + 30*time.Minute,
+		"90m": 90 * time.Minute, "0": 0} {
+		var d durationValue
+		if err := d.Set(in); err != nil || time.Duration(d) != want {
+			t.Errorf("Set(%q) = %s, %v; want %s", in, time.Duration(d), err, want)
+		}
+	}
+	for _, in := range []string{"7", "d", "1d2", "2x", "-1d", "1d-1h"} {
+		var d durationValue
+		if err := d.Set(in); err == nil {
+			t.Errorf("Set(%q) = %s, want an error", in, time.Duration(d))
+		}
+	}
+}
+
+// TestUnknownEnvVariable: a misspelt ETCDSYNC_ variable is a usage error
+// naming the closest known one, on every command (issue 16.7); a variable
+// of another command's flag is accepted.
+func TestUnknownEnvVariable(t *testing.T) {
+	t.Setenv("ETCDSYNC_EXCLUDE_NAMESPACES", "kube-system")
+	for _, cmd := range []string{"apply", "status", "promote", "demote", "version"} {
+		code, _, stderr := runCmd(t, cmd)
+		if code != exitUsage || !strings.Contains(stderr, "$ETCDSYNC_EXCLUDE_NAMESPACES") || !strings.Contains(stderr, "did you mean $ETCDSYNC_EXCLUDE_NAMESPACE?") {
+			t.Errorf("%s: exit %d, stderr %q", cmd, code, stderr)
+		}
+	}
+	os.Unsetenv("ETCDSYNC_EXCLUDE_NAMESPACES")
+	t.Setenv("ETCDSYNC_PRIMARY_ENDPOINTS", "http://127.0.0.1:1") // audit's, set in the auditor pod that also runs status
+	if code, out, stderr := runCmd(t, "apply", "--print-rules"); code != exitOK {
+		t.Errorf("apply --print-rules with another command's variable set: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
 func TestEnvThroughRun(t *testing.T) {
 	t.Setenv("ETCDSYNC_MAX_AGE", "soon")
 	code, _, stderr := runCmd(t, "publish", "--etcd-endpoints", "http://127.0.0.1:1")
@@ -206,6 +260,23 @@ func TestPrintRules(t *testing.T) {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("rules lack %s:\n%s", want, stdout)
 		}
+	}
+}
+
+// TestPrintRulesOwnNamespace: apply and audit exclude the namespace they
+// run in (POD_NAMESPACE), and --print-rules says why.
+func TestPrintRulesOwnNamespace(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "etcdsync")
+	code, stdout, stderr := runCmd(t, "apply", "--print-rules")
+	if code != exitOK {
+		t.Fatalf("exit %d; stderr %q", code, stderr)
+	}
+	if !strings.Contains(stdout, `exclude namespace "etcdsync"`) || !strings.Contains(stdout, "POD_NAMESPACE") {
+		t.Errorf("rules do not exclude the own namespace and say why:\n%s", stdout)
+	}
+	t.Setenv("POD_NAMESPACE", "Not_A_Label")
+	if code, _, stderr := runCmd(t, "apply", "--print-rules"); code != exitUsage || !strings.Contains(stderr, "POD_NAMESPACE") {
+		t.Errorf("bad POD_NAMESPACE: exit %d, stderr %q", code, stderr)
 	}
 }
 

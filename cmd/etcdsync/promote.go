@@ -24,6 +24,8 @@ type promoteOptions struct {
 	bumpMax       int
 	newSite       string
 	json          bool
+	force         bool
+	dryRun        bool
 	log           logFlags
 }
 
@@ -44,7 +46,9 @@ func promoteFlags(o *promoteOptions) *flagSet {
 	f.Bool(&o.bumpRevision, "bump-revision", false, "raise the standby's revision above the last source revision seen")
 	f.Int(&o.bumpMax, "bump-max", 10_000_000, "refuse --bump-revision when more than `N` revisions are needed (use etcdutl snapshot restore --bump-revision offline)")
 	f.String(&o.newSite, "publish-site", "standby", "site `NAME` the new primary's publisher will use: a mirror stream becomes writable on etcdsync.<NAME>.log.>")
-	f.Bool(&o.json, "json", false, "print the report as JSON")
+	f.Bool(&o.json, "json", false, "print the report as JSON (and nothing else on stdout)")
+	f.Bool(&o.force, "force", false, "promote an etcd that holds no checkpoint (never a standby: perhaps the primary)")
+	f.Bool(&o.dryRun, "dry-run", false, "print what would happen and the cluster ID promoted; change nothing")
 	o.log.register(f, "info")
 	return f
 }
@@ -87,37 +91,89 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		log.Warn("no --nats-url: fencing without draining; messages that reached the standby's stream but were not applied are unknown")
 	}
 	cfg := applier.PromoteConfig{Stream: o.stream, CheckpointKey: o.checkpointKey, DrainTimeout: o.drainTimeout,
-		BumpRevision: o.bumpRevision, BumpMax: int64(o.bumpMax),
+		BumpRevision: o.bumpRevision, BumpMax: int64(o.bumpMax), Force: o.force, DryRun: o.dryRun,
 		Progress: func(done, total int64) { log.Info("bumping standby revision", "done", done, "total", total) }}
 	rep, err := applier.Promote(ctx, cfg, cli, js)
 	if err != nil && !errors.Is(err, applier.ErrNotDrained) {
+		if errors.Is(err, applier.ErrNoCheckpoint) {
+			return fmt.Errorf("%w; refusing to promote an etcd no applier ever wrote to (is it the primary?); --force promotes it anyway", err)
+		}
 		return err
 	}
+	out := promoteOutput{PromoteReport: rep}
 	if js != nil {
 		// The standby's mirror becomes the new primary's writable log.
 		if s, serr := js.Stream(ctx, o.stream); serr == nil && s.CachedInfo().Config.Mirror != nil {
-			if _, serr := streams.PromoteMirror(ctx, js, o.stream, o.newSite); serr != nil {
-				return serr
+			if !o.dryRun {
+				if _, serr := streams.PromoteMirror(ctx, js, o.stream, o.newSite); serr != nil {
+					return serr
+				}
+				log.Info("mirror stream promoted to a writable log", "stream", o.stream, "site", o.newSite)
 			}
-			log.Info("mirror stream promoted to a writable log", "stream", o.stream, "site", o.newSite)
-			fmt.Fprintf(stdout, "stream %s is now writable on etcdsync.%s.log.>: start `etcdsync publish --site %s` here\n", o.stream, o.newSite, o.newSite)
+			out.WritableStream = &writableStream{Stream: o.stream, Subjects: "etcdsync." + o.newSite + ".log.>", Site: o.newSite}
 		}
 	}
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if jerr := enc.Encode(rep); jerr != nil {
+		if jerr := enc.Encode(out); jerr != nil {
 			return jerr
 		}
+	} else if o.dryRun {
+		printPromoteDryRun(stdout, out, o)
 	} else {
-		printPromote(stdout, rep)
+		printPromote(stdout, out)
 	}
 	return err
 }
 
-func printPromote(w io.Writer, rep applier.PromoteReport) {
-	ck := rep.Checkpoint
+// promoteOutput is what promote prints (--json: as JSON).
+type promoteOutput struct {
+	applier.PromoteReport
+	// WritableStream is set when the standby's mirror stream became (or,
+	// in a dry run, would become) the new primary's writable log.
+	WritableStream *writableStream `json:"writable_stream,omitempty"`
+}
+
+// writableStream is a mirror stream promoted to a writable log.
+type writableStream struct {
+	Stream   string `json:"stream"`
+	Subjects string `json:"subjects"`
+	Site     string `json:"publish_site"`
+}
+
+// printPromoteDryRun prints what promote would do.
+func printPromoteDryRun(w io.Writer, out promoteOutput, o promoteOptions) {
+	rep, ck := out.PromoteReport, out.Checkpoint
+	fmt.Fprintf(w, "dry run: nothing changed\n")
+	fmt.Fprintf(w, "  would promote    the copy of cluster %s held at generation %d, source revision %d, stream seq %d (%s)\n", rep.ClusterID, ck.Position.Generation, ck.Position.Revision, ck.Position.Seq, ck.Position)
+	if rep.Inconsistent != "" {
+		fmt.Fprintf(w, "  WARNING          %s\n", rep.Inconsistent)
+	}
+	switch {
+	case o.nats.url == "":
+		fmt.Fprintf(w, "  would fence      at once, without draining (no --nats-url: unapplied messages unknown)\n")
+	case rep.Drained:
+		fmt.Fprintf(w, "  would fence      at once: the applier has applied everything the stream holds (up to seq %d)\n", rep.StreamLastSeq)
+	default:
+		fmt.Fprintf(w, "  would wait       up to %s for the applier to apply %d messages (the stream holds up to seq %d, source revision %d), then fence\n", o.drainTimeout, rep.Unapplied, rep.StreamLastSeq, rep.StreamLastRevision)
+	}
+	fmt.Fprintf(w, "  source time      %s: anything the primary committed after it would not be on the standby\n", rep.DataLossSince.UTC().Format(time.RFC3339Nano))
+	if o.bumpRevision {
+		fmt.Fprintf(w, "  would bump       the standby revision %d by about %d revisions\n", rep.StandbyRevision, rep.Bumped)
+	}
+	if ws := out.WritableStream; ws != nil {
+		fmt.Fprintf(w, "  would make       mirror stream %s writable on %s\n", ws.Stream, ws.Subjects)
+	}
+}
+
+func printPromote(w io.Writer, out promoteOutput) {
+	rep, ck := out.PromoteReport, out.Checkpoint
+	if ws := out.WritableStream; ws != nil {
+		fmt.Fprintf(w, "stream %s is now writable on %s: start `etcdsync publish --site %s` here\n", ws.Stream, ws.Subjects, ws.Site)
+	}
 	fmt.Fprintf(w, "standby promoted: the applier is fenced and will not write again\n")
+	fmt.Fprintf(w, "  cluster          %s (the primary whose copy is promoted)\n", rep.ClusterID)
 	if rep.Inconsistent != "" {
 		fmt.Fprintf(w, "  WARNING          %s\n", rep.Inconsistent)
 	}

@@ -3,11 +3,17 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/streams"
 )
 
 // TestStatusAndPromote runs publish and apply, reads `status`, fails over
@@ -78,5 +84,86 @@ func TestStatusAndPromote(t *testing.T) {
 	}
 	if code, _, stderr := runCmd(t, "status", "--standby-endpoints", "http://127.0.0.1:1"); code != exitUsage || !strings.Contains(stderr, "could not read status") {
 		t.Fatalf("status of an unreachable standby: exit %d, %q", code, stderr)
+	}
+}
+
+// TestPromoteCannotMislead checks that promote refuses an etcd that holds
+// no checkpoint (the primary, given by mistake) unless --force, that
+// --dry-run changes nothing and names the cluster it would promote, and
+// that --json writes nothing but the JSON report to stdout, also when the
+// standby's stream is a mirror that promote makes writable.
+func TestPromoteCannotMislead(t *testing.T) {
+	primary, pcli := startEtcd(t)
+	standby, scli := startEtcd(t)
+	natsAddr := freeAddr(t)
+	natsURL := "nats://" + natsAddr
+	ctx := context.Background()
+	pub := runBackground(t, "publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", t.TempDir(), "--nats-listen", natsAddr)
+	eventually(t, 20*time.Second, "the publisher to start", func() bool {
+		return strings.Contains(pub.stderr.String(), "publisher starting")
+	})
+	// The standby applies from a mirror of the log, as on a standby site.
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the mirror", func() bool {
+		_, err := streams.EnsureMirror(ctx, js, streams.MirrorConfig{Name: "MIRROR", Origin: streams.DefaultStream})
+		return err == nil
+	})
+	runBackground(t, "apply", "--etcd-endpoints", standby.Endpoint, "--nats-url", natsURL, "--stream", "MIRROR")
+	if _, err := pcli.Put(ctx, "/registry/configmaps/app/a", "a"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the key on the standby", func() bool {
+		resp, err := scli.Get(ctx, "/registry/configmaps/app/a")
+		return err == nil && len(resp.Kvs) == 1
+	})
+	members, err := pcli.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := fmt.Sprintf("%x", members.Header.ClusterId)
+
+	// The primary, given by mistake: refused, and nothing written there.
+	code, out, stderr := runCmd(t, "promote", "--standby-endpoints", primary.Endpoint, "--nats-url", natsURL, "--json")
+	if code != exitFailure || !strings.Contains(stderr, "no checkpoint") || !strings.Contains(stderr, "--force") || out != "" {
+		t.Fatalf("promote of an etcd without checkpoint: exit %d\n%s%s", code, out, stderr)
+	}
+	if resp, err := pcli.Get(ctx, "/etcdsync/checkpoint/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Fatalf("promote refused but wrote a checkpoint on the primary (%v)", err)
+	}
+
+	// A dry run names the cluster and changes nothing.
+	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", natsURL, "--stream", "MIRROR", "--dry-run", "--bump-revision")
+	if code != exitOK || !strings.Contains(out, "dry run") || !strings.Contains(out, "cluster "+cluster) || !strings.Contains(out, "would make") {
+		t.Fatalf("promote --dry-run: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", natsURL, "--stream", "MIRROR", "--dry-run", "--json")
+	var dry promoteOutput
+	if err := json.Unmarshal([]byte(out), &dry); err != nil || code != exitOK || !dry.DryRun || dry.ClusterID != cluster || dry.WritableStream == nil {
+		t.Fatalf("promote --dry-run --json: exit %d, %v\n%s%s", code, err, out, stderr)
+	}
+	ck, _, err := applier.ReadCheckpoint(ctx, scli, "/etcdsync/checkpoint/MIRROR")
+	if err != nil || ck.Promoted {
+		t.Fatalf("after a dry run the checkpoint is promoted=%v (%v)", ck.Promoted, err)
+	}
+	if s, err := js.Stream(ctx, "MIRROR"); err != nil || s.CachedInfo().Config.Mirror == nil {
+		t.Fatalf("after a dry run the mirror is no longer a mirror (%v)", err)
+	}
+
+	// The real thing, as JSON: stdout is one JSON document.
+	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", natsURL, "--stream", "MIRROR", "--json")
+	var rep promoteOutput
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != exitOK {
+		t.Fatalf("promote --json: exit %d, stdout is not JSON (%v)\n%s%s", code, err, out, stderr)
+	}
+	if rep.DryRun || !rep.Checkpoint.Promoted || rep.ClusterID != cluster || rep.WritableStream == nil || rep.WritableStream.Subjects != "etcdsync.standby.log.>" {
+		t.Fatalf("promote --json report: %+v", rep)
 	}
 }

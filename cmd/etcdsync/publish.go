@@ -10,8 +10,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
+	"github.com/etcdsync/etcdsync/auditor"
 	"github.com/etcdsync/etcdsync/publisher"
 	"github.com/etcdsync/etcdsync/streams"
 )
@@ -22,6 +26,7 @@ type publishOptions struct {
 	nats        natsFlags
 	dataDir     string
 	natsListen  string
+	listen      listenFlags
 	site        string
 	stream      string
 	replicas    int
@@ -32,6 +37,7 @@ type publishOptions struct {
 	elect       electFlags
 	metricsAddr string
 	log         logFlags
+	logKey      logKeyFlag
 }
 
 func publishFlags(o *publishOptions) *flagSet {
@@ -43,6 +49,7 @@ func publishFlags(o *publishOptions) *flagSet {
 	o.nats.register(f, "`URL` of the NATS servers (comma-separated); empty: run an embedded JetStream server")
 	f.String(&o.dataDir, "data-dir", "./etcdsync-data", "`DIR` of the embedded JetStream store (<DIR>/nats); unused with --nats-url")
 	f.String(&o.natsListen, "nats-listen", streams.DefaultServerConfig().Listen, "client `ADDR` (host:port) of the embedded JetStream server; unused with --nats-url")
+	o.listen.register(f)
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of this site in subjects (etcdsync.<NAME>.log.>)")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.Int(&o.replicas, "stream-replicas", 1, "`N` replicas of the log stream (1 embedded, 3 in a NATS cluster)")
@@ -52,6 +59,7 @@ func publishFlags(o *publishOptions) *flagSet {
 	f.Duration(&o.snapEvery, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
 		"publish a snapshot every `DURATION` (0: off), so retention can drop old messages while a complete base stays; must be below --max-age")
 	o.elect.register(f, "primary")
+	o.logKey.register(f, "every message is signed for its stream position")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9090; empty: off)")
 	o.log.register(f, "info")
 	return f
@@ -85,31 +93,55 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := o.nats.validate(cmd); err != nil {
 		return err
 	}
+	if err := o.listen.validate(cmd); err != nil {
+		return err
+	}
 	log, err := o.log.logger(cmd, stderr)
 	if err != nil {
 		return err
 	}
 	cfg := o.config()
 	cfg.Logger = log
+	if cfg.LogKeys, err = o.logKey.load(cmd); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageErrorf(cmd, "%v", err)
 	}
 
 	// Step 1: the embedded JetStream server, unless one is given.
 	natsURL := o.nats.url
+	var srv *server.Server
+	var local nkeys.KeyPair
 	if natsURL == "" {
 		dir := filepath.Join(o.dataDir, "nats")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create data directory: %w", err)
 		}
+		scfg := streams.DefaultServerConfig()
+		scfg.StoreDir, scfg.Listen = dir, o.natsListen
+		scfg.Access = streams.Access{Site: o.site, Stream: o.stream, DriftStream: streams.DefaultDriftStream}
+		if err := o.listen.apply(&scfg); err != nil {
+			return err
+		}
+		if len(scfg.Users) > 0 {
+			// The publisher's own identity: a fresh NKey that may connect
+			// only in process.
+			if local, err = nkeys.CreateUser(); err != nil {
+				return fmt.Errorf("create publisher nkey: %w", err)
+			}
+			if scfg.LocalNKey, err = local.PublicKey(); err != nil {
+				return fmt.Errorf("create publisher nkey: %w", err)
+			}
+		}
 		// The server takes 10s to report a taken address; check it first.
 		if err := checkListen(o.natsListen); err != nil {
 			return err
 		}
-		scfg := streams.DefaultServerConfig()
-		scfg.StoreDir, scfg.Listen = dir, o.natsListen
-		srv, err := streams.StartServer(scfg)
-		if err != nil {
+		if srv, err = streams.StartServer(scfg); err != nil {
+			if errors.Is(err, streams.ErrNoClientAuth) {
+				return usageErrorf(cmd, "--nats-listen %s: %v; give --nats-listen-users-file", o.natsListen, err)
+			}
 			return err
 		}
 		defer func() {
@@ -117,7 +149,10 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			srv.WaitForShutdown()
 		}()
 		natsURL = srv.ClientURL()
-		log.Info("embedded nats started", "url", natsURL, "store_dir", dir)
+		log.Info("embedded nats started", "url", natsURL, "store_dir", dir, "users", len(scfg.Users), "tls", scfg.TLSCert != "", "client_certs", scfg.TLSCA != "")
+		if len(scfg.Users) == 0 {
+			log.Warn("embedded nats accepts anonymous clients (loopback only); give --nats-listen-users-file to require authentication")
+		}
 	}
 
 	// Step 2: connections, checked before anything runs.
@@ -126,11 +161,24 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer cli.Close()
-	nc, err := o.nats.connect(natsURL, "etcdsync-publish", log)
+	var nc *nats.Conn
+	if srv != nil {
+		nc, err = connectInProcess(srv, local, "etcdsync-publish", log)
+	} else {
+		nc, err = o.nats.connect(natsURL, "etcdsync-publish", log)
+	}
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	if local != nil {
+		// Readers may not create streams (a stream can republish onto the
+		// log's subjects), so the drift stream exists before an auditor
+		// connects.
+		if err := ensureDriftStream(ctx, nc, o.site); err != nil {
+			return err
+		}
+	}
 
 	// Step 3: run until a signal.
 	reg := newRegistry()
@@ -138,7 +186,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log.Info("publisher starting", "etcd", o.etcd.endpoints, "nats", natsURL, "stream", cfg.Stream.Name, "site", cfg.Stream.Site, "prefix", cfg.Prefix)
+	log.Info("publisher starting", "etcd", o.etcd.endpoints, "nats", redactURL(natsURL), "stream", cfg.Stream.Name, "site", cfg.Stream.Site, "prefix", cfg.Prefix)
 	isFenced := func(err error) bool { return errors.Is(err, publisher.ErrFenced) }
 	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, o.elect.wrap(cmd, cfg.Stream.Name, cli, log, isFenced, pub.Run))
 	log.Info("publisher stopped", "position", pub.Published().String())
@@ -152,4 +200,25 @@ func checkListen(addr string) error {
 		return fmt.Errorf("embedded nats: %w", err)
 	}
 	return ln.Close()
+}
+
+// ensureDriftStream creates the drift stream of site with the auditor's
+// default configuration, unless it exists.
+func ensureDriftStream(ctx context.Context, nc *nats.Conn, site string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	acfg := auditor.DefaultConfig()
+	acfg.Site = site
+	sc := auditor.DriftStreamConfig(acfg)
+	if _, err := js.Stream(ctx, sc.Name); err == nil {
+		return nil
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("look up drift stream %s: %w", sc.Name, err)
+	}
+	if _, err := js.CreateStream(ctx, sc); err != nil {
+		return fmt.Errorf("create drift stream %s: %w", sc.Name, err)
+	}
+	return nil
 }

@@ -186,6 +186,8 @@ func caughtUp(lastSeq uint64, ck applier.Checkpoint, now time.Time, maxLag time.
 	switch {
 	case ck.Promoted:
 		return errors.New("standby promoted: the applier is fenced")
+	case ck.Stopped != nil:
+		return fmt.Errorf("the applier stopped: %s", ck.Stopped.Reason)
 	case ck.Snapshot != nil:
 		return fmt.Errorf("applying a snapshot (generation %d, revision %d, %d keys so far): the standby is not a consistent copy yet",
 			ck.Snapshot.Generation, ck.Snapshot.Revision, ck.Snapshot.Keys)

@@ -102,6 +102,8 @@ func TestCaughtUp(t *testing.T) {
 	snap.Snapshot = &applier.SnapshotState{Generation: 2, Revision: 90, Keys: 500}
 	promoted := at(10, time.Second)
 	promoted.Promoted = true
+	stopped := at(10, time.Second)
+	stopped.Stopped = &applier.Stop{Reason: `key "/big": a request of 300000 bytes exceeds the standby's request limit of 262144 bytes`}
 	noSource := at(10, 0)
 	noSource.SourceTime, noSource.AppliedAt = time.Time{}, now.Add(-time.Minute)
 	tests := []struct {
@@ -117,6 +119,7 @@ func TestCaughtUp(t *testing.T) {
 		{"nothing applied", 25, applier.Checkpoint{}, "nothing applied yet: 25 messages in the stream"},
 		{"applying a snapshot", 10, snap, "applying a snapshot (generation 2, revision 90, 500 keys so far)"},
 		{"promoted", 10, promoted, "standby promoted"},
+		{"stopped, even caught up", 10, stopped, `the applier stopped: key "/big": a request of 300000 bytes exceeds the standby's request limit of 262144 bytes`},
 		{"no source time: applied-at counts", 11, noSource, "observed 1m0s ago"},
 	}
 	for _, tt := range tests {

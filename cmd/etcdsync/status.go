@@ -159,6 +159,9 @@ func printStatus(w io.Writer, st applier.Status) {
 	if ck := st.Checkpoint; ck != nil {
 		fmt.Fprintf(w, "  checkpoint     generation %d, revision %d, seq %d (%s)\n", ck.Position.Generation, ck.Position.Revision, ck.Position.Seq, ck.Position)
 		fmt.Fprintf(w, "  applied at     %s (source time %s)\n", ck.AppliedAt.UTC().Format(time.RFC3339), ck.SourceTime.UTC().Format(time.RFC3339Nano))
+		if sp := ck.Stopped; sp != nil {
+			fmt.Fprintf(w, "  stopped        %s: %s\n", sp.At.UTC().Format(time.RFC3339), sp.Reason)
+		}
 		if sn := ck.Snapshot; sn != nil {
 			fmt.Fprintf(w, "  snapshot       applying revision %d of generation %d: %d keys in %d chunks so far\n", sn.Revision, sn.Generation, sn.Keys, sn.Chunks)
 		}

@@ -25,7 +25,7 @@ type streamsOptions struct {
 
 func streamsFlags(o *streamsOptions) *flagSet {
 	f := newFlagSet("streams init", "--role primary|standby --nats-url URL [flags]",
-		"Creates (or updates) the log stream of a site.\n"+
+		"Creates (or updates) the log stream of a site, and creates the drift stream of --site.\n"+
 			"  --role primary: the writable log stream on subjects etcdsync.<site>.log.> (the publisher\n"+
 			"                  also creates it on start).\n"+
 			"  --role standby: a mirror of the primary site's stream in JetStream domain\n"+
@@ -94,6 +94,10 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usageErrorf(cmd, "--role %q: must be primary or standby", o.role)
 	}
 	if err != nil {
+		return err
+	}
+	// The drift stream too: auditors with the reader role may not create it.
+	if err := ensureDriftStream(ctx, nc, o.site); err != nil {
 		return err
 	}
 	c := s.CachedInfo().Config

@@ -13,7 +13,7 @@ import (
 // that need a log no publisher would write, e.g. an interrupted snapshot).
 func publishRecord(t *testing.T, p *pipeline, r *streams.Record) {
 	t.Helper()
-	msgs, err := streams.NewMsgs(streams.Subjects{Site: streams.DefaultSite}, r, 1<<20)
+	msgs, err := streams.NewMsgs(streams.Subjects{Site: streams.DefaultSite}, r, 1<<20, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,3 +201,72 @@ func maxParts(t *testing.T, p *pipeline) int {
 	}
 	return most
 }
+
+// Both sites run etcdsync and NATS in their own namespaces. The applier
+// excludes the namespace it runs in (Scope.OwnNamespace, from POD_NAMESPACE)
+// and the shipped scope excludes the NATS namespace, so a bootstrap and
+// live writes neither delete the standby's applier, nor overwrite its
+// Secrets and configuration with the primary's, nor create the primary's
+// publisher on the standby.
+func TestOwnNamespaceNeverReplicated(t *testing.T) {
+	p := newPipeline(t)
+	standbyOwn := map[string]string{
+		"/registry/namespaces/etcdsync":                            "standby-ns",
+		"/registry/deployments/etcdsync/etcdsync-applier":          "standby applier",
+		"/registry/deployments/etcdsync/etcdsync-auditor":          "standby auditor",
+		"/registry/configmaps/etcdsync/etcdsync-scope":             "standby scope",
+		"/registry/secrets/etcdsync/etcd-client-cert":              "standby cert",
+		"/registry/leases/etcdsync/etcdsync-applier":               "standby lease",
+		"/registry/configmaps/nats/nats-config":                    "standby nats config",
+		"/registry/statefulsets/nats/nats":                         "standby nats",
+		"/registry/serviceaccounts/etcdsync/etcdsync":              "standby sa",
+		"/registry/rolebindings/etcdsync/etcdsync-applier-binding": "standby rb",
+	}
+	for k, v := range standbyOwn {
+		put(t, p.standby.Client, k, v)
+	}
+	primary := map[string]string{
+		"/registry/namespaces/etcdsync":                   "primary-ns",
+		"/registry/deployments/etcdsync/etcdsync-publish": "primary publisher",
+		"/registry/secrets/etcdsync/etcd-client-cert":     "primary cert",
+		"/registry/configmaps/nats/nats-config":           "primary nats config",
+		"/registry/namespaces/team-a":                     "ns",
+		"/registry/configmaps/team-a/app":                 "a",
+	}
+	for k, v := range primary {
+		put(t, p.primary.Client, k, v)
+	}
+	acfg := p.applierConfig()
+	acfg.Scope.OwnNamespace = "etcdsync"
+	acfg.Scope.ExcludeNamespaces = []string{"nats"}
+	ap, _ := p.startApplier(acfg)
+	p.startPublisher(p.publisherConfig())
+	put(t, p.primary.Client, "/registry/deployments/etcdsync/etcdsync-publish", "primary publisher v2")
+	put(t, p.primary.Client, "/registry/secrets/nats/nats-creds", "primary creds")
+	put(t, p.primary.Client, "/registry/configmaps/team-a/live", "x")
+	p.waitConverged(ap.Rules(), 20*time.Second)
+
+	resp, err := p.standby.Client.Get(context.Background(), "\x00", clientv3.WithRange("\x00"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, kv := range resp.Kvs {
+		got[string(kv.Key)] = string(kv.Value)
+	}
+	for k, v := range standbyOwn {
+		if got[k] != v {
+			t.Errorf("%s: the standby's own key is %q, want %q (replicated over or deleted)", k, got[k], v)
+		}
+	}
+	for _, k := range []string{"/registry/deployments/etcdsync/etcdsync-publish", "/registry/secrets/nats/nats-creds"} {
+		if v, ok := got[k]; ok {
+			t.Errorf("the primary's %s reached the standby (%q)", k, v)
+		}
+	}
+	for _, k := range []string{"/registry/configmaps/team-a/app", "/registry/configmaps/team-a/live"} {
+		if _, ok := got[k]; !ok {
+			t.Errorf("in-scope key %s missing on the standby", k)
+		}
+	}
+}

@@ -3,10 +3,13 @@
 package embedded
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -66,7 +69,21 @@ func (e *Etcd) Close() {
 // it serves (at most 30s). Starting again on the same Dir restarts the same
 // member with its data. It returns an error when the directory is missing, a
 // ClientTLS file is missing, or the server does not start.
+//
+// Ports picked at random can be taken by another process between the pick
+// and the bind (tests run packages in parallel): a start that fails with
+// "address already in use" is retried with new ports, a few times.
 func StartEtcd(c EtcdConfig) (*Etcd, error) {
+	for attempt := 1; ; attempt++ {
+		e, err := startEtcdOnce(c)
+		inUse := err != nil && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use"))
+		if !inUse || attempt == 5 {
+			return e, err
+		}
+	}
+}
+
+func startEtcdOnce(c EtcdConfig) (*Etcd, error) {
 	if c.Dir == "" {
 		return nil, fmt.Errorf("start embedded etcd: data directory is required")
 	}

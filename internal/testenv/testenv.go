@@ -23,20 +23,30 @@ type Etcd struct {
 	*embedded.Etcd
 	Client *clientv3.Client
 	dir    string
+	cfg    embedded.EtcdConfig
 	t      testing.TB
 }
 
 // StartEtcd starts an embedded etcd and a client for it.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
-	e := &Etcd{dir: t.TempDir(), t: t}
+	return StartEtcdConfig(t, embedded.EtcdConfig{})
+}
+
+// StartEtcdConfig is StartEtcd with server settings (MaxTxnOps,
+// MaxRequestBytes); the directory and the port are the test's own.
+func StartEtcdConfig(t testing.TB, cfg embedded.EtcdConfig) *Etcd {
+	t.Helper()
+	e := &Etcd{dir: t.TempDir(), cfg: cfg, t: t}
 	e.start(0)
 	return e
 }
 
 func (e *Etcd) start(port int) {
 	e.t.Helper()
-	srv, err := embedded.StartEtcd(embedded.EtcdConfig{Dir: e.dir, ClientPort: port})
+	cfg := e.cfg
+	cfg.Dir, cfg.ClientPort = e.dir, port
+	srv, err := embedded.StartEtcd(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/etcdsync/etcdsync/streams"
+)
+
+// TestPublishRefusesOpenListener: an embedded server beyond loopback
+// without identities never starts; the command says which flag is missing.
+func TestPublishRefusesOpenListener(t *testing.T) {
+	primary, _ := startEtcd(t)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	for _, listen := range []string{"0.0.0.0:" + port, ":" + port} {
+		pub := runBackground(t, "publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", t.TempDir(), "--nats-listen", listen, "--log-level", "error")
+		select {
+		case code := <-pub.done:
+			pub.done <- code
+			if code != exitUsage || !strings.Contains(pub.stderr.String(), "--nats-listen-users-file") {
+				t.Errorf("%s: exit %d, stderr %q; want a usage error naming --nats-listen-users-file", listen, code, pub.stderr)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: publish runs an embedded server reachable beyond loopback without authentication", listen)
+		}
+	}
+	for _, args := range [][]string{
+		{"--nats-listen-tls-cert", "server.crt"},
+		{"--nats-listen-tls-ca", "ca.crt"},
+	} {
+		code, _, stderr := runCmd(t, append([]string{"publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", t.TempDir()}, args...)...)
+		if code != exitUsage {
+			t.Errorf("%q: exit %d, stderr %q; want a usage error", args, code, stderr)
+		}
+	}
+}
+
+// TestReadUsersFile reads roles, passwords and NKeys, and rejects bad
+// lines naming the line but never the password.
+func TestReadUsersFile(t *testing.T) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	const secret = "s3cret-never-shown"
+	tests := []struct {
+		name    string
+		content string
+		want    []streams.ServerUser
+		wantErr string
+	}{
+		{"roles", "# etcdsync\npublisher pub " + secret + "\n\nreader " + pub + "  # the applier\nleaf standby $2a$11$abc\n",
+			[]streams.ServerUser{{Role: streams.RolePublisher, Name: "pub", Password: secret}, {Role: streams.RoleReader, Name: pub}, {Role: streams.RoleLeaf, Name: "standby", Password: "$2a$11$abc"}}, ""},
+		{"unknown role", "admin root " + secret + "\n", nil, "line 1: role \"admin\""},
+		{"no password", "reader applier\n", nil, "line 1: user \"applier\" has no password"},
+		{"extra field", "reader applier " + secret + " more\n", nil, "line 1: want ROLE NAME [PASSWORD]"},
+		{"empty", "# nobody\n", nil, "no identity"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "users")
+			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := readUsersFile(path)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || strings.Contains(err.Error(), secret) {
+					t.Fatalf("error %v, want one containing %q and not the password", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Errorf("user %d: got %+v, want %+v", i, got[i], tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+// TestPublishApplyNATSAuth runs `publish` with its embedded server on all
+// interfaces, TLS with client certificates and a users file, and `apply`
+// as a reader with --nats-user and --nats-password-file: it replicates.
+// `audit` as another reader publishes drift events. Without a client certificate, without a password or with the wrong one,
+// or with the publisher role's password given to a reader's name, apply
+// cannot connect; no password shows in any output.
+func TestPublishApplyNATSAuth(t *testing.T) {
+	const readerPW, publisherPW, auditorPW = "reader-Pa55-0d1e", "publisher-Pa55-77aa", "auditor-Pa55-3b9c"
+	primary, pcli := startEtcd(t)
+	standby, scli := startEtcd(t)
+	p := newPKI(t)
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	users := write("users", "publisher etcdsync-publisher "+publisherPW+"\nreader applier "+readerPW+"\nreader auditor "+auditorPW+"\n")
+	pwFile, wrongPW, pubPW := write("applier.pw", readerPW+"\n"), write("wrong.pw", "nope\n"), write("publisher.pw", publisherPW)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	ctx := context.Background()
+	if _, err := pcli.Put(ctx, "/registry/configmaps/app/one", "1"); err != nil {
+		t.Fatal(err)
+	}
+
+	pub := runBackground(t, "publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", t.TempDir(),
+		"--nats-listen", "0.0.0.0:"+port, "--nats-listen-users-file", users,
+		"--nats-listen-tls-cert", p.server.cert, "--nats-listen-tls-key", p.server.key, "--nats-listen-tls-ca", p.ca.file,
+		"--log-level", "debug")
+	eventually(t, 20*time.Second, "the publisher to start", func() bool {
+		return strings.Contains(pub.stderr.String(), "publisher starting")
+	})
+	url := "tls://127.0.0.1:" + port
+	tlsFlags := []string{"--nats-cacert", p.ca.file, "--nats-cert", p.client.cert, "--nats-key", p.client.key}
+	base := []string{"apply", "--etcd-endpoints", standby.Endpoint, "--nats-url", url, "--log-level", "debug"}
+
+	ap := runBackground(t, append(append(base, tlsFlags...), "--nats-user", "applier", "--nats-password-file", pwFile)...)
+	eventually(t, 20*time.Second, "the key on the standby", func() bool {
+		resp, err := scli.Get(ctx, "/registry/configmaps/app/one")
+		return err == nil && len(resp.Kvs) == 1
+	})
+
+	outputs := []string{pub.stderr.String(), ap.stderr.String()}
+	for name, args := range map[string][]string{
+		"no credentials":          tlsFlags,
+		"wrong password":          append(tlsFlags, "--nats-user", "applier", "--nats-password-file", wrongPW),
+		"another user's password": append(tlsFlags, "--nats-user", "applier", "--nats-password-file", pubPW),
+		"no client certificate":   {"--nats-cacert", p.ca.file, "--nats-user", "applier", "--nats-password-file", pwFile},
+	} {
+		code, stderr := exitOf(t, append(append([]string{}, base...), args...)...)
+		if code != exitFailure {
+			t.Errorf("%s: exit %d, stderr %q", name, code, stderr)
+		}
+		if name != "no client certificate" && !strings.Contains(strings.ToLower(stderr), "authorization") {
+			t.Errorf("%s: stderr %q does not say authorization", name, stderr)
+		}
+		outputs = append(outputs, stderr)
+	}
+	// Credentials in the URL are redacted too.
+	code, stderr := exitOf(t, append([]string{"apply", "--etcd-endpoints", standby.Endpoint, "--log-level", "debug",
+		"--nats-url", "tls://applier:" + publisherPW + "@127.0.0.1:" + port}, tlsFlags...)...)
+	if code != exitFailure {
+		t.Errorf("password in the URL: exit %d, stderr %q", code, stderr)
+	}
+	outputs = append(outputs, stderr)
+
+	// The auditor, a reader too, publishes drift events into the drift
+	// stream that publish created.
+	code, stdout, stderr := runCmd(t, append([]string{"audit", "--once", "--primary-endpoints", primary.Endpoint, "--standby-endpoints", standby.Endpoint,
+		"--nats-url", url, "--nats-user", "auditor", "--nats-password-file", write("auditor.pw", auditorPW)}, tlsFlags...)...)
+	if code != exitOK || !strings.Contains(stdout, "drift events: 1 messages published") {
+		t.Errorf("audit as a reader: exit %d\n%s%s", code, stdout, stderr)
+	}
+	outputs = append(outputs, stdout+stderr)
+	if code := ap.stop(t); code != exitOK {
+		t.Errorf("apply exit %d", code)
+	}
+	if code := pub.stop(t); code != exitOK {
+		t.Errorf("publish exit %d", code)
+	}
+	outputs = append(outputs, pub.stderr.String(), ap.stderr.String())
+	for _, out := range outputs {
+		for _, pw := range []string{readerPW, publisherPW, auditorPW} {
+			if strings.Contains(out, pw) {
+				t.Fatalf("a password appears in the output:\n%s", out)
+			}
+		}
+	}
+}
+
+// exitOf runs a command that is expected to exit by itself and returns its
+// exit status and stderr; it fails the test when the command still runs
+// after 30s (it connected where it should not have).
+func exitOf(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	b := runBackground(t, args...)
+	select {
+	case code := <-b.done:
+		b.done <- code
+		return code, b.stderr.String()
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%q still runs after 30s", args)
+		return 0, ""
+	}
+}

@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/internal/embedded"
+	"github.com/etcdsync/etcdsync/internal/testenv"
+)
+
+// kubeWrite writes key the way kube-apiserver creates an object: a
+// transaction comparing the key's mod revision, putting it, and reading it
+// back otherwise.
+func kubeWrite(ctx context.Context, cli *clientv3.Client, key, value string) error {
+	_, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, value)).Else(clientv3.OpGet(key)).Commit()
+	return err
+}
+
+// largestKubeValue returns the largest value cli's etcd accepts in a
+// kube-apiserver write of a key as long as key (etcd checks the size before
+// the compare: a write of a key that exists answers too). The probe key is
+// deleted again.
+func largestKubeValue(t *testing.T, cli *clientv3.Client, key string) int {
+	t.Helper()
+	ctx := context.Background()
+	probe := key[:len(key)-1] + "~"
+	lo, hi := 1<<20, 2<<20 // accepted, refused
+	for lo+1 < hi {
+		m := (lo + hi) / 2
+		if kubeWrite(ctx, cli, probe, strings.Repeat("v", m)) == nil {
+			lo = m
+		} else {
+			hi = m
+		}
+	}
+	if _, err := cli.Delete(ctx, probe); err != nil {
+		t.Fatal(err)
+	}
+	return lo
+}
+
+// A value as large as the primary accepts (the largest a kube-apiserver
+// write can carry under etcd's default 1.5 MiB request limit) replicates
+// onto a standby with the same limit, and the revisions after it too
+// (issue 15.1: the checkpoint used to push its transaction over the limit,
+// and the standby refused it on every retry).
+func TestValueAtRequestLimit(t *testing.T) {
+	const key = "/registry/configmaps/default/big"
+	p := newPipeline(t)
+	// Found before the publisher starts: its snapshot begins after.
+	n := largestKubeValue(t, p.primary.Client, key)
+	p.startPublisher(p.publisherConfig())
+	p.startApplier(rawApplierConfig(p))
+	put(t, p.primary.Client, "/registry/configmaps/default/before", "x")
+	if err := kubeWrite(context.Background(), p.primary.Client, key, strings.Repeat("v", n)); err != nil {
+		t.Fatalf("primary refused a %d-byte value: %v", n, err)
+	}
+	put(t, p.primary.Client, "/registry/configmaps/default/after", "y")
+	p.waitConverged(rawRules(t), 60*time.Second)
+	t.Logf("a %d-byte value replicated", n)
+}
+
+// A value the standby cannot take in any transaction (its request limit is
+// below the primary's) stops the applier with a terminal error naming the
+// key, the request size and the limit, recorded in the checkpoint so that
+// status and readiness say why (issue 15.1). Below the limit plus gRPC's
+// allowance etcd refuses it, above gRPC does; an applier that believes the
+// standby takes more finds out from etcd and stops the same way.
+func TestValueOverStandbyLimitStops(t *testing.T) {
+	const limit = 256 << 10
+	for _, tt := range []struct {
+		name       string
+		size       int
+		configured int // the applier's MaxRequestBytes
+	}{
+		{"refused by etcd", 300 << 10, limit},
+		{"refused by grpc", 900 << 10, limit},
+		{"limit unknown to the applier", 300 << 10, applier.DefaultConfig().MaxRequestBytes},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &pipeline{t: t, primary: testenv.StartEtcd(t), js: testenv.StartJetStream(t),
+				standby: testenv.StartEtcdConfig(t, embedded.EtcdConfig{MaxRequestBytes: limit})}
+			p.startPublisher(p.publisherConfig())
+			cfg := rawApplierConfig(p)
+			cfg.MaxRequestBytes, cfg.MaxTxnBytes = tt.configured, 128<<10
+			_, ar := p.startApplier(cfg)
+			put(t, p.primary.Client, "/app/small", "x")
+			put(t, p.primary.Client, "/app/big", strings.Repeat("v", tt.size))
+			put(t, p.primary.Client, "/app/after", "y")
+			err := ar.wait(t, 30*time.Second, "applier given a value over the standby's limit")
+			var tl *applier.TooLargeError
+			if !errors.As(err, &tl) || !errors.Is(err, applier.ErrTooLarge) {
+				t.Fatalf("applier stopped with %v, want a *TooLargeError", err)
+			}
+			if tl.Key != "/app/big" || tl.Limit != tt.configured || tl.Bytes <= tt.size {
+				t.Errorf("error names key %q, %d bytes, limit %d; want /app/big, more than %d bytes, limit %d", tl.Key, tl.Bytes, tl.Limit, tt.size, tt.configured)
+			}
+			got := dump(t, p.standby.Client, rawRules(t))
+			if got["/app/small"] != "x" || got["/app/big"] != "" || got["/app/after"] != "" {
+				t.Errorf("standby holds %d keys (small %q, after %q): want the revisions before the value only", len(got), got["/app/small"], got["/app/after"])
+			}
+			st, err := applier.ReadStatus(context.Background(), p.standby.Client, nil, cfg.Stream, cfg.Site, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.State != "stopped" || st.Checkpoint == nil || st.Checkpoint.Stopped == nil ||
+				!strings.Contains(st.Checkpoint.Stopped.Reason, "/app/big") || !strings.Contains(st.Checkpoint.Stopped.Reason, strconv.Itoa(tt.configured)) {
+				t.Errorf("status: state %q, checkpoint %+v: want stopped with the key and the limit", st.State, st.Checkpoint)
+			}
+		})
+	}
+}
+
+// Two keys always rewritten together in one primary transaction, always
+// summing to 100, are never seen apart on the standby: not at any standby
+// revision written while the applier catches up after an outage (issue
+// 15.6: transactions used to end in the middle of a source revision
+// whenever the one being built was full).
+func TestPairsNeverTornDuringCatchUp(t *testing.T) {
+	const pairs, writes = 300, 3000
+	ctx := context.Background()
+	p := newPipeline(t)
+	p.startPublisher(p.publisherConfig())
+	_, ar := p.startApplier(rawApplierConfig(p))
+	writePair := func(i, a int) {
+		t.Helper()
+		ka, kb := fmt.Sprintf("/pairs/%03d/a", i), fmt.Sprintf("/pairs/%03d/b", i)
+		if _, err := p.primary.Client.Txn(ctx).Then(clientv3.OpPut(ka, strconv.Itoa(a)), clientv3.OpPut(kb, strconv.Itoa(100-a))).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < pairs; i++ {
+		writePair(i, 50)
+	}
+	rules := rawRules(t)
+	p.waitConverged(rules, 30*time.Second)
+	if err := ar.stop(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.standby.Client.Get(ctx, "/pairs/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := resp.Header.Revision // the bootstrap and everything before the outage
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range writes {
+		writePair(rnd.IntN(pairs), rnd.IntN(101))
+	}
+	p.startApplier(rawApplierConfig(p))
+	p.waitConverged(rules, 60*time.Second)
+	resp, err = p.standby.Client.Get(ctx, "/pairs/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := resp.Header.Revision
+	// Read the standby at every revision the catch-up wrote.
+	violations := 0
+	for rev := from + 1; rev <= to; rev++ {
+		resp, err := p.standby.Client.Get(ctx, "/pairs/", clientv3.WithPrefix(), clientv3.WithRev(rev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vals := map[string]int{}
+		for _, kv := range resp.Kvs {
+			v, err := strconv.Atoi(string(kv.Value))
+			if err != nil {
+				t.Fatalf("standby key %s = %q", kv.Key, kv.Value)
+			}
+			vals[string(kv.Key)] = v
+		}
+		for i := 0; i < pairs; i++ {
+			a, b := vals[fmt.Sprintf("/pairs/%03d/a", i)], vals[fmt.Sprintf("/pairs/%03d/b", i)]
+			if a+b != 100 {
+				violations++
+				if violations <= 5 {
+					t.Errorf("standby revision %d: pair %d is a=%d b=%d, a state the primary never had", rev, i, a, b)
+				}
+			}
+		}
+	}
+	if violations > 0 {
+		t.Errorf("%d torn pairs in %d standby revisions", violations, to-from)
+	}
+	t.Logf("%d standby revisions checked for %d source transactions", to-from, writes)
+}

@@ -1,0 +1,197 @@
+package streams
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// ErrUnauthenticated is wrapped by every MAC failure: a message without a
+// MAC where one is required, with an unknown key ID, or whose MAC does not
+// match its bytes and position. It wraps ErrCorrupt, so whatever stops on a
+// corrupt message stops on a forged one too.
+var ErrUnauthenticated = fmt.Errorf("unauthenticated message: %w", ErrCorrupt)
+
+// MinKeyBytes is the shortest log key a key ring accepts.
+const MinKeyBytes = 32
+
+// maxKeyID bounds a key ID (it travels in every frame's header).
+const maxKeyID = 64
+
+// MACSize is the size of a frame's MAC (HMAC-SHA256).
+const MACSize = sha256.Size
+
+// macDomain separates etcdsync's log MACs from any other use of the key.
+const macDomain = "etcdsync log frame v2\x00"
+
+// logKey is one key of a ring.
+type logKey struct {
+	id  string
+	key []byte
+}
+
+// KeyRing holds the log keys shared by both sites: the first key signs,
+// every key verifies, so a key is rotated by adding the new one everywhere
+// (second), then moving it first on the publisher, then removing the old
+// one once the stream no longer holds messages it signed. A nil *KeyRing
+// signs nothing and verifies nothing. Safe for concurrent use.
+type KeyRing struct {
+	keys []logKey
+}
+
+// ParseKeyRing parses a key ring file: one key per line as "ID:BASE64"
+// (standard base64 with padding), ID of letters, digits and dashes (at most
+// 64), at least 32 bytes of key; "#" starts a comment; blank lines are
+// ignored. Errors name the line but never the key.
+func ParseKeyRing(b []byte) (*KeyRing, error) {
+	r := &KeyRing{}
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		id, enc, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, fmt.Errorf("key ring line %d: want ID:BASE64", n)
+		}
+		if err := validKeyID(id); err != nil {
+			return nil, fmt.Errorf("key ring line %d: %w", n, err)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("key ring line %d: key ID %q given twice", n, id)
+		}
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc))
+		if err != nil {
+			return nil, fmt.Errorf("key ring line %d (key %q): not base64", n, id)
+		}
+		if len(key) < MinKeyBytes {
+			return nil, fmt.Errorf("key ring line %d (key %q): %d bytes of key, want at least %d (e.g. head -c 32 /dev/urandom | base64)", n, id, len(key), MinKeyBytes)
+		}
+		seen[id] = true
+		r.keys = append(r.keys, logKey{id: id, key: key})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("key ring: %w", err)
+	}
+	if len(r.keys) == 0 {
+		return nil, errors.New("key ring holds no key")
+	}
+	return r, nil
+}
+
+// LoadKeyRing reads and parses the key ring file at path.
+func LoadKeyRing(path string) (*KeyRing, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read log key ring: %w", err)
+	}
+	r, err := ParseKeyRing(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, nil
+}
+
+func validKeyID(id string) error {
+	if id == "" || len(id) > maxKeyID {
+		return fmt.Errorf("key ID %q: want 1 to %d letters, digits and dashes", id, maxKeyID)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("key ID %q: want letters, digits and dashes only", id)
+		}
+	}
+	return nil
+}
+
+// SigningKeyID returns the ID of the key that signs ("" for a nil ring).
+func (r *KeyRing) SigningKeyID() string {
+	if r == nil {
+		return ""
+	}
+	return r.keys[0].id
+}
+
+// IDs returns the key IDs in ring order.
+func (r *KeyRing) IDs() []string {
+	if r == nil {
+		return nil
+	}
+	ids := make([]string, len(r.keys))
+	for i, k := range r.keys {
+		ids[i] = k.id
+	}
+	return ids
+}
+
+func (r *KeyRing) lookup(id string) []byte {
+	for _, k := range r.keys {
+		if k.id == id {
+			return k.key
+		}
+	}
+	return nil
+}
+
+// frameMAC computes the MAC of a frame's covered bytes at its position: the
+// stream sequence of the message before it.
+func frameMAC(key, covered []byte, prevSeq uint64) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(macDomain))
+	var seq [8]byte
+	binary.BigEndian.PutUint64(seq[:], prevSeq)
+	m.Write(seq[:])
+	m.Write(covered)
+	return m.Sum(nil)
+}
+
+// Verify checks f's MAC against the ring for a message stored right after
+// stream sequence prevSeq. A nil ring accepts every frame. Errors wrap
+// ErrUnauthenticated and name the key ID, never the key.
+func (r *KeyRing) Verify(f Frame, prevSeq uint64) error {
+	if r == nil {
+		return nil
+	}
+	if f.KeyID == "" {
+		return fmt.Errorf("%w: %s frame carries no MAC", ErrUnauthenticated, f.Kind)
+	}
+	key := r.lookup(f.KeyID)
+	if key == nil {
+		return fmt.Errorf("%w: %s frame signed with key %q, which the key ring does not hold (have %q)", ErrUnauthenticated, f.Kind, f.KeyID, r.IDs())
+	}
+	if !hmac.Equal(frameMAC(key, f.covered, prevSeq), f.MAC) {
+		return fmt.Errorf("%w: MAC of %s frame (key %q) does not match its bytes at this position (after seq %d): forged, altered or replayed",
+			ErrUnauthenticated, f.Kind, f.KeyID, prevSeq)
+	}
+	return nil
+}
+
+// ValueHash returns a hash of a value that may leave the process (drift
+// events, reports): HMAC-SHA256 under the signing key when there is a ring,
+// so that a reader without the key cannot test guesses of a Secret against
+// it, and SHA-256 otherwise.
+func (r *KeyRing) ValueHash(value []byte) [32]byte {
+	var out [32]byte
+	if r == nil {
+		return sha256.Sum256(value)
+	}
+	m := hmac.New(sha256.New, r.keys[0].key)
+	m.Write([]byte("etcdsync value hash\x00"))
+	m.Write(value)
+	copy(out[:], m.Sum(nil))
+	return out
+}
