@@ -187,11 +187,17 @@ func (p *Publisher) lastWitness(ctx context.Context, stream jetstream.Stream, ta
 		if err != nil {
 			return witness{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
 		}
+		if p.cfg.LogKeys.Verify(f, seq-1) != nil {
+			return witness{}, nil // what fails its MAC proves nothing
+		}
 		if uint64(f.Part) >= seq {
 			return witness{}, fmt.Errorf("read the log at seq %d: part %d of %d cannot start before seq 1", seq, f.Part, f.Parts)
 		}
 		first := seq - uint64(f.Part)
 		rec, err := p.readRecord(ctx, stream, first, f, seq)
+		if errors.Is(err, streams.ErrUnauthenticated) {
+			return witness{}, nil
+		}
 		if err != nil {
 			return witness{}, err
 		}
@@ -219,6 +225,9 @@ func (p *Publisher) readRecord(ctx context.Context, stream jetstream.Stream, fir
 				return streams.Record{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
 			}
 			if part, err = streams.DecodeFrame(msg.Data); err != nil {
+				return streams.Record{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
+			}
+			if err := p.cfg.LogKeys.Verify(part, seq-1); err != nil {
 				return streams.Record{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
 			}
 		}
