@@ -18,7 +18,7 @@
 //     keeps its cluster ID (a copy of a member's data directory even its
 //     member ID and raft term), and --bump-revision moves its revision past
 //     the log. The witness is the newest record with events: its last keys
-//     (at most 3), with their mod revisions and value hashes, must read the
+//     (at most 3), with their mod revisions and values, must read the
 //     same on the source at the log's revision (or the prefix must be empty
 //     after a snapshot of no keys). Checked at session start (the tail's
 //     witness, found by reading back at most 10,000 messages; none within

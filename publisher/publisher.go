@@ -528,7 +528,9 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 			pr.pin(s.w)
 			continue
 		case <-probe.C:
-			pctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+			// Bounded by a progress interval: a source that does not
+			// answer is the stalled-watch check's business.
+			pctx, cancel := context.WithTimeout(ctx, p.cfg.ProgressInterval)
 			err := p.probe(pctx, pr, s.w)
 			cancel()
 			if err != nil {
