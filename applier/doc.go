@@ -73,6 +73,12 @@
 //     marker is set, ReadStatus and Promote report which revision is half
 //     applied and how many of its events are on the standby, and Promote
 //     returns ErrInconsistent.
+//   - Scope record: the applier records its effective scope (ScopeRecord:
+//     keyspace config, rules text with the preset, the publisher prefix
+//     the last snapshot announced, fingerprint) at "<checkpoint key>/scope"
+//     when a session starts and when a snapshot announces another prefix,
+//     guarded by the checkpoint's mod revision. The auditor compares, and
+//     repairs, within that scope.
 //   - Corrupt messages stop the applier (errors wrap streams.ErrCorrupt)
 //     before anything of their batch is written.
 package applier

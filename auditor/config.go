@@ -79,13 +79,14 @@ type Config struct {
 	// Prefix is the publisher's prefix: only keys under it are compared.
 	// Default "" (every key).
 	Prefix string
-	// ExplicitScope says Scope and Prefix were chosen by the caller (the
-	// audit's scope flags): they are compared, and any difference with the
-	// scope the applier recorded in the standby (applier.ScopeRecord) is
-	// reported and makes Repair refuse. When false (default) the audit
-	// compares the applier's recorded scope, and uses Scope and Prefix only
-	// when none is recorded (Repair then refuses too).
-	ExplicitScope bool
+	// ExplicitScope says Scope was chosen by the caller (the audit's scope
+	// flags), ExplicitPrefix that Prefix was: they are compared, and any
+	// difference with the scope the applier recorded in the standby
+	// (applier.ScopeRecord) is reported and makes Repair refuse. When false
+	// (default) the audit compares the applier's recorded rules and
+	// publisher prefix, and uses Scope and Prefix only when none is
+	// recorded (Repair then refuses too).
+	ExplicitScope, ExplicitPrefix bool
 	// ScopeOrigin says, for reports, where Scope and Prefix came from (e.g.
 	// "--exclude-namespace (command line)"). Optional.
 	ScopeOrigin string

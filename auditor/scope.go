@@ -102,11 +102,14 @@ func (a *Auditor) resolveScope(ctx context.Context, rev int64) (*scope, error) {
 	cfg, prefix := a.cfg.Scope, a.cfg.Prefix
 	if ok {
 		info.RecordedAt, info.ApplierFingerprint = rec.WrittenAt, rec.Fingerprint
+		if !a.cfg.ExplicitScope && !a.cfg.ExplicitPrefix {
+			info.Source = ScopeFromApplier
+		}
 		if !a.cfg.ExplicitScope {
-			info.Source, cfg = ScopeFromApplier, rec.Keyspace
-			if rec.SourcePrefixKnown {
-				prefix = rec.SourcePrefix
-			}
+			cfg = rec.Keyspace
+		}
+		if !a.cfg.ExplicitPrefix && rec.SourcePrefixKnown {
+			prefix = rec.SourcePrefix
 		}
 	}
 	mine, err := applier.NewScopeRecord(cfg, prefix, true)

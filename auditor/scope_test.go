@@ -113,6 +113,19 @@ func TestAuditUsesPublisherPrefix(t *testing.T) {
 	if !rep.Consistent || rep.Prefix != "/app/" || rep.Compared != 1 || !rep.Scope.Repairable {
 		t.Fatalf("audit: prefix %q %s scope %+v", rep.Prefix, fmtKeys(rep), rep.Scope)
 	}
+
+	// Scope options without a prefix: still the recorded prefix.
+	cfg.ExplicitScope, cfg.Scope = true, e.scope
+	rep, err = e.auditor(cfg, nil).Audit(ctx)
+	if err != nil || !rep.Consistent || rep.Prefix != "/app/" || !rep.Scope.Repairable || rep.Scope.Source != auditor.ScopeFromConfig {
+		t.Fatalf("audit with scope options: %v prefix %q %s scope %+v", err, rep.Prefix, fmtKeys(rep), rep.Scope)
+	}
+	// Another prefix: compared, and not repairable.
+	cfg.ExplicitPrefix, cfg.Prefix = true, ""
+	rep, err = e.auditor(cfg, nil).Audit(ctx)
+	if err != nil || rep.Surplus.Count != 1 || rep.Scope.Repairable || len(rep.Scope.Differences) != 2 {
+		t.Fatalf("audit with another prefix: %v %s scope %+v", err, fmtKeys(rep), rep.Scope)
+	}
 }
 
 // TestRepairNeedsRecordedScope refuses to repair when the applier recorded

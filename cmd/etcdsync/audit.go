@@ -141,7 +141,13 @@ func (o *auditOptions) config() auditor.Config {
 	cfg.CheckpointKey = o.checkpointKey
 	cfg.Prefix = o.prefix
 	cfg.Scope = o.scope.config()
-	cfg.ExplicitScope = len(o.scopeOrigins) > 0
+	for _, origin := range o.scopeOrigins {
+		if strings.HasPrefix(origin, "--prefix ") {
+			cfg.ExplicitPrefix = true
+		} else {
+			cfg.ExplicitScope = true
+		}
+	}
 	cfg.ScopeOrigin = strings.Join(o.scopeOrigins, ", ")
 	cfg.Interval = o.interval
 	cfg.MaxKeys = o.maxKeys

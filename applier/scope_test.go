@@ -1,0 +1,58 @@
+package applier_test
+
+import (
+	"testing"
+
+	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/keyspace"
+)
+
+// TestScopeFingerprint checks which changes make two scope records differ.
+func TestScopeFingerprint(t *testing.T) {
+	base := keyspace.Config{ExcludeNamespaces: []string{"a", "b"}}
+	rec := func(cfg keyspace.Config, prefix string, known bool) applier.ScopeRecord {
+		t.Helper()
+		r, err := applier.NewScopeRecord(cfg, prefix, known)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	want := rec(base, "", true)
+	tests := []struct {
+		name string
+		got  applier.ScopeRecord
+		same bool
+	}{
+		{"same options", rec(keyspace.Config{ExcludeNamespaces: []string{"a", "b"}}, "", true), true},
+		{"options in another order", rec(keyspace.Config{ExcludeNamespaces: []string{"b", "a"}}, "", true), true},
+		{"explicit defaults", rec(keyspace.Config{Mode: keyspace.ModeKubernetes, Prefix: "/registry", ExcludeNamespaces: []string{"a", "b"}}, "", true), true},
+		{"another namespace", rec(keyspace.Config{ExcludeNamespaces: []string{"a", "c"}}, "", true), false},
+		{"one namespace less", rec(keyspace.Config{ExcludeNamespaces: []string{"a"}}, "", true), false},
+		{"an excluded resource", rec(keyspace.Config{ExcludeNamespaces: []string{"a", "b"}, ExcludeResources: []string{"pods"}}, "", true), false},
+		{"another etcd prefix", rec(keyspace.Config{Prefix: "/kube", ExcludeNamespaces: []string{"a", "b"}}, "", true), false},
+		{"raw", rec(keyspace.Config{Mode: keyspace.ModeRaw}, "", true), false},
+		{"another publisher prefix", rec(base, "/registry/", true), false},
+		{"publisher prefix unknown", rec(base, "", false), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if same := tt.got.Fingerprint == want.Fingerprint; same != tt.same {
+				t.Errorf("fingerprint %s vs %s: same = %v, want %v\nlines %q\nwant  %q", tt.got.Fingerprint, want.Fingerprint, same, tt.same, tt.got.Lines(), want.Lines())
+			}
+		})
+	}
+	// A rule this version's preset does not make (another version's) shows
+	// in the lines, hence in the fingerprint.
+	other := want
+	other.Rules += "exclude every key under \"/registry/newthing/\" (preset kubernetes)\n"
+	if l := other.Lines(); len(l) != len(want.Lines())+1 {
+		t.Errorf("lines of a record with one more rule: %q", l)
+	}
+	if want.PresetVersion != rec(keyspace.Config{}, "/x/", false).PresetVersion {
+		t.Errorf("preset version depends on options beyond mode and prefix")
+	}
+	if want.PresetVersion == rec(keyspace.Config{Prefix: "/kube"}, "", true).PresetVersion {
+		t.Errorf("preset version does not depend on the etcd prefix")
+	}
+}
