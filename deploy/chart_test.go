@@ -162,27 +162,32 @@ func TestChartFilesAreTheSources(t *testing.T) {
 }
 
 // TestChartLogKey: the log's MAC key ring comes from an existing Secret,
-// mounted read-only, and reaches every etcdsync container.
+// mounted read-only, into exactly the containers whose command takes
+// --log-key-file (the publisher signs, the applier verifies), and their
+// whole environment still parses for the binary.
 func TestChartLogKey(t *testing.T) {
 	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
 		vals := chartValues(t, f)
 		vals["logKey"] = map[string]any{"existingSecret": "etcdsync-log-key"}
 		r := renderDecoded(t, vals)
-		for _, d := range r.deployments {
+		for _, name := range keys(r.deployments) {
+			d := r.deployments[name]
 			c := d.Spec.Template.Spec.Containers[0]
-			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "ETCDSYNC_LOG_KEY_FILE" })
-			if i < 0 {
-				t.Errorf("%s: %s has no ETCDSYNC_LOG_KEY_FILE", f, d.Name)
-				continue
-			}
-			if !onSecretMount(d, c, c.Env[i].Value) {
-				t.Errorf("%s: %s ETCDSYNC_LOG_KEY_FILE=%s is not on a read-only Secret volume", f, d.Name, c.Env[i].Value)
-			}
 			cmd := c.Args[0]
-			if _, ok := flagsOf(t)[cmd]["log-key-file"]; !ok {
-				// The chart is ahead of the binary: the variable is checked
-				// against the binary once the flag exists.
-				t.Skipf("etcdsync %s has no --log-key-file yet; ETCDSYNC_LOG_KEY_FILE is not checked against the binary", cmd)
+			_, takesKey := flagsOf(t)[cmd]["log-key-file"]
+			if cmd == "publish" || cmd == "apply" {
+				if !takesKey {
+					t.Fatalf("etcdsync %s has no --log-key-file", cmd)
+				}
+			}
+			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "ETCDSYNC_LOG_KEY_FILE" })
+			switch {
+			case takesKey && i < 0:
+				t.Errorf("%s: %s has no ETCDSYNC_LOG_KEY_FILE: etcdsync %s would run with an unauthenticated log", f, d.Name, cmd)
+			case !takesKey && i >= 0:
+				t.Errorf("%s: %s sets ETCDSYNC_LOG_KEY_FILE, which etcdsync %s does not take", f, d.Name, cmd)
+			case i >= 0 && !onSecretMount(d, c, c.Env[i].Value):
+				t.Errorf("%s: %s ETCDSYNC_LOG_KEY_FILE=%s is not on a read-only Secret volume", f, d.Name, c.Env[i].Value)
 			}
 			containerEnv(t, r.built, d, cmd)
 		}

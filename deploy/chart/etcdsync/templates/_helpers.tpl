@@ -109,7 +109,15 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- end }}
 {{- end }}
 
-{{/* What every etcdsync container reads: NATS, the log key, site, logs. */}}
+{{/* The log's MAC key ring, for the commands that write or read the log (publish, apply). */}}
+{{- define "etcdsync.logKeyEnv" -}}
+{{- with .Values.logKey.existingSecret }}
+- name: ETCDSYNC_LOG_KEY_FILE
+  value: /etc/etcdsync/log-key/{{ $.Values.logKey.key }}
+{{- end }}
+{{- end }}
+
+{{/* What every etcdsync container reads: NATS, site, logs. */}}
 {{- define "etcdsync.commonEnv" -}}
 # The binary never replicates the namespace it runs in.
 - name: POD_NAMESPACE
@@ -132,10 +140,6 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
   value: /etc/etcdsync/nats-tls/tls.key
 {{- end }}
 {{- end }}
-{{- with .Values.logKey.existingSecret }}
-- name: ETCDSYNC_LOG_KEY_FILE
-  value: /etc/etcdsync/log-key/{{ $.Values.logKey.key }}
-{{- end }}
 - name: ETCDSYNC_SITE
   value: {{ .Values.site | quote }}
 - name: ETCDSYNC_STREAM
@@ -152,7 +156,7 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
       resource: limits.memory
 {{- end }}
 
-{{/* Secret volumes; call with (dict "root" $ "etcds" (list (list "etcd" secretName) ...)). */}}
+{{/* Secret volumes; call with (dict "root" $ "etcds" (list (list "etcd" secretName) ...) "logKey" true). */}}
 {{- define "etcdsync.volumes" -}}
 {{- range .etcds }}
 {{- if index . 1 }}
@@ -174,11 +178,13 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
     secretName: {{ . }}
     defaultMode: 288
 {{- end }}
+{{- if .logKey }}
 {{- with .root.Values.logKey.existingSecret }}
 - name: log-key
   secret:
     secretName: {{ . }}
     defaultMode: 288
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -200,7 +206,7 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
   mountPath: /etc/etcdsync/nats-tls
   readOnly: true
 {{- end }}
-{{- if .root.Values.logKey.existingSecret }}
+{{- if and .logKey .root.Values.logKey.existingSecret }}
 - name: log-key
   mountPath: /etc/etcdsync/log-key
   readOnly: true
