@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/etcdsync/etcdsync/streams"
@@ -198,4 +201,79 @@ func exitOf(t *testing.T, args ...string) (int, string) {
 		t.Fatalf("%q still runs after 30s", args)
 		return 0, ""
 	}
+}
+
+// TestPublishStoreEncrypted: with --nats-store-key-file no value of the
+// log is readable in the embedded store's files, and the store opens again
+// with the key; without it (the control) the value is there in clear.
+func TestPublishStoreEncrypted(t *testing.T) {
+	const marker = "plaintext-marker-5f0c2a9e"
+	primary, pcli := startEtcd(t)
+	keyFile := filepath.Join(t.TempDir(), "store.key")
+	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef-store\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pcli.Put(context.Background(), "/registry/secrets/app/token", marker); err != nil {
+		t.Fatal(err)
+	}
+	// run publishes until the log holds at least min messages, stops, and
+	// returns the log's message count.
+	run := func(dataDir string, min uint64, extra ...string) uint64 {
+		t.Helper()
+		addr := freeAddr(t)
+		pub := runBackground(t, append([]string{"publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", dataDir, "--nats-listen", addr}, extra...)...)
+		var msgs uint64
+		eventually(t, 20*time.Second, "the log to hold its messages", func() bool {
+			nc, err := nats.Connect("nats://" + addr)
+			if err != nil {
+				return false
+			}
+			defer nc.Close()
+			js, _ := jetstream.New(nc)
+			s, err := js.Stream(context.Background(), streams.DefaultStream)
+			if err != nil {
+				return false
+			}
+			info, err := s.Info(context.Background())
+			if err != nil {
+				return false
+			}
+			msgs = info.State.Msgs
+			return msgs >= min
+		})
+		if code := pub.stop(t); code != exitOK {
+			t.Fatalf("publish exit %d\n%s", code, pub.stderr)
+		}
+		return msgs
+	}
+	inClear := func(dir string) bool {
+		found := false
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if bytes.Contains(b, []byte(marker)) {
+				found = true
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return found
+	}
+	plain := t.TempDir()
+	run(plain, 4) // epoch, snapshot begin, chunk, end
+	if !inClear(plain) {
+		t.Fatal("control: the value is not in the unencrypted store; the check cannot see anything")
+	}
+	enc := t.TempDir()
+	first := run(enc, 4, "--nats-store-key-file", keyFile)
+	if inClear(enc) {
+		t.Fatal("a value of the log is readable in the encrypted store")
+	}
+	// Reopened with the key, the log goes on: the old messages and the
+	// new publisher's epoch marker.
+	run(enc, first+1, "--nats-store-key-file", keyFile)
 }
