@@ -69,7 +69,7 @@ func (l *listenFlags) register(f *flagSet) {
 		"`FILE` of the identities the embedded JetStream server accepts, one per line \"ROLE NAME [PASSWORD]\":\n"+
 			"ROLE publisher (writes the log), reader (appliers, auditors: read the log, publish drift events)\n"+
 			"or leaf (the other site's NATS as a leafnode); NAME a user, or an NKey public key (U..., no password);\n"+
-			"PASSWORD plain or a bcrypt hash. Required unless --nats-listen is a loopback address")
+			"PASSWORD plain or a bcrypt hash (no blanks, no #). Required unless --nats-listen is a loopback address")
 	f.String(&l.tlsCert, "nats-listen-tls-cert", "", "server certificate `FILE` of the embedded JetStream server (PEM; TLS required when set; needs --nats-listen-tls-key)")
 	f.String(&l.tlsKey, "nats-listen-tls-key", "", "server key `FILE` of the embedded JetStream server (PEM)")
 	f.String(&l.tlsCA, "nats-listen-tls-ca", "", "`FILE` with the CAs that sign client certificates; clients must present one")
