@@ -347,7 +347,13 @@ func containerEnv(t *testing.T, b *built, d *appsv1.Deployment, wantCmd string) 
 			t.Errorf("%s: required %s is not set", d.Name, r)
 		}
 	}
-	// TLS files must lie on a read-only Secret mount.
+	// A component that talks to NATS authenticates (the NATS values
+	// require it), with a secret from a file.
+	if env["ETCDSYNC_NATS_URL"] != "" && env["ETCDSYNC_NATS_PASSWORD_FILE"] == "" && env["ETCDSYNC_NATS_TOKEN_FILE"] == "" &&
+		env["ETCDSYNC_NATS_CREDS"] == "" && env["ETCDSYNC_NATS_NKEY"] == "" {
+		t.Errorf("%s: ETCDSYNC_NATS_URL without NATS credentials (ETCDSYNC_NATS_USER and ETCDSYNC_NATS_PASSWORD_FILE, or a token, creds or nkey file)", d.Name)
+	}
+	// TLS files and NATS secrets must lie on a read-only Secret mount.
 	for name, v := range env {
 		if tlsFileEnv.MatchString(name) {
 			if !onSecretMount(d, c, v) {
@@ -506,4 +512,4 @@ func portExists(c corev1.Container, p intstr.IntOrString) bool {
 }
 
 // tlsFileEnv matches the variables that name TLS files.
-var tlsFileEnv = regexp.MustCompile(`^ETCDSYNC_(ETCD|PRIMARY|STANDBY|NATS)_(CACERT|CERT|KEY)$`)
+var tlsFileEnv = regexp.MustCompile(`^ETCDSYNC_(ETCD|PRIMARY|STANDBY|NATS)_(CACERT|CERT|KEY)$|^ETCDSYNC_NATS_(PASSWORD_FILE|TOKEN_FILE|CREDS|NKEY)$`)
