@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
@@ -276,4 +277,53 @@ func TestPublishStoreEncrypted(t *testing.T) {
 	// Reopened with the key, the log goes on: the old messages and the
 	// new publisher's epoch marker.
 	run(enc, first+1, "--nats-store-key-file", keyFile)
+}
+
+// TestRedactURL hides user information in every URL of a list.
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://a:s3cret@h1:4222,tls://tok@h2:4222": "nats://redacted@h1:4222,tls://redacted@h2:4222",
+		"nats://h:4222":   "nats://h:4222",
+		"nats://a:b%zz@h": "<unparsable url with credentials>",
+	} {
+		if got := redactURL(in); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestNatsTokenFile connects with --nats-token-file to a server that
+// requires a token; a wrong token fails on one line without showing it, and
+// two ways to authenticate at once are a usage error.
+func TestNatsTokenFile(t *testing.T) {
+	const token = "tok-5d1e-never-shown"
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoSigs: true, NoLog: true, Authorization: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "token"), filepath.Join(dir, "wrong")
+	if err := os.WriteFile(good, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("wrong-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"streams", "init", "--role", "primary", "--nats-url", s.ClientURL()}
+	if code, out, stderr := runCmd(t, append(base, "--nats-token-file", good)...); code != exitOK {
+		t.Fatalf("with the token: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr := runCmd(t, append(base, "--nats-token-file", bad, "--log-level", "debug")...)
+	if code != exitFailure || !strings.Contains(strings.ToLower(stderr), "authorization") || strings.Contains(out+stderr, "wrong-token") {
+		t.Fatalf("wrong token: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, _ := runCmd(t, append(base, "--nats-token-file", good, "--nats-user", "u", "--nats-password-file", good)...); code != exitUsage {
+		t.Fatalf("token and user: exit %d, want %d", code, exitUsage)
+	}
 }
