@@ -389,6 +389,12 @@ func containerEnv(t *testing.T, b *built, d *appsv1.Deployment, wantCmd string) 
 			t.Errorf("%s: required %s is not set", d.Name, r)
 		}
 	}
+	// A component that talks to NATS authenticates (the NATS values
+	// require it), with a secret from a file.
+	if env["ETCDSYNC_NATS_URL"] != "" && env["ETCDSYNC_NATS_PASSWORD_FILE"] == "" && env["ETCDSYNC_NATS_TOKEN_FILE"] == "" &&
+		env["ETCDSYNC_NATS_CREDS"] == "" && env["ETCDSYNC_NATS_NKEY"] == "" {
+		t.Errorf("%s: ETCDSYNC_NATS_URL without NATS credentials (ETCDSYNC_NATS_USER and ETCDSYNC_NATS_PASSWORD_FILE, or a token, creds or nkey file)", d.Name)
+	}
 	// TLS, credentials and key files must lie on a read-only Secret mount.
 	for name, v := range env {
 		if secretFileEnv.MatchString(name) {
@@ -549,4 +555,4 @@ func portExists(c corev1.Container, p intstr.IntOrString) bool {
 
 // secretFileEnv matches the variables that name TLS, credentials and key
 // files.
-var secretFileEnv = regexp.MustCompile(`^ETCDSYNC_((ETCD|PRIMARY|STANDBY|NATS)_(CACERT|CERT|KEY)|NATS_CREDS|NATS_NKEY|LOG_KEY_FILE)$`)
+var secretFileEnv = regexp.MustCompile(`^ETCDSYNC_((ETCD|PRIMARY|STANDBY|NATS)_(CACERT|CERT|KEY)|NATS_CREDS|NATS_NKEY|NATS_PASSWORD_FILE|NATS_TOKEN_FILE|LOG_KEY_FILE)$`)

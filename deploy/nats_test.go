@@ -336,7 +336,8 @@ var chartVar = regexp.MustCompile(`"<< (\$[A-Z_]+) >>"`)
 // the environment), loads it with nats-server's own parser, and checks that
 // every identity has exactly the permissions the embedded server grants its
 // role (streams.Access), the connection types of its role, and that the
-// standby's leafnode remote authenticates with the leaf identity's seed.
+// standby's leafnode remote authenticates with the leaf identity's seed,
+// and that both sites encrypt the JetStream store at rest.
 func TestNATSValuesAuthorization(t *testing.T) {
 	leaf, err := nkeys.CreateUser()
 	if err != nil {
@@ -423,6 +424,10 @@ func TestNATSValuesAuthorization(t *testing.T) {
 			}
 			if len(got) != len(wants[site]) {
 				t.Errorf("%s: %d identities, want %d", file, len(got), len(wants[site]))
+			}
+			js := lookup(v, "config", "jetstream", "merge")
+			if lookup(js, "key") != "<< $NATS_JETSTREAM_KEY >>" || lookup(js, "cipher") != "chachapoly" {
+				t.Errorf("%s: the JetStream store is not encrypted (config.jetstream.merge.key, cipher)", file)
 			}
 			if site == "standby" {
 				remotes, _ := lookup(v, "config", "leafnodes", "merge", "remotes").([]any)

@@ -76,6 +76,10 @@ type ServerConfig struct {
 	// TLSCA is a PEM file of the CAs that sign client certificates; when
 	// set, clients and leafnodes must present one.
 	TLSCA string
+	// StoreKey, when set, encrypts the JetStream store at rest (JetStream's
+	// own store encryption, ChaCha20-Poly1305). A store written with a key
+	// opens only with that key. Never logged.
+	StoreKey string
 }
 
 // isLoopback reports whether a listener on host is reachable from this
@@ -231,6 +235,9 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 	}
 	if len(cfg.LeafRemotes) > 0 {
 		opts.LeafNode.ReconnectInterval = time.Second
+	}
+	if cfg.StoreKey != "" {
+		opts.JetStreamKey, opts.JetStreamCipher = cfg.StoreKey, server.ChaCha
 	}
 	if err := authOptions(cfg, opts); err != nil {
 		return nil, fmt.Errorf("start embedded nats: %w", err)

@@ -61,6 +61,7 @@ type listenFlags struct {
 	tlsCert   string
 	tlsKey    string
 	tlsCA     string
+	storeKey  string
 }
 
 func (l *listenFlags) register(f *flagSet) {
@@ -68,10 +69,12 @@ func (l *listenFlags) register(f *flagSet) {
 		"`FILE` of the identities the embedded JetStream server accepts, one per line \"ROLE NAME [PASSWORD]\":\n"+
 			"ROLE publisher (writes the log), reader (appliers, auditors: read the log, publish drift events)\n"+
 			"or leaf (the other site's NATS as a leafnode); NAME a user, or an NKey public key (U..., no password);\n"+
-			"PASSWORD plain or a bcrypt hash. Required unless --nats-listen is a loopback address")
+			"PASSWORD plain or a bcrypt hash (no blanks, no #). Required unless --nats-listen is a loopback address")
 	f.String(&l.tlsCert, "nats-listen-tls-cert", "", "server certificate `FILE` of the embedded JetStream server (PEM; TLS required when set; needs --nats-listen-tls-key)")
 	f.String(&l.tlsKey, "nats-listen-tls-key", "", "server key `FILE` of the embedded JetStream server (PEM)")
 	f.String(&l.tlsCA, "nats-listen-tls-ca", "", "`FILE` with the CAs that sign client certificates; clients must present one")
+	f.String(&l.storeKey, "nats-store-key-file", "", "`FILE` holding the key (first line, at least 32 characters) that encrypts the embedded JetStream store at rest;\n"+
+		"a store written with a key opens only with that key")
 }
 
 func (l *listenFlags) validate(cmd string) error {
@@ -94,5 +97,15 @@ func (l *listenFlags) apply(cfg *streams.ServerConfig) error {
 		cfg.Users = users
 	}
 	cfg.TLSCert, cfg.TLSKey, cfg.TLSCA = l.tlsCert, l.tlsKey, l.tlsCA
+	if l.storeKey != "" {
+		key, err := readSecret("--nats-store-key-file", l.storeKey)
+		if err != nil {
+			return err
+		}
+		if len(key) < 32 {
+			return fmt.Errorf("read --nats-store-key-file %s: the key has %d characters, want at least 32", l.storeKey, len(key))
+		}
+		cfg.StoreKey = key
+	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"os"
@@ -9,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/etcdsync/etcdsync/streams"
@@ -197,5 +201,129 @@ func exitOf(t *testing.T, args ...string) (int, string) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%q still runs after 30s", args)
 		return 0, ""
+	}
+}
+
+// TestPublishStoreEncrypted: with --nats-store-key-file no value of the
+// log is readable in the embedded store's files, and the store opens again
+// with the key; without it (the control) the value is there in clear.
+func TestPublishStoreEncrypted(t *testing.T) {
+	const marker = "plaintext-marker-5f0c2a9e"
+	primary, pcli := startEtcd(t)
+	keyFile := filepath.Join(t.TempDir(), "store.key")
+	if err := os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef-store\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pcli.Put(context.Background(), "/registry/secrets/app/token", marker); err != nil {
+		t.Fatal(err)
+	}
+	// run publishes until the log holds at least min messages, stops, and
+	// returns the log's message count.
+	run := func(dataDir string, min uint64, extra ...string) uint64 {
+		t.Helper()
+		addr := freeAddr(t)
+		pub := runBackground(t, append([]string{"publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", dataDir, "--nats-listen", addr}, extra...)...)
+		var msgs uint64
+		eventually(t, 20*time.Second, "the log to hold its messages", func() bool {
+			nc, err := nats.Connect("nats://" + addr)
+			if err != nil {
+				return false
+			}
+			defer nc.Close()
+			js, _ := jetstream.New(nc)
+			s, err := js.Stream(context.Background(), streams.DefaultStream)
+			if err != nil {
+				return false
+			}
+			info, err := s.Info(context.Background())
+			if err != nil {
+				return false
+			}
+			msgs = info.State.Msgs
+			return msgs >= min
+		})
+		if code := pub.stop(t); code != exitOK {
+			t.Fatalf("publish exit %d\n%s", code, pub.stderr)
+		}
+		return msgs
+	}
+	inClear := func(dir string) bool {
+		found := false
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if bytes.Contains(b, []byte(marker)) {
+				found = true
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return found
+	}
+	plain := t.TempDir()
+	run(plain, 4) // epoch, snapshot begin, chunk, end
+	if !inClear(plain) {
+		t.Fatal("control: the value is not in the unencrypted store; the check cannot see anything")
+	}
+	enc := t.TempDir()
+	first := run(enc, 4, "--nats-store-key-file", keyFile)
+	if inClear(enc) {
+		t.Fatal("a value of the log is readable in the encrypted store")
+	}
+	// Reopened with the key, the log goes on: the old messages and the
+	// new publisher's epoch marker.
+	run(enc, first+1, "--nats-store-key-file", keyFile)
+}
+
+// TestRedactURL hides user information in every URL of a list.
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://a:s3cret@h1:4222,tls://tok@h2:4222": "nats://redacted@h1:4222,tls://redacted@h2:4222",
+		"nats://h:4222":   "nats://h:4222",
+		"nats://a:b%zz@h": "<unparsable url with credentials>",
+	} {
+		if got := redactURL(in); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestNatsTokenFile connects with --nats-token-file to a server that
+// requires a token; a wrong token fails on one line without showing it, and
+// two ways to authenticate at once are a usage error.
+func TestNatsTokenFile(t *testing.T) {
+	const token = "tok-5d1e-never-shown"
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoSigs: true, NoLog: true, Authorization: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "token"), filepath.Join(dir, "wrong")
+	if err := os.WriteFile(good, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("wrong-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"streams", "init", "--role", "primary", "--nats-url", s.ClientURL()}
+	if code, out, stderr := runCmd(t, append(base, "--nats-token-file", good)...); code != exitOK {
+		t.Fatalf("with the token: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr := runCmd(t, append(base, "--nats-token-file", bad, "--log-level", "debug")...)
+	if code != exitFailure || !strings.Contains(strings.ToLower(stderr), "authorization") || strings.Contains(out+stderr, "wrong-token") {
+		t.Fatalf("wrong token: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, _ := runCmd(t, append(base, "--nats-token-file", good, "--nats-user", "u", "--nats-password-file", good)...); code != exitUsage {
+		t.Fatalf("token and user: exit %d, want %d", code, exitUsage)
 	}
 }

@@ -149,7 +149,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			srv.WaitForShutdown()
 		}()
 		natsURL = srv.ClientURL()
-		log.Info("embedded nats started", "url", natsURL, "store_dir", dir, "users", len(scfg.Users), "tls", scfg.TLSCert != "", "client_certs", scfg.TLSCA != "")
+		log.Info("embedded nats started", "url", natsURL, "store_dir", dir, "users", len(scfg.Users), "tls", scfg.TLSCert != "", "client_certs", scfg.TLSCA != "", "store_encrypted", scfg.StoreKey != "")
 		if len(scfg.Users) == 0 {
 			log.Warn("embedded nats accepts anonymous clients (loopback only); give --nats-listen-users-file to require authentication")
 		}
