@@ -151,7 +151,7 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		if perr := probeEtcd(ctx, cfg.Endpoints, cfg.TLS); perr != nil {
-			return nil, fmt.Errorf("etcd %s: %w", where, perr)
+			return nil, unreachable(fmt.Errorf("etcd %s: %w", where, perr))
 		}
 		return nil, fmt.Errorf("etcd %s: %w", where, err)
 	}
@@ -163,10 +163,10 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 			return nil, ctx.Err()
 		}
 		if perr := probeEtcd(ctx, cfg.Endpoints, cfg.TLS); perr != nil {
-			return nil, fmt.Errorf("etcd %s: %w", where, perr)
+			return nil, unreachable(fmt.Errorf("etcd %s: %w", where, perr))
 		}
 		if errors.Is(cctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("etcd %s: no answer within %s (is it running, reachable, and speaking the scheme given?): %w", where, connectTimeout, err)
+			return nil, &unreachableError{fmt.Errorf("etcd %s: no answer within %s (is it running, reachable, and speaking the scheme given?): %w", where, connectTimeout, err)}
 		}
 		return nil, fmt.Errorf("etcd %s: %w", where, err)
 	}
@@ -236,9 +236,23 @@ func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, err
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats %s: %w", url, err)
+		return nil, unreachable(fmt.Errorf("nats %s: %w", url, err))
 	}
 	return nc, nil
+}
+
+// unreachable marks err as a server that could not be reached (exit
+// status 3) when it is one: a refused or timed-out connection, no NATS
+// server answering. A server that answered and refused (TLS, credentials)
+// stays a failure (exit status 1).
+func unreachable(err error) error {
+	var oe *net.OpError
+	var ne net.Error
+	if errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrTimeout) ||
+		(errors.As(err, &oe) && oe.Op == "dial") || (errors.As(err, &ne) && ne.Timeout()) {
+		return &unreachableError{err}
+	}
+	return err
 }
 
 // probeEtcd explains why the etcd endpoints cannot be used, when a TCP

@@ -37,7 +37,8 @@ func promoteFlags(o *promoteOptions) *flagSet {
 			"With --bump-revision it raises the standby etcd's revision above the last source\n"+
 			"revision seen, so clients' old resourceVersions cannot land inside history they never saw.\n"+
 			"Without --nats-url (the stream is lost with the primary site) it fences at once.\n"+
-			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied or failed, 2 bad usage.")
+			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied, refused or failed,\n"+
+			"2 bad usage, 3 the standby etcd or NATS unreachable.")
 	registerSide(f, &o.standby, "standby")
 	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: unreachable, fence without draining)")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")

@@ -82,7 +82,7 @@ func TestStatusAndPromote(t *testing.T) {
 	if code, _, _ := runCmd(t, "status", "--standby-endpoints", standby.Endpoint); code != exitFailure {
 		t.Fatalf("status of a promoted standby: exit %d, want %d", code, exitFailure)
 	}
-	if code, _, stderr := runCmd(t, "status", "--standby-endpoints", "http://127.0.0.1:1"); code != exitUsage || !strings.Contains(stderr, "could not read status") {
+	if code, _, stderr := runCmd(t, "status", "--standby-endpoints", "http://127.0.0.1:1"); code != exitUnavailable || !strings.Contains(stderr, "could not read status") {
 		t.Fatalf("status of an unreachable standby: exit %d, %q", code, stderr)
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/etcdsync/etcdsync/streams"
 )
 
-// statusError marks a status that could not be read (exit status 2).
+// statusError marks a status that could not be read (exit status 3).
 type statusError struct{ err error }
 
 func (e *statusError) Error() string { return e.err.Error() }
@@ -40,7 +40,7 @@ func statusFlags(o *statusOptions) *flagSet {
 		"Shows the pipeline as the standby sees it: the log stream (first/last sequence, bytes,\n"+
 			"generation, newest snapshot, the publisher's last revision), the applier's checkpoint\n"+
 			"and the lag in messages, revisions and seconds.\n"+
-			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping), 2 could not read.")
+			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping), 2 bad usage, 3 could not read.")
 	registerSide(f, &o.standby, "standby")
 	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream not shown)")
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of the publishing site in subjects")
