@@ -133,6 +133,9 @@ func exitStatus(ctx context.Context, cmd string, err error, stderr io.Writer) in
 		return exitUnavailable
 	case errors.Is(err, errLagging):
 		return exitFailure
+	case errors.Is(err, errStreamNotChecked):
+		fmt.Fprintf(stderr, "etcdsync %s: %v\n", cmd, err)
+		return exitUnavailable
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		// Interrupted during startup: a clean shutdown.
 		return exitOK

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -40,9 +41,10 @@ func statusFlags(o *statusOptions) *flagSet {
 		"Shows the pipeline as the standby sees it: the log stream (first/last sequence, bytes,\n"+
 			"generation, newest snapshot, the publisher's last revision), the applier's checkpoint\n"+
 			"and the lag in messages, revisions and seconds.\n"+
-			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping), 2 bad usage, 3 could not read.")
+			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping), 2 bad usage,\n"+
+			"3 could not read (or, without --nats-url, the stream and so the lag were not checked).")
 	registerSide(f, &o.standby, "standby")
-	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream not shown)")
+	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream and lag not checked, exit 3)")
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of the publishing site in subjects")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
@@ -106,8 +108,15 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if st.State != "following" || st.LagSeconds > o.maxLag.Seconds() {
 		return errLagging
 	}
+	if !st.StreamChecked {
+		return errStreamNotChecked
+	}
 	return nil
 }
+
+// errStreamNotChecked is returned by status without --nats-url: the lag is
+// unknown, so it cannot say the standby is healthy (exit status 3).
+var errStreamNotChecked = errors.New("stream not checked (no --nats-url): the lag is unknown")
 
 // statusOutput is what `status --json` prints.
 type statusOutput struct {
@@ -146,14 +155,17 @@ func printLastAudit(w io.Writer, a *auditor.SummaryEvent) {
 }
 
 func printStatus(w io.Writer, st applier.Status) {
-	s := st.Stream
-	fmt.Fprintf(w, "stream %s\n", s.Name)
-	fmt.Fprintf(w, "  sequences      %d..%d (%d messages, %d bytes)\n", s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes)
-	fmt.Fprintf(w, "  publisher at   generation %d, revision %d\n", s.Generation, s.Revision)
-	if n := s.NewestSnapshot; n != nil {
-		fmt.Fprintf(w, "  newest snapshot seq %d, generation %d, revision %d, stored %s\n", n.Seq, n.Generation, n.Revision, n.Stored.UTC().Format(time.RFC3339))
+	if s := st.Stream; s == nil {
+		fmt.Fprintf(w, "stream           NOT CHECKED (no --nats-url): the lag is unknown\n")
 	} else {
-		fmt.Fprintf(w, "  newest snapshot none (an applier that needs one will request it)\n")
+		fmt.Fprintf(w, "stream %s\n", s.Name)
+		fmt.Fprintf(w, "  sequences      %d..%d (%d messages, %d bytes)\n", s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes)
+		fmt.Fprintf(w, "  publisher at   generation %d, revision %d\n", s.Generation, s.Revision)
+		if n := s.NewestSnapshot; n != nil {
+			fmt.Fprintf(w, "  newest snapshot seq %d, generation %d, revision %d, stored %s\n", n.Seq, n.Generation, n.Revision, n.Stored.UTC().Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(w, "  newest snapshot none (an applier that needs one will request it)\n")
+		}
 	}
 	fmt.Fprintf(w, "standby applier  %s\n", st.State)
 	if ck := st.Checkpoint; ck != nil {
@@ -166,6 +178,10 @@ func printStatus(w io.Writer, st applier.Status) {
 	lagRev := "n/a (different generation or bootstrapping)"
 	if st.LagRevisions >= 0 {
 		lagRev = fmt.Sprint(st.LagRevisions)
+	}
+	if !st.StreamChecked {
+		fmt.Fprintf(w, "lag              unknown (stream not checked)\n")
+		return
 	}
 	fmt.Fprintf(w, "lag              %d messages, %s revisions, %.3fs\n", st.LagMessages, lagRev, st.LagSeconds)
 }
