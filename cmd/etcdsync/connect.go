@@ -317,3 +317,18 @@ func probeEndpoint(ctx context.Context, endpoint string, cfg *tls.Config) error 
 	}
 	return fmt.Errorf("TLS handshake: %w", err)
 }
+
+// registerApplierEtcd defines --etcd-* on a command that names the standby
+// with --standby-*, so that it runs in the applier's pod with the
+// environment the applier already has (ETCDSYNC_ETCD_*).
+func registerApplierEtcd(f *flagSet, e *etcdFlags) {
+	e.register(f, "standby, as the applier names it (ETCDSYNC_ETCD_* in the applier's pod; --standby-endpoints wins)")
+}
+
+// useApplierEtcd makes standby the applier's etcd flags when no
+// --standby-endpoints was given.
+func useApplierEtcd(standby, applierEtcd *etcdFlags) {
+	if len(standby.endpoints) == 0 && len(applierEtcd.endpoints) > 0 {
+		*standby = *applierEtcd
+	}
+}

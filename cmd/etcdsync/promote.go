@@ -16,6 +16,7 @@ import (
 
 type promoteOptions struct {
 	standby       etcdFlags
+	applierEtcd   etcdFlags
 	nats          natsFlags
 	stream        string
 	checkpointKey string
@@ -40,6 +41,7 @@ func promoteFlags(o *promoteOptions) *flagSet {
 			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied, refused or failed,\n"+
 			"2 bad usage, 3 the standby etcd or NATS unreachable.")
 	registerSide(f, &o.standby, "standby")
+	registerApplierEtcd(f, &o.applierEtcd)
 	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: unreachable, fence without draining)")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
@@ -60,6 +62,7 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := promoteFlags(&o).parse(args, stdout); err != nil {
 		return err
 	}
+	useApplierEtcd(&o.standby, &o.applierEtcd)
 	if err := validateSide(cmd, "standby", &o.standby); err != nil {
 		return err
 	}

@@ -26,6 +26,7 @@ var errLagging = fmt.Errorf("standby lagging")
 
 type statusOptions struct {
 	standby       etcdFlags
+	applierEtcd   etcdFlags
 	nats          natsFlags
 	site          string
 	stream        string
@@ -44,6 +45,7 @@ func statusFlags(o *statusOptions) *flagSet {
 			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping), 2 bad usage,\n"+
 			"3 could not read (or, without --nats-url, the stream and so the lag were not checked).")
 	registerSide(f, &o.standby, "standby")
+	registerApplierEtcd(f, &o.applierEtcd)
 	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream and lag not checked, exit 3)")
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of the publishing site in subjects")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
@@ -61,6 +63,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := statusFlags(&o).parse(args, stdout); err != nil {
 		return err
 	}
+	useApplierEtcd(&o.standby, &o.applierEtcd)
 	if err := validateSide(cmd, "standby", &o.standby); err != nil {
 		return err
 	}
