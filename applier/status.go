@@ -14,8 +14,12 @@ import (
 
 // Status is the pipeline as the standby sees it: its stream and its checkpoint.
 type Status struct {
-	Stream     StreamStatus `json:"stream"`
-	Checkpoint *Checkpoint  `json:"checkpoint,omitempty"` // nil: never applied anything
+	// Stream is nil when the stream was not checked (no JetStream given):
+	// then StreamChecked is false and the lag is unknown (the Lag fields
+	// are 0, LagRevisions -1), never "no lag".
+	Stream        *StreamStatus `json:"stream,omitempty"`
+	StreamChecked bool          `json:"stream_checked"`
+	Checkpoint    *Checkpoint   `json:"checkpoint,omitempty"` // nil: never applied anything
 	// State is one of "following", "bootstrapping" (a snapshot is being
 	// applied), "waiting" (nothing applied yet), "refilling" (the stream
 	// ends before the checkpoint, e.g. a mirror refilling from seq 1: the
@@ -57,18 +61,19 @@ type SnapshotRef struct {
 	Stored     time.Time `json:"stored"`
 }
 
-// ReadStatus reads the stream (js may be nil when unreachable: the stream
-// part stays empty) and the standby's checkpoint.
+// ReadStatus reads the stream (js may be nil when unreachable: Stream is
+// nil and StreamChecked false) and the standby's checkpoint.
 func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetStream, stream, site, checkpointKey string) (Status, error) {
 	var st Status
-	st.Stream.Name = stream
+	ss := StreamStatus{Name: stream}
 	if checkpointKey == "" {
 		checkpointKey = Config{Stream: stream}.checkpointKey()
 	}
 	if js != nil {
-		if err := st.Stream.read(ctx, js, stream, streams.Subjects{Site: site}); err != nil {
+		if err := ss.read(ctx, js, stream, streams.Subjects{Site: site}); err != nil {
 			return st, err
 		}
+		st.Stream, st.StreamChecked = &ss, true
 	}
 	ck, rev, err := ReadCheckpoint(ctx, standby, checkpointKey)
 	if err != nil {
@@ -77,7 +82,7 @@ func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetS
 	switch {
 	case rev == 0:
 		st.State = "waiting"
-		st.LagMessages = st.Stream.Msgs
+		st.LagMessages = ss.Msgs
 		st.LagRevisions = -1
 		return st, nil
 	case ck.Promoted:
@@ -99,15 +104,15 @@ func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetS
 		}
 	}
 	st.HalfApplied = halfApplied(ctx, logStream, &ck)
-	if st.Stream.LastSeq > ck.Position.Seq {
-		st.LagMessages = st.Stream.LastSeq - ck.Position.Seq
+	if ss.LastSeq > ck.Position.Seq {
+		st.LagMessages = ss.LastSeq - ck.Position.Seq
 		if !ck.SourceTime.IsZero() {
 			st.LagSeconds = time.Since(ck.SourceTime).Seconds()
 		}
 	}
 	st.LagRevisions = -1
-	if st.Stream.Generation == ck.Position.Generation && ck.Snapshot == nil {
-		st.LagRevisions = max(st.Stream.Revision-ck.Position.Revision, 0)
+	if st.StreamChecked && ss.Generation == ck.Position.Generation && ck.Snapshot == nil {
+		st.LagRevisions = max(ss.Revision-ck.Position.Revision, 0)
 	}
 	return st, nil
 }

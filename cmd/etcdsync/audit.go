@@ -27,7 +27,7 @@ import (
 const defaultAuditMetricsAddr = "127.0.0.1:9094"
 
 // auditError is an audit that could not run (an etcd unreachable, no
-// checkpoint, the primary compacted past the source revision): exit 2.
+// checkpoint, the primary compacted past the source revision): exit 3.
 type auditError struct{ err error }
 
 func (e *auditError) Error() string { return e.err.Error() }
@@ -103,7 +103,7 @@ func auditFlags(o *auditOptions) *flagSet {
 			"applier's, and --repair refuses to write. --print-rules shows the scope in force.\n"+
 			"With --nats-url every report is also published as drift events on\n"+
 			"etcdsync.<site>.drift.summary and etcdsync.<site>.drift.key (stream --drift-stream).\n\n"+
-			"--once audits once: exit 0 consistent, 1 drift found, 2 could not audit. Otherwise it\n"+
+			"--once audits once: exit 0 consistent, 1 drift found, 3 could not audit. Otherwise it\n"+
 			"audits every --interval and serves /check (the last report; JSON with\n"+
 			"Accept: application/json or ?format=json), /metrics, /healthz and /readyz on --metrics-addr.\n"+
 			"--repair (implies --once) re-applies missed and mismatched keys from the primary, never\n"+
@@ -116,7 +116,7 @@ func auditFlags(o *auditOptions) *flagSet {
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the applier's checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
 	f.String(&o.prefix, "prefix", "", "the publisher's --prefix: compare only keys under `PREFIX` (empty: every key)")
 	o.scope.register(f, nil)
-	f.Bool(&o.once, "once", false, "audit once and exit: 0 consistent, 1 drift, 2 could not audit")
+	f.Bool(&o.once, "once", false, "audit once and exit: 0 consistent, 1 drift, 3 could not audit")
 	f.Duration(&o.interval, "interval", def.Interval, "time between audits without --once (the Data Check `INTERVAL`)")
 	f.Bool(&o.json, "json", false, "print the report as JSON (with --once)")
 	f.Int(&o.maxKeys, "max-keys", def.MaxKeys, "list the first `N` keys of each kind of drift")
@@ -201,7 +201,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "\raudit: %d keys compared (%.0f keys/s)   ", n, float64(n)/max(d.Seconds(), 1e-3))
 		}
 	}
-	// A single audit that cannot reach an etcd could not audit (exit 2).
+	// A single audit that cannot reach an etcd could not audit (exit 3).
 	fail := func(err error) error {
 		if once && !errors.Is(err, context.Canceled) {
 			return &auditError{err: err}

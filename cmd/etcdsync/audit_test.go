@@ -170,11 +170,11 @@ func TestAuditScopeInForce(t *testing.T) {
 func TestAuditCouldNotAudit(t *testing.T) {
 	p := newAuditPair(t, false)
 	code, _, stderr := runCmd(t, p.args("--once")...)
-	if code != 2 || !strings.Contains(stderr, "could not audit") || !strings.Contains(stderr, "not bootstrapped") {
+	if code != exitUnavailable || !strings.Contains(stderr, "could not audit") || !strings.Contains(stderr, "not bootstrapped") {
 		t.Fatalf("no checkpoint: exit %d: %s", code, stderr)
 	}
 	code, _, stderr = runCmd(t, "audit", "--once", "--primary-endpoints", "http://127.0.0.1:1", "--standby-endpoints", p.standEP)
-	if code != 2 || !strings.Contains(stderr, "could not audit: primary etcd http://127.0.0.1:1") {
+	if code != exitUnavailable || !strings.Contains(stderr, "could not audit: primary etcd http://127.0.0.1:1") {
 		t.Fatalf("unreachable primary: exit %d: %s", code, stderr)
 	}
 }

@@ -153,7 +153,7 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		if perr := probeEtcd(ctx, cfg.Endpoints, cfg.TLS); perr != nil {
-			return nil, fmt.Errorf("etcd %s: %w", where, perr)
+			return nil, unreachable(fmt.Errorf("etcd %s: %w", where, perr))
 		}
 		return nil, fmt.Errorf("etcd %s: %w", where, err)
 	}
@@ -165,10 +165,10 @@ func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error
 			return nil, ctx.Err()
 		}
 		if perr := probeEtcd(ctx, cfg.Endpoints, cfg.TLS); perr != nil {
-			return nil, fmt.Errorf("etcd %s: %w", where, perr)
+			return nil, unreachable(fmt.Errorf("etcd %s: %w", where, perr))
 		}
 		if errors.Is(cctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("etcd %s: no answer within %s (is it running, reachable, and speaking the scheme given?): %w", where, connectTimeout, err)
+			return nil, &unreachableError{fmt.Errorf("etcd %s: no answer within %s (is it running, reachable, and speaking the scheme given?): %w", where, connectTimeout, err)}
 		}
 		return nil, fmt.Errorf("etcd %s: %w", where, err)
 	}
@@ -289,7 +289,7 @@ func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, err
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats %s: %w", redactURL(url), err)
+		return nil, unreachable(fmt.Errorf("nats %s: %w", redactURL(url), err))
 	}
 	return nc, nil
 }
@@ -327,6 +327,20 @@ func connectInProcess(srv nats.InProcessConnProvider, kp nkeys.KeyPair, name str
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	return nc, nil
+}
+
+// unreachable marks err as a server that could not be reached (exit
+// status 3) when it is one: a refused or timed-out connection, no NATS
+// server answering. A server that answered and refused (TLS, credentials)
+// stays a failure (exit status 1).
+func unreachable(err error) error {
+	var oe *net.OpError
+	var ne net.Error
+	if errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrTimeout) ||
+		(errors.As(err, &oe) && oe.Op == "dial") || (errors.As(err, &ne) && ne.Timeout()) {
+		return &unreachableError{err}
+	}
+	return err
 }
 
 // probeEtcd explains why the etcd endpoints cannot be used, when a TCP
@@ -390,4 +404,19 @@ func probeEndpoint(ctx context.Context, endpoint string, cfg *tls.Config) error 
 		return fmt.Errorf("TLS: the server rejected the client certificate (check --etcd-cert, --etcd-key and the CA the server trusts): %w", err)
 	}
 	return fmt.Errorf("TLS handshake: %w", err)
+}
+
+// registerApplierEtcd defines --etcd-* on a command that names the standby
+// with --standby-*, so that it runs in the applier's pod with the
+// environment the applier already has (ETCDSYNC_ETCD_*).
+func registerApplierEtcd(f *flagSet, e *etcdFlags) {
+	e.register(f, "standby, as the applier names it (ETCDSYNC_ETCD_* in the applier's pod; --standby-endpoints wins)")
+}
+
+// useApplierEtcd makes standby the applier's etcd flags when no
+// --standby-endpoints was given.
+func useApplierEtcd(standby, applierEtcd *etcdFlags) {
+	if len(standby.endpoints) == 0 && len(applierEtcd.endpoints) > 0 {
+		*standby = *applierEtcd
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 type demoteOptions struct {
 	standby       etcdFlags
+	applierEtcd   etcdFlags
 	stream        string
 	checkpointKey string
 	json          bool
@@ -30,6 +31,7 @@ func demoteFlags(o *demoteOptions) *flagSet {
 			"promoted is refused; one without a checkpoint is left as it is.\n"+
 			"Exit status: 0 demoted (or nothing to demote), 1 refused or failed, 2 bad usage.")
 	registerSide(f, &o.standby, "standby")
+	registerApplierEtcd(f, &o.applierEtcd)
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "`KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
 	f.Bool(&o.json, "json", false, "print the report as JSON")
@@ -43,6 +45,7 @@ func runDemote(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := demoteFlags(&o).parse(args, stdout); err != nil {
 		return err
 	}
+	useApplierEtcd(&o.standby, &o.applierEtcd)
 	if err := validateSide(cmd, "standby", &o.standby); err != nil {
 		return err
 	}

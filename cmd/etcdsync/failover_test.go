@@ -32,7 +32,7 @@ func startNATS(t *testing.T, domain, leafListen string, leafRemotes ...string) *
 // primary site lost: its etcd and NATS are stopped, the standby's applier
 // and auditor restart (as pods do), the auditor keeps running and reports
 // the primary unreachable (not ready, etcdsync_auditor_primary_up 0), and
-// `status` and `promote` succeed.
+// `status` and `promote` succeed with the applier pod's environment.
 func TestFailoverWithPrimarySiteGone(t *testing.T) {
 	primary, pcli := startEtcd(t)
 	standby, scli := startEtcd(t)
@@ -97,11 +97,14 @@ func TestFailoverWithPrimarySiteGone(t *testing.T) {
 	default:
 	}
 
-	// The runbook's failover commands.
-	if code, out, stderr := runCmd(t, "status", "--standby-endpoints", standby.Endpoint, "--nats-url", natsS.ClientURL()); code != exitOK || !strings.Contains(out, "following") {
+	// The runbook's failover commands, with the environment the
+	// applier's pod already has (its etcd is the standby).
+	t.Setenv("ETCDSYNC_ETCD_ENDPOINTS", standby.Endpoint)
+	t.Setenv("ETCDSYNC_NATS_URL", natsS.ClientURL())
+	if code, out, stderr := runCmd(t, "status"); code != exitOK || !strings.Contains(out, "following") {
 		t.Fatalf("status: exit %d\n%s%s", code, out, stderr)
 	}
-	code, out, stderr := runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", natsS.ClientURL(), "--bump-revision", "--json")
+	code, out, stderr := runCmd(t, "promote", "--bump-revision", "--json")
 	var rep promoteOutput
 	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != exitOK || !rep.Drained || rep.WritableStream == nil {
 		t.Fatalf("promote: exit %d, %v\n%s%s", code, err, out, stderr)

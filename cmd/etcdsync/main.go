@@ -13,9 +13,12 @@
 // Every flag is also read from an ETCDSYNC_<FLAG> environment variable
 // (--etcd-endpoints from ETCDSYNC_ETCD_ENDPOINTS); the command line wins.
 //
-// Exit status: 0 success or a clean shutdown on SIGINT/SIGTERM; 1 a runtime
-// failure (and, for sandbox and audit, drift); 2 bad usage (and, for audit,
-// could not audit).
+// Exit status, the same for every command: 0 success or a clean shutdown
+// on SIGINT/SIGTERM; 1 failure (the command ran and the answer is bad:
+// drift, lagging, refused, not drained, a runtime error); 2 bad usage (a
+// flag or ETCDSYNC_ variable; nothing was contacted); 3 unavailable (an
+// etcd or NATS server could not be reached at start-up, or audit and status
+// could not make their check).
 package main
 
 import (
@@ -32,10 +35,17 @@ import (
 
 // Exit statuses.
 const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitUnavailable = 3
 )
+
+// unreachableError is a server that could not be reached: exit status 3.
+type unreachableError struct{ err error }
+
+func (e *unreachableError) Error() string { return e.err.Error() }
+func (e *unreachableError) Unwrap() error { return e.err }
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3";
 // otherwise the module version from the build information is shown.
@@ -103,6 +113,7 @@ func exitStatus(ctx context.Context, cmd string, err error, stderr io.Writer) in
 	var ue *usageError
 	var ae *auditError
 	var se *statusError
+	var re *unreachableError
 	switch {
 	case err == nil, errors.Is(err, errHelp):
 		return exitOK
@@ -113,12 +124,18 @@ func exitStatus(ctx context.Context, cmd string, err error, stderr io.Writer) in
 		return exitUsage
 	case errors.As(err, &ae):
 		fmt.Fprintf(stderr, "etcdsync %s: could not audit: %v\n", cmd, ae.err)
-		return exitUsage
+		return exitUnavailable
 	case errors.As(err, &se):
 		fmt.Fprintf(stderr, "etcdsync %s: could not read status: %v\n", cmd, se.err)
-		return exitUsage
+		return exitUnavailable
+	case errors.As(err, &re) && !(ctx.Err() != nil && errors.Is(err, context.Canceled)):
+		fmt.Fprintf(stderr, "etcdsync %s: %v\n", cmd, err)
+		return exitUnavailable
 	case errors.Is(err, errLagging):
 		return exitFailure
+	case errors.Is(err, errStreamNotChecked):
+		fmt.Fprintf(stderr, "etcdsync %s: %v\n", cmd, err)
+		return exitUnavailable
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		// Interrupted during startup: a clean shutdown.
 		return exitOK
@@ -135,7 +152,8 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nRun 'etcdsync <command> -h' for the flags of a command. Every flag is also read from\n")
 	fmt.Fprintf(w, "ETCDSYNC_<FLAG> (e.g. --etcd-endpoints from ETCDSYNC_ETCD_ENDPOINTS); the command line wins.\n")
-	fmt.Fprintf(w, "Exit status: 0 success or clean shutdown, 1 failure (sandbox, audit: drift), 2 bad usage (audit: could not audit).\n")
+	fmt.Fprintf(w, "Exit status (every command): 0 success or clean shutdown, 1 failure (drift, lagging, refused),\n")
+	fmt.Fprintf(w, "2 bad usage (a flag or ETCDSYNC_ variable), 3 unavailable (a server unreachable; audit, status: could not check).\n")
 }
 
 func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {

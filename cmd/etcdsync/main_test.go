@@ -302,10 +302,38 @@ func TestUnreachableEtcd(t *testing.T) {
 		t.Skip("waits for the connect timeout")
 	}
 	code, _, stderr := runCmd(t, "apply", "--etcd-endpoints", "http://127.0.0.1:1", "--nats-url", "nats://127.0.0.1:1")
-	if code != exitFailure || !strings.Contains(stderr, "etcdsync apply: etcd http://127.0.0.1:1: ") {
+	if code != exitUnavailable || !strings.Contains(stderr, "etcdsync apply: etcd http://127.0.0.1:1: ") {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
 	if n := strings.Count(strings.TrimSpace(stderr), "\n"); n != 0 {
 		t.Fatalf("want one line, got %q", stderr)
+	}
+}
+
+// TestExitStatusEveryCommand: on every command a bad flag exits 2 and a
+// server that cannot be reached exits 3 (issue 16.7).
+func TestExitStatusEveryCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the connect timeout")
+	}
+	const etcd, nats = "http://127.0.0.1:1", "nats://127.0.0.1:1"
+	for _, args := range [][]string{
+		{"publish", "--etcd-endpoints", etcd, "--nats-url", nats},
+		{"apply", "--etcd-endpoints", etcd, "--nats-url", nats},
+		{"audit", "--once", "--primary-endpoints", etcd, "--standby-endpoints", etcd},
+		{"status", "--standby-endpoints", etcd},
+		{"promote", "--standby-endpoints", etcd},
+		{"demote", "--standby-endpoints", etcd},
+		{"streams", "init", "--role", "primary", "--nats-url", nats},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			t.Parallel()
+			if code, _, stderr := runCmd(t, append(args, "--no-such-flag")...); code != exitUsage {
+				t.Errorf("bad flag: exit %d, want %d: %s", code, exitUsage, stderr)
+			}
+			if code, _, stderr := runCmd(t, args...); code != exitUnavailable {
+				t.Errorf("unreachable server: exit %d, want %d: %s", code, exitUnavailable, stderr)
+			}
+		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 type promoteOptions struct {
 	standby       etcdFlags
+	applierEtcd   etcdFlags
 	nats          natsFlags
 	stream        string
 	checkpointKey string
@@ -38,8 +39,10 @@ func promoteFlags(o *promoteOptions) *flagSet {
 			"revision seen, so clients' old resourceVersions cannot land inside history they never saw.\n"+
 			"Without --nats-url (the stream is lost with the primary site) it fences at once.\n"+
 			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied or with a revision\n"+
-			"or snapshot half applied (the report says which and how much), or failed; 2 bad usage.")
+			"or snapshot half applied (the report says which and how much), refused or failed; 2 bad usage,\n"+
+			"3 the standby etcd or NATS unreachable.")
 	registerSide(f, &o.standby, "standby")
+	registerApplierEtcd(f, &o.applierEtcd)
 	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: unreachable, fence without draining)")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
@@ -60,6 +63,7 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := promoteFlags(&o).parse(args, stdout); err != nil {
 		return err
 	}
+	useApplierEtcd(&o.standby, &o.applierEtcd)
 	if err := validateSide(cmd, "standby", &o.standby); err != nil {
 		return err
 	}

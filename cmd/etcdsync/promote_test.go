@@ -52,6 +52,17 @@ func TestStatusAndPromote(t *testing.T) {
 	if code, out, _ := runCmd(t, "status", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr); code != exitOK || !strings.Contains(out, "following") || !strings.Contains(out, "last audit       none") {
 		t.Fatalf("status table: exit %d\n%s", code, out)
 	}
+	// Without --nats-url the stream is not checked: no invented empty
+	// stream with lag 0, and no exit 0.
+	code, out, stderr = runCmd(t, "status", "--standby-endpoints", standby.Endpoint)
+	if code != exitUnavailable || !strings.Contains(out, "NOT CHECKED") || !strings.Contains(out, "lag              unknown") || !strings.Contains(stderr, "stream not checked") {
+		t.Fatalf("status without --nats-url: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, _ = runCmd(t, "status", "--standby-endpoints", standby.Endpoint, "--json")
+	var unchecked map[string]any
+	if err := json.Unmarshal([]byte(out), &unchecked); err != nil || code != exitUnavailable || unchecked["stream_checked"] != false || unchecked["stream"] != nil {
+		t.Fatalf("status --json without --nats-url: exit %d, %v\n%s", code, err, out)
+	}
 	// An audit publishes its summary; status shows it.
 	if code, out, stderr := runCmd(t, "audit", "--once", "--primary-endpoints", primary.Endpoint, "--standby-endpoints", standby.Endpoint,
 		"--nats-url", "nats://"+natsAddr); code != exitOK {
@@ -82,7 +93,7 @@ func TestStatusAndPromote(t *testing.T) {
 	if code, _, _ := runCmd(t, "status", "--standby-endpoints", standby.Endpoint); code != exitFailure {
 		t.Fatalf("status of a promoted standby: exit %d, want %d", code, exitFailure)
 	}
-	if code, _, stderr := runCmd(t, "status", "--standby-endpoints", "http://127.0.0.1:1"); code != exitUsage || !strings.Contains(stderr, "could not read status") {
+	if code, _, stderr := runCmd(t, "status", "--standby-endpoints", "http://127.0.0.1:1"); code != exitUnavailable || !strings.Contains(stderr, "could not read status") {
 		t.Fatalf("status of an unreachable standby: exit %d, %q", code, stderr)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -14,7 +15,7 @@ import (
 	"github.com/etcdsync/etcdsync/streams"
 )
 
-// statusError marks a status that could not be read (exit status 2).
+// statusError marks a status that could not be read (exit status 3).
 type statusError struct{ err error }
 
 func (e *statusError) Error() string { return e.err.Error() }
@@ -25,6 +26,7 @@ var errLagging = fmt.Errorf("standby lagging")
 
 type statusOptions struct {
 	standby       etcdFlags
+	applierEtcd   etcdFlags
 	nats          natsFlags
 	site          string
 	stream        string
@@ -40,9 +42,11 @@ func statusFlags(o *statusOptions) *flagSet {
 		"Shows the pipeline as the standby sees it: the log stream (first/last sequence, bytes,\n"+
 			"generation, newest snapshot, the publisher's last revision), the applier's checkpoint\n"+
 			"and the lag in messages, revisions and seconds.\n"+
-			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping/refilling), 2 could not read.")
+			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping/refilling), 2 bad usage,\n"+
+			"3 could not read (or, without --nats-url, the stream and so the lag were not checked).")
 	registerSide(f, &o.standby, "standby")
-	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream not shown)")
+	registerApplierEtcd(f, &o.applierEtcd)
+	o.nats.register(f, "`URL` of the NATS servers holding the standby's log stream (empty: stream and lag not checked, exit 3)")
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of the publishing site in subjects")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
@@ -59,6 +63,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := statusFlags(&o).parse(args, stdout); err != nil {
 		return err
 	}
+	useApplierEtcd(&o.standby, &o.applierEtcd)
 	if err := validateSide(cmd, "standby", &o.standby); err != nil {
 		return err
 	}
@@ -106,8 +111,15 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if st.State != "following" || st.LagSeconds > o.maxLag.Seconds() {
 		return errLagging
 	}
+	if !st.StreamChecked {
+		return errStreamNotChecked
+	}
 	return nil
 }
+
+// errStreamNotChecked is returned by status without --nats-url: the lag is
+// unknown, so it cannot say the standby is healthy (exit status 3).
+var errStreamNotChecked = errors.New("stream not checked (no --nats-url): the lag is unknown")
 
 // statusOutput is what `status --json` prints.
 type statusOutput struct {
@@ -146,17 +158,20 @@ func printLastAudit(w io.Writer, a *auditor.SummaryEvent) {
 }
 
 func printStatus(w io.Writer, st applier.Status) {
-	s := st.Stream
-	fmt.Fprintf(w, "stream %s\n", s.Name)
-	fmt.Fprintf(w, "  sequences      %d..%d (%d messages, %d bytes)\n", s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes)
-	fmt.Fprintf(w, "  publisher at   generation %d, revision %d\n", s.Generation, s.Revision)
-	if n := s.NewestSnapshot; n != nil {
-		fmt.Fprintf(w, "  newest snapshot seq %d, generation %d, revision %d, stored %s\n", n.Seq, n.Generation, n.Revision, n.Stored.UTC().Format(time.RFC3339))
+	if s := st.Stream; s == nil {
+		fmt.Fprintf(w, "stream           NOT CHECKED (no --nats-url): the lag is unknown\n")
 	} else {
-		fmt.Fprintf(w, "  newest snapshot none (an applier that needs one will request it)\n")
+		fmt.Fprintf(w, "stream %s\n", s.Name)
+		fmt.Fprintf(w, "  sequences      %d..%d (%d messages, %d bytes)\n", s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes)
+		fmt.Fprintf(w, "  publisher at   generation %d, revision %d\n", s.Generation, s.Revision)
+		if n := s.NewestSnapshot; n != nil {
+			fmt.Fprintf(w, "  newest snapshot seq %d, generation %d, revision %d, stored %s\n", n.Seq, n.Generation, n.Revision, n.Stored.UTC().Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(w, "  newest snapshot none (an applier that needs one will request it)\n")
+		}
 	}
 	fmt.Fprintf(w, "standby applier  %s\n", st.State)
-	if st.State == "refilling" {
+	if s := st.Stream; st.State == "refilling" && s != nil {
 		fmt.Fprintf(w, "  the stream ends at seq %d, before the checkpoint's %d: the applier waits for it to refill (apply --reseed would roll the standby back)\n",
 			s.LastSeq, st.Checkpoint.Position.Seq)
 	}
@@ -176,6 +191,10 @@ func printStatus(w io.Writer, st applier.Status) {
 	lagRev := "n/a (different generation or bootstrapping)"
 	if st.LagRevisions >= 0 {
 		lagRev = fmt.Sprint(st.LagRevisions)
+	}
+	if !st.StreamChecked {
+		fmt.Fprintf(w, "lag              unknown (stream not checked)\n")
+		return
 	}
 	fmt.Fprintf(w, "lag              %d messages, %s revisions, %.3fs\n", st.LagMessages, lagRev, st.LagSeconds)
 }
