@@ -2,10 +2,23 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: build test vet lint fmt sandbox fuzz
+.PHONY: build test vet lint fmt sandbox fuzz release
+
+# VERSION is stamped into the binary (etcdsync version); default: git describe.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+RELEASE_ARCHS := amd64 arm64
 
 build:
 	$(GO) build -o bin/etcdsync ./cmd/etcdsync
+
+# Static linux binaries for both architectures, version stamped, in dist/
+# (what deploy/image/Dockerfile packages into a multi-arch image).
+release:
+	@mkdir -p dist
+	for arch in $(RELEASE_ARCHS); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath \
+			-ldflags="-s -w -X main.version=$(VERSION)" -o dist/etcdsync-linux-$$arch ./cmd/etcdsync || exit 1; \
+	done
 
 # The test command the README and CI run: the module, then the deployment
 # material (deploy/ is its own module: Kubernetes types, kustomize, rules).

@@ -65,7 +65,11 @@
 //	  varint lease TTL (seconds remaining when observed),
 //	  bytes previous hash (32 bytes in a Digested record, else empty)
 //
-// where "bytes" is a uvarint length followed by that many bytes. Decoding
+// where "bytes" is a uvarint length followed by that many bytes. Every
+// fixed-size integer is big endian and every other one a varint, so the
+// format does not depend on the architecture that wrote it (an amd64
+// primary and an arm64 standby read the same bytes); TestGoldenFrame checks
+// a signed frame byte for byte against testdata/golden-v2.hex. Decoding
 // never panics: truncated, oversized or corrupt input returns an error that
 // wraps ErrCorrupt and names the field.
 //

@@ -92,7 +92,7 @@ func auditFlags(o *auditOptions) *flagSet {
 		"The regular status check of a standby: `etcdsync audit --once` prints the lists\n"+
 			"\"LOCAL ETCD missed keys\" (on the primary, not on the standby), \"LOCAL ETCD surplus keys\"\n"+
 			"(only on the standby) and \"LOCAL ETCD mismatched keys\", each with what to do, and exits\n"+
-			"0 consistent, 1 drift, 2 could not audit (2 also while the standby re-seeds).\n\n"+
+			"0 consistent, 1 drift or a refused repair, 3 could not audit (3 also while the standby re-seeds).\n\n"+
 			"Compares the standby etcd with the primary at one consistent point: the standby at its\n"+
 			"revision S, the primary at the source revision P of the applier's checkpoint at S, so\n"+
 			"writes in flight never show as drift. Reports keys missed (primary only), surplus\n"+
@@ -287,6 +287,9 @@ func auditOnce(ctx context.Context, o *auditOptions, a *auditor.Auditor, stdout,
 		out.Repair = &res
 		if !o.json {
 			writeRepair(stdout, &rep, &res)
+		}
+		if errors.Is(err, auditor.ErrScopeMismatch) {
+			return fmt.Errorf("repair refused: %w", err) // refused, not unreachable: exit 1
 		}
 		if err != nil {
 			return &auditError{err: fmt.Errorf("repair: %w", err)}

@@ -159,7 +159,7 @@ func TestAuditScopeInForce(t *testing.T) {
 		}
 	}
 	code, stdout, stderr = runCmd(t, p.args("--repair", "--repair-surplus")...)
-	if code != 2 || !strings.Contains(stderr, "differs from the applier's") {
+	if code != exitFailure || !strings.Contains(stderr, "differs from the applier's") {
 		t.Errorf("repair with other options: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	if resp, err := p.standby.Get(context.Background(), "/registry/configmaps/ops/own"); err != nil || len(resp.Kvs) != 1 {

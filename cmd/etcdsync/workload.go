@@ -126,10 +126,16 @@ func (w *workload) Run(ctx context.Context, rate int) error {
 			due = 1
 		}
 		for range due {
-			if err := w.Step(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			if ctx.Err() != nil {
+				return nil
+			}
+			// A step is never cancelled half-way: a write whose request
+			// was sent can still commit after its context ends, and would
+			// then land after the revision the caller reads as the last.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			err := w.Step(sctx)
+			cancel()
+			if err != nil {
 				return err
 			}
 			done++
