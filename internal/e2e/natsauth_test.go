@@ -161,7 +161,11 @@ func TestNATSAuthLeastPrivilege(t *testing.T) {
 	if _, err := pub.js.CreateStream(ctx, auditor.DriftStreamConfig(acfg)); err != nil {
 		t.Fatalf("publisher: create drift stream: %v", err)
 	}
-	pb, err := publisher.New(p.publisherConfig(), p.primary.Client, pub.nc, nil)
+	// No idle progress records: the log must grow by exactly the
+	// publisher's revisions, so that a message anyone else got in shows.
+	pcfg := p.publisherConfig()
+	pcfg.ProgressInterval = time.Hour
+	pb, err := publisher.New(pcfg, p.primary.Client, pub.nc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
