@@ -221,6 +221,7 @@ standbyEtcd: {endpoints: ["https://etcd.standby.example:2379"]}
 		{"detail logs not a boolean", "detailLogs: yes please", "/detailLogs"},
 		{"site with a dot", "site: primary.eu", "/site"},
 		{"size without a number", "publisher: {maxBytes: lots}", "/publisher/maxBytes"},
+		{"size as a bare number (renders as 1.048576e+06)", "applier: {maxTxnBytes: 1048576}", "/applier/maxTxnBytes"},
 		{"NATS URL list", `nats: {url: "nats://a:4222,nats://b:4222"}`, "/nats/url"},
 		{"NATS namespace with a capital", "nats: {namespace: NATS}", "/nats/namespace"},
 	} {

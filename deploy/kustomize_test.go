@@ -184,6 +184,7 @@ func TestOverlaysBuild(t *testing.T) {
 		}
 		wantReplicas(t, d, 2)
 		env := containerEnv(t, b, d, "publish")
+		wantNATSLogin(t, d, env)
 		if v, ok := env["ETCDSYNC_LEADER_ELECT"]; ok && v != "true" {
 			t.Errorf("publisher ETCDSYNC_LEADER_ELECT=%q: two replicas need leader election", v)
 		}
@@ -204,6 +205,8 @@ func TestOverlaysBuild(t *testing.T) {
 		wantReplicas(t, au, 1)
 		apEnv := containerEnv(t, b, ap, "apply")
 		auEnv := containerEnv(t, b, au, "audit")
+		wantNATSLogin(t, ap, apEnv)
+		wantNATSLogin(t, au, auEnv)
 		if auEnv["ETCDSYNC_INTERVAL"] != "5m" {
 			t.Errorf("auditor ETCDSYNC_INTERVAL=%q, want 5m", auEnv["ETCDSYNC_INTERVAL"])
 		}
@@ -304,6 +307,16 @@ func wantResources(t *testing.T, d *appsv1.Deployment, cpu, mem, memLimit string
 // containerEnv checks the etcdsync container's command line and environment
 // against the real binary's flags and returns its ETCDSYNC_ variables
 // (envFrom ConfigMaps resolved).
+// wantNATSLogin checks that a component that talks to NATS authenticates
+// (the NATS values require it), with a secret from a file.
+func wantNATSLogin(t *testing.T, d *appsv1.Deployment, env map[string]string) {
+	t.Helper()
+	if env["ETCDSYNC_NATS_URL"] != "" && env["ETCDSYNC_NATS_PASSWORD_FILE"] == "" && env["ETCDSYNC_NATS_TOKEN_FILE"] == "" &&
+		env["ETCDSYNC_NATS_CREDS"] == "" && env["ETCDSYNC_NATS_NKEY"] == "" {
+		t.Errorf("%s: ETCDSYNC_NATS_URL without NATS credentials (ETCDSYNC_NATS_USER and ETCDSYNC_NATS_PASSWORD_FILE, or a token, creds or nkey file)", d.Name)
+	}
+}
+
 func containerEnv(t *testing.T, b *built, d *appsv1.Deployment, wantCmd string) map[string]string {
 	t.Helper()
 	cs := d.Spec.Template.Spec.Containers
@@ -388,12 +401,6 @@ func containerEnv(t *testing.T, b *built, d *appsv1.Deployment, wantCmd string) 
 		if env[r] == "" {
 			t.Errorf("%s: required %s is not set", d.Name, r)
 		}
-	}
-	// A component that talks to NATS authenticates (the NATS values
-	// require it), with a secret from a file.
-	if env["ETCDSYNC_NATS_URL"] != "" && env["ETCDSYNC_NATS_PASSWORD_FILE"] == "" && env["ETCDSYNC_NATS_TOKEN_FILE"] == "" &&
-		env["ETCDSYNC_NATS_CREDS"] == "" && env["ETCDSYNC_NATS_NKEY"] == "" {
-		t.Errorf("%s: ETCDSYNC_NATS_URL without NATS credentials (ETCDSYNC_NATS_USER and ETCDSYNC_NATS_PASSWORD_FILE, or a token, creds or nkey file)", d.Name)
 	}
 	// TLS, credentials and key files must lie on a read-only Secret mount.
 	for name, v := range env {
