@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -194,6 +195,48 @@ func TestChartLogKey(t *testing.T) {
 	}
 }
 
+// TestChartNATSPasswords: with nats.passwords each component logs in as
+// its own NATS identity (etcdsync-<component>, the least-privilege users of
+// deploy/nats/*-values.yaml), its password read from its own key of the
+// Secret on a read-only mount; both ways to log in at once is refused.
+func TestChartNATSPasswords(t *testing.T) {
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		vals := chartValues(t, f)
+		nats := maps.Clone(vals["nats"].(map[string]any))
+		delete(nats, "credentials")
+		nats["passwords"] = map[string]any{"existingSecret": "etcdsync-nats-credentials"}
+		vals["nats"] = nats
+		r := renderDecoded(t, vals)
+		if len(r.deployments) == 0 {
+			t.Fatalf("%s renders no Deployment", f)
+		}
+		for _, name := range keys(r.deployments) {
+			d := r.deployments[name]
+			c := d.Spec.Template.Spec.Containers[0]
+			component := strings.TrimPrefix(d.Name, "etcdsync-")
+			env := containerEnv(t, r.built, d, c.Args[0])
+			wantNATSLogin(t, d, env)
+			if got := env["ETCDSYNC_NATS_USER"]; got != "etcdsync-"+component {
+				t.Errorf("%s: %s logs in to NATS as %q, want etcdsync-%s", f, d.Name, got, component)
+			}
+			i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "ETCDSYNC_NATS_PASSWORD_FILE" })
+			if i < 0 || !onSecretMount(d, c, c.Env[i].Value) {
+				t.Errorf("%s: %s has no password file on a read-only Secret mount", f, d.Name)
+				continue
+			}
+			for _, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name == "nats-password" && (v.Secret == nil || len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != component+"-password") {
+					t.Errorf("%s: %s mounts %+v, want only the key %s-password", f, d.Name, v.Secret, component)
+				}
+			}
+		}
+		nats["credentials"] = map[string]any{"existingSecret": "etcdsync-nats-creds"}
+		if _, _, err := renderChart(t, vals); err == nil || !strings.Contains(err.Error(), "one way to log in") {
+			t.Errorf("%s: passwords and a creds file together: err = %v", f, err)
+		}
+	}
+}
+
 // TestChartRejectsBadValues: values.schema.json refuses what would install
 // a broken site, and the message names the field.
 func TestChartRejectsBadValues(t *testing.T) {
@@ -223,6 +266,7 @@ standbyEtcd: {endpoints: ["https://etcd.standby.example:2379"]}
 		{"size without a number", "publisher: {maxBytes: lots}", "/publisher/maxBytes"},
 		{"size as a bare number (renders as 1.048576e+06)", "applier: {maxTxnBytes: 1048576}", "/applier/maxTxnBytes"},
 		{"NATS URL list", `nats: {url: "nats://a:4222,nats://b:4222"}`, "/nats/url"},
+		{"NATS password in the URL", `nats: {url: "nats://etcdsync:hunter2@nats.example:4222"}`, "/nats/url"},
 		{"NATS namespace with a capital", "nats: {namespace: NATS}", "/nats/namespace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -156,8 +156,30 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
       resource: limits.memory
 {{- end }}
 
-{{/* Secret volumes; call with (dict "root" $ "etcds" (list (list "etcd" secretName) ...) "logKey" true). */}}
+{{/* The component's NATS login by password; call with (dict "root" $ "component" NAME). */}}
+{{- define "etcdsync.natsLoginEnv" -}}
+{{- if and .root.Values.nats.passwords.existingSecret .root.Values.nats.credentials.existingSecret }}
+{{- fail "nats.passwords and nats.credentials: give one way to log in to NATS" }}
+{{- end }}
+{{- if .root.Values.nats.passwords.existingSecret }}
+- name: ETCDSYNC_NATS_USER
+  value: etcdsync-{{ .component }}
+- name: ETCDSYNC_NATS_PASSWORD_FILE
+  value: /etc/etcdsync/nats-password/password
+{{- end }}
+{{- end }}
+
+{{/* Secret volumes; call with (dict "root" $ "component" NAME "etcds" (list (list "etcd" secretName) ...) "logKey" true). */}}
 {{- define "etcdsync.volumes" -}}
+{{- with .root.Values.nats.passwords.existingSecret }}
+- name: nats-password
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288
+    items:
+      - key: {{ $.component }}-password
+        path: password
+{{- end }}
 {{- range .etcds }}
 {{- if index . 1 }}
 - name: {{ index . 0 }}-tls
@@ -189,6 +211,11 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- end }}
 
 {{- define "etcdsync.volumeMounts" -}}
+{{- if .root.Values.nats.passwords.existingSecret }}
+- name: nats-password
+  mountPath: /etc/etcdsync/nats-password
+  readOnly: true
+{{- end }}
 {{- range .etcds }}
 {{- if index . 1 }}
 - name: {{ index . 0 }}-tls
