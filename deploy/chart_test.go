@@ -237,6 +237,33 @@ func TestChartNATSPasswords(t *testing.T) {
 	}
 }
 
+// TestChartNATSURLMatchesNamespace: the NATS URL and nats.namespace agree,
+// so that the NetworkPolicy lets etcdsync reach NATS and the standby
+// excludes the namespace NATS really runs in.
+func TestChartNATSURLMatchesNamespace(t *testing.T) {
+	for _, tc := range []struct {
+		namespace, url, wantErr string
+	}{
+		{"nats", "nats://nats.nats.svc.cluster.local:4222", ""},
+		{"msg", "tls://nats.msg.svc:4222", ""},
+		{"", "tls://nats.dr.example:4222", ""},
+		{"nats", "tls://nats.dr.example:4222", "is not in nats.namespace"},
+		{"", "nats://nats.msg.svc.cluster.local:4222", "nats.namespace is empty"},
+	} {
+		vals := chartValues(t, "ci/standby-values.yaml")
+		nats := maps.Clone(vals["nats"].(map[string]any))
+		nats["namespace"], nats["url"] = tc.namespace, tc.url
+		vals["nats"] = nats
+		_, _, err := renderChart(t, vals)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("namespace %q, url %s: %v", tc.namespace, tc.url, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("namespace %q, url %s: err = %v, want %q", tc.namespace, tc.url, err, tc.wantErr)
+		}
+	}
+}
+
 // TestChartRejectsBadValues: values.schema.json refuses what would install
 // a broken site, and the message names the field.
 func TestChartRejectsBadValues(t *testing.T) {

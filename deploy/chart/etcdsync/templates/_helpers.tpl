@@ -31,6 +31,14 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 
 {{- define "etcdsync.natsURL" -}}
 {{- if .Values.nats.url -}}
+{{- $host := (urlParse .Values.nats.url).hostname -}}
+{{- $inCluster := regexMatch "\\.svc(\\.|$)" $host -}}
+{{- if and .Values.nats.namespace (not (regexMatch (printf "(^|\\.)%s(\\.svc|$)" (regexQuoteMeta .Values.nats.namespace)) $host)) -}}
+{{- fail (printf "nats.url %s is not in nats.namespace %q: the NetworkPolicy would only let etcdsync reach that namespace, and the standby would exclude it for nothing; set nats.namespace to NATS's namespace, or to \"\" for NATS outside the cluster" .Values.nats.url .Values.nats.namespace) -}}
+{{- end -}}
+{{- if and (not .Values.nats.namespace) $inCluster -}}
+{{- fail (printf "nats.url %s is a Service of this cluster but nats.namespace is empty: name its namespace, so the standby never replicates the other site's NATS" .Values.nats.url) -}}
+{{- end -}}
 {{ .Values.nats.url }}
 {{- else if .Values.nats.namespace -}}
 nats://nats.{{ .Values.nats.namespace }}.svc.cluster.local:4222
