@@ -199,7 +199,7 @@ func checkLogStrictlyIncreasing(t *testing.T, p *pipeline) {
 func TestCorruptMessageStopsApplier(t *testing.T) {
 	p := newPipeline(t)
 	_, pr := p.startPublisher(p.publisherConfig())
-	ap, ar := p.startApplier(rawApplierConfig(p))
+	_, ar := p.startApplier(rawApplierConfig(p))
 	put(t, p.primary.Client, "/x/before", "1")
 	p.waitConverged(rawRules(t), 20*time.Second)
 	if err := ar.stop(); err != nil {
@@ -208,7 +208,12 @@ func TestCorruptMessageStopsApplier(t *testing.T) {
 	if err := pr.stop(); err != nil {
 		t.Fatal(err)
 	}
-	before := ap.Applied()
+	// The durable checkpoint, not the in-memory one: a stop can cancel a
+	// commit the server had already accepted.
+	before, _, err := applier.ReadCheckpoint(context.Background(), p.standby.Client, "/etcdsync/checkpoint/"+streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// A good revision, then garbage, in one batch.
 	pub2, r2 := p.startPublisher(p.publisherConfig())
