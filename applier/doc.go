@@ -4,7 +4,13 @@
 //
 //   - Order: messages are consumed in stream order; every message's stream
 //     sequence must be the previous one + 1. A jump (retention or a purge
-//     removed messages) stops the applier with ErrGap; it is never skipped.
+//     removed messages) is never skipped: the session ends with ErrGap and
+//     Run re-seeds the standby from the newest snapshot that is not older
+//     than the checkpoint (or asks the publisher for one).
+//   - Authenticated: with a key ring (Config.LogKeys) every message's MAC
+//     is checked for its stream position before anything of its batch is
+//     written; a forged, altered, replayed or unsigned message stops the
+//     applier (streams.ErrUnauthenticated).
 //   - Exactly-once effect: the checkpoint (a key in the standby etcd, default
 //     "/etcdsync/checkpoint/<stream>") is written in the same transaction as
 //     the operations it covers, guarded by a compare on its own mod-revision.
