@@ -138,6 +138,13 @@ func (a *Applier) Run(ctx context.Context) error {
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = a.cfg.MinBackoff, a.cfg.MaxBackoff, 0
 	bo.Reset() // start from InitialInterval, not the library default
 	defer a.releasePresence()
+	// The lag gauges are kept for the whole run, not per session: a
+	// session that restarts while the standby stalls blocks in its first
+	// write, and the gauges must still show the stall.
+	lctx, lcancel := context.WithCancel(ctx)
+	lagDone := make(chan struct{})
+	go func() { defer close(lagDone); a.monitorLag(lctx) }()
+	defer func() { lcancel(); <-lagDone }()
 	for {
 		start := time.Now()
 		err := a.session(ctx)
@@ -484,7 +491,6 @@ func (a *Applier) session(ctx context.Context) error {
 	held := semaphore.NewWeighted(bufferBytes) // bytes read but not yet applied
 	fenceFrom := a.ckReadRev + 1
 	g.Go(func() error { return a.watchFence(gctx, fenceFrom) })
-	g.Go(func() error { a.monitorLag(gctx); return nil })
 	g.Go(func() error {
 		select {
 		case <-presenceLost:
