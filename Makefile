@@ -25,6 +25,7 @@ release:
 test:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
+	$(GO) run ./internal/mutants -check
 	$(GO) run ./internal/mutants -quick
 
 vet:

@@ -60,15 +60,16 @@ func main() {
 	run := flag.String("run", "", "run only mutants whose name matches `REGEXP`")
 	list := flag.Bool("list", false, "list the mutants and exit")
 	timeout := flag.Duration("timeout", 15*time.Minute, "bound on one mutant's test run")
+	check := flag.Bool("check", false, "only check that every mutant still applies (its find text occurs exactly once), running no test")
 	quick := flag.Bool("quick", false, "run only the mutants whose tests are package tests of this module (not internal/e2e, not another module): the fast part, for make test")
 	flag.Parse()
-	if err := mainErr(*run, *list, *quick, *timeout); err != nil {
+	if err := mainErr(*run, *list, *check, *quick, *timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "mutants:", err)
 		os.Exit(1)
 	}
 }
 
-func mainErr(run string, list, quick bool, timeout time.Duration) error {
+func mainErr(run string, list, check, quick bool, timeout time.Duration) error {
 	root, err := repoRoot()
 	if err != nil {
 		return err
@@ -112,6 +113,20 @@ func mainErr(run string, list, quick bool, timeout time.Duration) error {
 	if len(selected) == 0 {
 		return errors.New("no mutant selected")
 	}
+	if check {
+		var stale []string
+		for _, m := range selected {
+			if err := m.applies(root); err != nil {
+				fmt.Println(err)
+				stale = append(stale, m.name)
+			}
+		}
+		fmt.Printf("%d mutants checked, %d stale\n", len(selected), len(stale))
+		if len(stale) > 0 {
+			return fmt.Errorf("stale mutants %q", stale)
+		}
+		return nil
+	}
 
 	tmp, err := os.MkdirTemp("", "etcdsync-mutants-")
 	if err != nil {
@@ -145,6 +160,18 @@ func mainErr(run string, list, quick bool, timeout time.Duration) error {
 // runs in seconds, rather than an end-to-end or another module's test.
 func (m mutant) quick() bool {
 	return m.module == "" && len(m.test) > 0 && !strings.Contains(m.test[0], "internal/e2e") && !strings.Contains(m.test[0], "cmd/etcdsync")
+}
+
+// applies reports whether m's find text occurs exactly once in its file.
+func (m mutant) applies(root string) error {
+	src, err := os.ReadFile(filepath.Join(root, m.file))
+	if err != nil {
+		return fmt.Errorf("%s: mutant %q: %w", m.origin, m.name, err)
+	}
+	if n := strings.Count(string(src), m.find); n != 1 {
+		return fmt.Errorf("%s: mutant %q: find text occurs %d times in %s, want once (stale mutant)", m.origin, m.name, n, m.file)
+	}
+	return nil
 }
 
 // runOne applies m through an overlay and runs its test. The verdict is
