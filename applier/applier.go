@@ -114,12 +114,14 @@ func (a *Applier) Applied() Checkpoint {
 // terminal reports errors that retrying from the checkpoint cannot fix.
 func terminal(err error) bool {
 	return errors.Is(err, ErrMassDelete) || errors.Is(err, ErrTooLarge) ||
-		errors.Is(err, streams.ErrCorrupt) || errors.Is(err, ErrPromoted)
+		errors.Is(err, streams.ErrCorrupt) || errors.Is(err, ErrPromoted) ||
+		errors.Is(err, streams.ErrNewerFormat)
 }
 
 // Run applies the log until ctx is cancelled (returns nil) or an error that
-// needs an operator: ErrMassDelete, ErrTooLarge, ErrPromoted or a corrupt
-// message (streams.ErrCorrupt). A gap (ErrGap) or a revision of a history the
+// needs an operator: ErrMassDelete, ErrTooLarge, ErrPromoted, a corrupt
+// message (streams.ErrCorrupt) or one written by a newer etcdsync
+// (streams.ErrNewerFormat). A gap (ErrGap) or a revision of a history the
 // standby has no base of (ErrNoBase) re-seeds: the applier restarts from the
 // newest snapshot after its checkpoint, asking the publisher for one if the
 // stream holds none. A stream that ends before the checkpoint in the

@@ -2,6 +2,7 @@ package applier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -139,7 +140,7 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		a.nextSeq++
 		f, err := streams.DecodeFrame(m.Data)
 		if err != nil {
-			return nil, fmt.Errorf("decode message at seq %d: %w", m.Seq, err)
+			return nil, decodeError(m.Seq, err)
 		}
 		// Mirrors keep the origin's sequences, so the message before this
 		// one is m.Seq-1 on both sites.
@@ -161,13 +162,22 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		}
 		rec, done, err := a.asm.Add(f)
 		if err != nil {
-			return nil, fmt.Errorf("decode message at seq %d: %w", m.Seq, err)
+			return nil, decodeError(m.Seq, err)
 		}
 		if done {
 			recs = append(recs, record{Record: rec, seq: m.Seq, part: f.Part})
 		}
 	}
 	return recs, nil
+}
+
+// decodeError wraps a decoding error of the message at seq; one written by
+// a newer etcdsync says what to do about it.
+func decodeError(seq uint64, err error) error {
+	if errors.Is(err, streams.ErrNewerFormat) {
+		return fmt.Errorf("message at seq %d: %w: upgrade the applier", seq, err)
+	}
+	return fmt.Errorf("decode message at seq %d: %w", seq, err)
 }
 
 func (a *Applier) applyRecord(ctx context.Context, r *record) error {

@@ -86,5 +86,8 @@
 //     guarded by the checkpoint's mod revision. The auditor compares, and
 //     repairs, within that scope.
 //   - Corrupt messages stop the applier (errors wrap streams.ErrCorrupt)
-//     before anything of their batch is written.
+//     before anything of their batch is written. A message of a later
+//     frame or record version stops it the same way with "written by a
+//     newer etcdsync ...: upgrade the applier" (streams.ErrNewerFormat),
+//     which is not reported as corruption.
 package applier

@@ -44,6 +44,7 @@ func (p *Publisher) checkAcks(ctx context.Context, acks <-chan pending, stream j
 		case <-ctx.Done():
 			return nil
 		case ack := <-pa.fut.Ok():
+			p.writing()
 			if ack.Duplicate {
 				// Every session starts exactly at the tail it fenced, so
 				// this publisher never repeats a record of its own: a

@@ -44,6 +44,9 @@ type Publisher struct {
 	snapshotDone atomic.Int64
 	// forceReason, when set, makes the next session start a new generation.
 	forceReason string
+	// failing is why the last session ended, until the stream acknowledges
+	// a write again (nil: writes are acknowledged); see Ready.
+	failing atomic.Pointer[string]
 }
 
 // New validates cfg and returns a Publisher that reads from etcd and
@@ -71,6 +74,24 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 	return p, nil
 }
 
+// Ready returns nil while the publisher's writes are acknowledged, or why
+// they are not: the error that ended its last session (a full store or
+// disk, a stream limit, an unreachable etcd) until the stream acknowledges
+// a write again. /readyz reports it.
+func (p *Publisher) Ready() error {
+	if why := p.failing.Load(); why != nil {
+		return fmt.Errorf("not publishing: %s", *why)
+	}
+	return nil
+}
+
+// writing records that the stream acknowledged a write.
+func (p *Publisher) writing() {
+	if p.failing.Load() != nil {
+		p.failing.Store(nil)
+	}
+}
+
 // Published returns the last position acknowledged by the stream (zero
 // before the first acknowledgement).
 func (p *Publisher) Published() streams.Position {
@@ -81,8 +102,9 @@ func (p *Publisher) Published() streams.Position {
 }
 
 // Run publishes until ctx is cancelled (returns nil), the publisher is
-// fenced (returns an error wrapping ErrFenced), or the log stream is a
-// mirror (an error wrapping ErrMirrorStream). Every other error ends the
+// fenced (returns an error wrapping ErrFenced), the log stream is a
+// mirror (an error wrapping ErrMirrorStream), or its tail was written by a
+// newer etcdsync (streams.ErrNewerFormat). Every other error ends the
 // current session; the next one starts from the stream tail after a capped
 // exponential backoff.
 func (p *Publisher) Run(ctx context.Context) error {
@@ -103,6 +125,13 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if errors.Is(err, ErrFenced) || errors.Is(err, ErrMirrorStream) {
 			return err
 		}
+		if errors.Is(err, streams.ErrNewerFormat) {
+			// A newer publisher wrote the tail: resuming or starting a new
+			// generation over it would downgrade the log.
+			return fmt.Errorf("stream tail: %w: upgrade this publisher", err)
+		}
+		why := err.Error()
+		p.failing.Store(&why)
 		if errors.Is(err, errNewGeneration) {
 			p.log.Warn("source history broken, the next session starts a new generation", "err", err)
 			bo.Reset()
@@ -221,6 +250,7 @@ func (p *Publisher) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.writing()
 	p.forceReason = ""
 	p.metrics.generation.Set(float64(gen))
 	p.log.Info("publisher session started", "generation", gen, "resume_revision", resumeRev, "epoch_seq", epochSeq, "new_generation_reason", reason)

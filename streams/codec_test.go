@@ -60,7 +60,7 @@ func TestDecodeRecordErrors(t *testing.T) {
 		in   []byte
 	}{
 		{"empty", nil},
-		{"bad version", append([]byte{9}, b[1:]...)},
+		{"old version", append([]byte{1}, b[1:]...)},
 		{"bad kind", append([]byte{1, 77}, b[2:]...)},
 		{"truncated", b[:len(b)-3]},
 		{"trailing", append(append([]byte{}, b...), 0)},
@@ -344,7 +344,7 @@ func FuzzDecode(f *testing.F) {
 			if ring.Verify(fr, prev) == nil && !(prev == 5 && bytes.Equal(b, signed[0])) {
 				t.Fatalf("a mutated frame verified at prev seq %d", prev)
 			}
-		} else if !errors.Is(err, ErrCorrupt) {
+		} else if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNewerFormat) {
 			t.Fatalf("frame error does not wrap ErrCorrupt: %v", err)
 		}
 		// The same bytes as a payload behind a valid CRC reach the record
@@ -352,12 +352,12 @@ func FuzzDecode(f *testing.F) {
 		var a Assembler
 		if fr, err := DecodeFrame(AppendFrame(nil, Frame{Kind: KindRevision, Parts: 1, Payload: b}, nil, 0)); err != nil {
 			t.Fatalf("re-framed payload: %v", err)
-		} else if _, _, err := a.Add(fr); err != nil && !errors.Is(err, ErrCorrupt) {
+		} else if _, _, err := a.Add(fr); err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNewerFormat) {
 			t.Fatalf("assembler error does not wrap ErrCorrupt: %v", err)
 		}
 		rec, err := DecodeRecord(b)
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNewerFormat) {
 				t.Fatalf("record error does not wrap ErrCorrupt: %v", err)
 			}
 			return
@@ -388,4 +388,47 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// asVersion rewrites a frame's version byte to v and re-seals its CRC, as a
+// later etcdsync that keeps the magic and the trailing CRC would write it.
+func asVersion(frame []byte, v byte) []byte {
+	b := append([]byte{}, frame...)
+	b[2] = v
+	body := b[:len(b)-4]
+	return binary.BigEndian.AppendUint32(body, crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
+}
+
+// A frame or record of a later version is "written by a newer etcdsync",
+// not corrupt; an older one, or a version byte changed without its CRC, is
+// corrupt.
+func TestDecodeNewerVersion(t *testing.T) {
+	r := sampleRecord()
+	frames, err := SplitRecord(&r, 1<<20, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = DecodeFrame(asVersion(frames[0], frameVersion+1))
+	if !errors.Is(err, ErrNewerFormat) || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "written by a newer etcdsync (frame version 3") {
+		t.Fatalf("frame version 3: got %v, want ErrNewerFormat only", err)
+	}
+	if _, err := DecodeFrame(asVersion(frames[0], 1)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("frame version 1: got %v, want ErrCorrupt", err)
+	}
+	flipped := append([]byte{}, frames[0]...)
+	flipped[2] = frameVersion + 1
+	if _, err := DecodeFrame(flipped); !errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNewerFormat) {
+		t.Fatalf("version byte changed without its CRC: got %v, want ErrCorrupt", err)
+	}
+
+	rec := AppendRecord(nil, &r)
+	rec[0] = recordVersion + 1
+	var a Assembler
+	f, err := DecodeFrame(AppendFrame(nil, Frame{Kind: KindRevision, Parts: 1, Payload: rec}, nil, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Add(f); !errors.Is(err, ErrNewerFormat) || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("record version 3: got %v, want ErrNewerFormat only", err)
+	}
 }

@@ -47,6 +47,12 @@
 // ring rejects unsigned frames (ErrUnauthenticated); without one it reads
 // signed and unsigned frames alike.
 //
+// Every later version keeps the magic first and this CRC last, so a
+// reader tells a frame (or a record inside a checked frame) of a later
+// version from a corrupt one: it returns ErrNewerFormat, "written by a newer
+// etcdsync", and the applier and publisher stop and ask for an upgrade
+// rather than report corruption or start a new generation.
+//
 // Version 1 (CRC over the payload only, no flags, no MAC, no digests) is
 // not read. A publisher whose stream tail it cannot read or authenticate
 // starts a new generation with a snapshot after it, so upgrading is: stop

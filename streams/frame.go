@@ -60,7 +60,8 @@ func AppendFrame(dst []byte, f Frame, ring *KeyRing, prevSeq uint64) []byte {
 // DecodeFrame decodes one stream message body. The payload aliases b. The
 // CRC covers every byte of the frame, header included; the MAC, if any, is
 // only parsed here and checked by KeyRing.Verify, which needs the message's
-// position. Errors wrap ErrCorrupt and say what is wrong.
+// position. Errors wrap ErrCorrupt and say what is wrong, except a frame
+// of a later version than this etcdsync reads (ErrNewerFormat).
 func DecodeFrame(b []byte) (Frame, error) {
 	if len(b) < 5+2+4 {
 		return Frame{}, fmt.Errorf("%w: frame of %d bytes is shorter than its header", ErrCorrupt, len(b))
@@ -68,14 +69,19 @@ func DecodeFrame(b []byte) (Frame, error) {
 	if b[0] != frameMagic0 || b[1] != frameMagic1 {
 		return Frame{}, fmt.Errorf("%w: bad magic %q, not an etcdsync frame", ErrCorrupt, b[:2])
 	}
-	if b[2] != frameVersion {
-		return Frame{}, fmt.Errorf("%w: unsupported frame version %d (this etcdsync reads version %d: upgrade both sites together, see streams/doc.go)", ErrCorrupt, b[2], frameVersion)
-	}
 	// The checksum comes first: nothing of the header is trusted before it.
+	// Every frame version ends with this CRC over all bytes before it, so a
+	// frame of a later version is told from a corrupt one.
 	body := b[:len(b)-4]
 	sum := binary.BigEndian.Uint32(b[len(b)-4:])
 	if got := crc32.Checksum(body, castagnoli); got != sum {
 		return Frame{}, fmt.Errorf("%w: frame checksum mismatch (%d bytes): want %08x, got %08x", ErrCorrupt, len(b), sum, got)
+	}
+	if b[2] > frameVersion {
+		return Frame{}, fmt.Errorf("%w (frame version %d; this etcdsync reads version %d)", ErrNewerFormat, b[2], frameVersion)
+	}
+	if b[2] != frameVersion {
+		return Frame{}, fmt.Errorf("%w: unsupported frame version %d (this etcdsync reads version %d: upgrade both sites together, see streams/doc.go)", ErrCorrupt, b[2], frameVersion)
 	}
 	f := Frame{Kind: Kind(b[3])}
 	if !f.Kind.valid() {

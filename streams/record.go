@@ -10,6 +10,11 @@ import (
 // ErrCorrupt is wrapped by every decoding error.
 var ErrCorrupt = errors.New("corrupt message")
 
+// ErrNewerFormat is returned for a frame or record of a later version than
+// this etcdsync reads: written by a newer etcdsync, not corrupt. It does not
+// wrap ErrCorrupt; whoever reads it stops and asks for an upgrade.
+var ErrNewerFormat = errors.New("written by a newer etcdsync")
+
 // Kind is the kind of a log record.
 type Kind uint8
 
@@ -166,11 +171,14 @@ func appendBytes(dst, b []byte) []byte {
 const minEventSize = 9
 
 // DecodeRecord decodes a record encoded by AppendRecord. Byte slices of the
-// result alias b. Errors wrap ErrCorrupt.
+// result alias b. Errors wrap ErrCorrupt, or are ErrNewerFormat for a
+// record of a later version.
 func DecodeRecord(b []byte) (Record, error) {
 	d := decoder{b: b}
 	var r Record
-	if v := d.byte("record version"); d.err == nil && v != recordVersion {
+	if v := d.byte("record version"); d.err == nil && v > recordVersion {
+		return Record{}, fmt.Errorf("%w (record version %d; this etcdsync reads version %d)", ErrNewerFormat, v, recordVersion)
+	} else if d.err == nil && v != recordVersion {
 		return Record{}, fmt.Errorf("%w: unsupported record version %d", ErrCorrupt, v)
 	}
 	r.Kind = Kind(d.byte("kind"))

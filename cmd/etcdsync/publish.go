@@ -188,7 +188,10 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	log.Info("publisher starting", "etcd", o.etcd.endpoints, "nats", redactURL(natsURL), "stream", cfg.Stream.Name, "site", cfg.Stream.Site, "prefix", cfg.Prefix)
 	isFenced := func(err error) bool { return errors.Is(err, publisher.ErrFenced) }
-	err = runServed(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, o.elect.wrap(cmd, cfg.Stream.Name, cli, log, isFenced, pub.Run))
+	// /readyz fails while the stream does not acknowledge writes (a full
+	// store or disk, a stream limit), saying why.
+	ready := func(context.Context) error { return pub.Ready() }
+	err = runServedReady(ctx, log, o.metricsAddr, reg, []*nats.Conn{nc}, ready, o.elect.wrap(cmd, cfg.Stream.Name, cli, log, isFenced, pub.Run))
 	log.Info("publisher stopped", "position", pub.Published().String())
 	return err
 }
