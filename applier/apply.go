@@ -119,6 +119,9 @@ func (a *Applier) ApplyBatch(ctx context.Context, msgs []Msg) error {
 	if err != nil {
 		return err
 	}
+	if err := a.checkBatch(recs); err != nil {
+		return err
+	}
 	for i := range recs {
 		if err := a.applyRecord(ctx, &recs[i]); err != nil {
 			return err
@@ -169,6 +172,72 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		}
 	}
 	return recs, nil
+}
+
+// checkBatch finds, before anything of the batch is written, the records
+// that contradict the ones before them: a revision inside a snapshot that
+// has not ended, or a snapshot end that does not count what the snapshot
+// sent. It follows the snapshot state as applyRecord will and stops
+// following at the first record applyRecord would refuse for another
+// reason (a history the standby has no base of), which then returns that
+// error first. applyRecord keeps the same checks.
+func (a *Applier) checkBatch(recs []record) error {
+	w := &a.work
+	type snap struct {
+		clusterID, gen uint64
+		rev            int64
+		chunks, keys   uint64
+	}
+	var cur *snap
+	if s := w.Snapshot; s != nil {
+		cur = &snap{s.ClusterID, s.Generation, s.Revision, s.Chunks, s.Keys}
+	}
+	pos, reseed := w.Position, a.reseed
+	same := func(r *record) bool {
+		return cur != nil && cur.clusterID == r.ClusterID && cur.gen == r.Generation && cur.rev == r.Revision
+	}
+	for i := range recs {
+		r := &recs[i]
+		switch r.Kind {
+		case streams.KindEpoch:
+			pos.Seq = r.seq
+		case streams.KindRevision:
+			if cur != nil {
+				return fmt.Errorf("revision %d at seq %d arrived before snapshot at revision %d ended: %w", r.Revision, r.seq, cur.rev, streams.ErrCorrupt)
+			}
+			if pos.ClusterID != r.ClusterID || pos.Generation != r.Generation || pos.Seq == 0 {
+				return nil // ErrNoBase from applyRecord
+			}
+			pos.Revision, pos.Seq = max(pos.Revision, r.Revision), r.seq
+		case streams.KindSnapshotBegin:
+			if !reseed && cur == nil && pos.Seq != 0 && pos.ClusterID == r.ClusterID && pos.Generation == r.Generation && r.Revision <= pos.Revision {
+				continue // a periodic snapshot the standby is past
+			}
+			reseed = false
+			cur = &snap{clusterID: r.ClusterID, gen: r.Generation, rev: r.Revision}
+		case streams.KindSnapshotChunk:
+			if same(r) {
+				cur.chunks++
+				cur.keys += uint64(len(r.Events))
+			} else if cur == nil && (pos.ClusterID != r.ClusterID || pos.Generation != r.Generation || pos.Seq == 0) {
+				return nil // ErrNoBase from checkHistory
+			}
+		case streams.KindSnapshotEnd:
+			if !same(r) {
+				if cur == nil && (pos.ClusterID != r.ClusterID || pos.Generation != r.Generation || pos.Seq == 0) {
+					return nil // ErrNoBase from checkHistory
+				}
+				continue
+			}
+			if cur.chunks != r.Chunk || cur.keys != r.Keys {
+				return fmt.Errorf("snapshot at revision %d ended at seq %d with %d chunks and %d keys, applied %d chunks and %d keys: %w",
+					r.Revision, r.seq, r.Chunk, r.Keys, cur.chunks, cur.keys, streams.ErrCorrupt)
+			}
+			pos = streams.Position{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Seq: r.seq}
+			cur = nil
+		}
+	}
+	return nil
 }
 
 // decodeError wraps a decoding error of the message at seq; one written by
@@ -415,7 +484,11 @@ func (a *Applier) flush(ctx context.Context) error {
 		}
 	}
 	if alone {
-		if _, err := a.commit(ctx, a.txn.ops, ck.Position.Seq); err != nil {
+		_, err := a.commit(ctx, a.txn.ops, ck.Position.Seq)
+		if tooLarge(err) && a.txn.ops[0].IsPut() {
+			err = a.putUnguarded(ctx, a.txn.ops[0], ck.Position.Seq)
+		}
+		if err != nil {
 			if tooLarge(err) {
 				return a.stop(ctx, &TooLargeError{Key: a.txn.keys[0], Bytes: requestBytes(cmp + a.txn.bytes), Limit: a.cfg.MaxRequestBytes})
 			}
@@ -429,6 +502,24 @@ func (a *Applier) flush(ctx context.Context) error {
 	a.ckRev, a.ck = rev, ck
 	a.applied.Store(&ck)
 	a.txn.reset()
+	return nil
+}
+
+// putUnguarded writes a put that etcd refuses under the checkpoint compare
+// by itself: a plain put within a few dozen bytes of the request limit is
+// as large a request as the primary took, with no room for a compare. The
+// applier first proves, with an empty transaction under the compare, that
+// the checkpoint is still its own; the checkpoint advances in the
+// transaction after it (a crash in between re-applies the same value from
+// the checkpoint).
+func (a *Applier) putUnguarded(ctx context.Context, op clientv3.Op, seq uint64) error {
+	if _, err := a.commit(ctx, nil, seq); err != nil {
+		return err
+	}
+	if _, err := a.etcd.Do(ctx, op); err != nil {
+		return fmt.Errorf("apply put of key %q up to seq %d without the checkpoint compare: %w", op.KeyBytes(), seq, err)
+	}
+	a.metrics.unguardedPuts.Inc()
 	return nil
 }
 

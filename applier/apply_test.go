@@ -290,3 +290,69 @@ func TestStopRecordedThenCleared(t *testing.T) {
 		t.Errorf("checkpoint after the next transaction: %+v (%v), want revision 11 and no stop", ck, err)
 	}
 }
+
+// A batch whose records contradict each other (a revision inside an
+// unfinished snapshot, a snapshot end that does not count what was sent) is
+// corrupt, and nothing of it reaches the standby: neither the keys of the
+// records before the contradiction nor a moved checkpoint, even when
+// those records fill several transactions.
+func TestCorruptBatchWritesNothing(t *testing.T) {
+	chunk := func(rev int64) streams.Record {
+		r := streams.Record{Kind: streams.KindSnapshotChunk, Revision: rev}
+		for i := range 10 {
+			r.Events = append(r.Events, putEvent(fmt.Sprintf("/k/%02d", i), "v"))
+		}
+		return r
+	}
+	for _, tt := range []struct {
+		name string
+		recs []streams.Record
+		want string
+	}{
+		{"revision inside an unfinished snapshot", []streams.Record{
+			{Kind: streams.KindEpoch, Revision: 1},
+			{Kind: streams.KindSnapshotBegin, Revision: 5},
+			chunk(5),
+			revision(6, putEvent("/k/late", "v")),
+		}, "arrived before snapshot"},
+		{"snapshot end that does not count its chunks", []streams.Record{
+			{Kind: streams.KindSnapshotBegin, Revision: 5},
+			chunk(5),
+			{Kind: streams.KindSnapshotEnd, Revision: 5, Chunk: 2, Keys: 20},
+		}, "ended at seq"},
+		{"chunk then revision after the end of another snapshot", []streams.Record{
+			revision(2, putEvent("/k/a", "v")),
+			revision(3, putEvent("/k/b", "v")),
+			{Kind: streams.KindSnapshotBegin, Revision: 7},
+			chunk(7),
+			{Kind: streams.KindSnapshotEnd, Revision: 6, Chunk: 1, Keys: 10},
+			revision(8, putEvent("/k/c", "v")),
+		}, "arrived before snapshot"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := testenv.StartEtcd(t)
+			cfg := DefaultConfig()
+			cfg.MaxTxnOps = 4
+			a := newTestApplier(t, e.Client, cfg)
+			before, _, err := ReadCheckpoint(context.Background(), e.Client, cfg.checkpointKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = a.ApplyBatch(context.Background(), a.msgs(tt.recs...))
+			if !errors.Is(err, streams.ErrCorrupt) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("ApplyBatch: %v, want ErrCorrupt saying %q", err, tt.want)
+			}
+			resp, err := e.Client.Get(context.Background(), "/k/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, _, err := ReadCheckpoint(context.Background(), e.Client, cfg.checkpointKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Count != 0 || after.Position != before.Position || after.Snapshot != nil {
+				t.Errorf("corrupt batch wrote %d keys; checkpoint %s (snapshot %v), was %s", resp.Count, after.Position, after.Snapshot, before.Position)
+			}
+		})
+	}
+}

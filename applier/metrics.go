@@ -20,6 +20,7 @@ type metrics struct {
 	stopped    prometheus.Counter
 
 	unauthenticated prometheus.Counter
+	unguardedPuts   prometheus.Counter
 	// waitSeq and waitSnapshot say what the applier waits for.
 	waitSeq      prometheus.Gauge
 	waitSnapshot prometheus.Gauge
@@ -40,6 +41,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		stopped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_stopped_total", Help: "Times the applier stopped on an error that needs an operator or a re-seed."}),
 
 		unauthenticated: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_unauthenticated_messages_total", Help: "Log messages rejected because their MAC is missing, unknown or wrong for their position."}),
+		unguardedPuts: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_unguarded_puts_total",
+			Help: "Puts written without the checkpoint compare because etcd refused them with it (a value within a few dozen bytes of the request limit)."}),
 		waitSeq: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_waiting_for_stream_seq",
 			Help: "The stream sequence the applier waits for the stream to reach (its checkpoint's: a mirror refilling); 0 when not waiting for the stream."}),
 		waitSnapshot: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_waiting_for_snapshot",
@@ -47,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped,
-			m.unauthenticated, m.waitSeq, m.waitSnapshot)
+			m.unauthenticated, m.unguardedPuts, m.waitSeq, m.waitSnapshot)
 	}
 	return m
 }

@@ -32,12 +32,25 @@ func kubeWrite(ctx context.Context, cli *clientv3.Client, key, value string) err
 // deleted again.
 func largestKubeValue(t *testing.T, cli *clientv3.Client, key string) int {
 	t.Helper()
+	return largestValue(t, cli, key, kubeWrite)
+}
+
+// plainPut writes key with a plain put, the smallest request etcd takes.
+func plainPut(ctx context.Context, cli *clientv3.Client, key, value string) error {
+	_, err := cli.Put(ctx, key, value)
+	return err
+}
+
+// largestValue returns the largest value cli's etcd accepts when write
+// writes a key as long as key. The probe key is deleted again.
+func largestValue(t *testing.T, cli *clientv3.Client, key string, write func(context.Context, *clientv3.Client, string, string) error) int {
+	t.Helper()
 	ctx := context.Background()
 	probe := key[:len(key)-1] + "~"
 	lo, hi := 1<<20, 2<<20 // accepted, refused
 	for lo+1 < hi {
 		m := (lo + hi) / 2
-		if kubeWrite(ctx, cli, probe, strings.Repeat("v", m)) == nil {
+		if write(ctx, cli, probe, strings.Repeat("v", m)) == nil {
 			lo = m
 		} else {
 			hi = m
@@ -68,6 +81,26 @@ func TestValueAtRequestLimit(t *testing.T) {
 	put(t, p.primary.Client, "/registry/configmaps/default/after", "y")
 	p.waitConverged(rawRules(t), 60*time.Second)
 	t.Logf("a %d-byte value replicated", n)
+}
+
+// The largest value a plain put carries (the example: a
+// 1,572,824-byte value, a request with no room for the checkpoint compare)
+// replicates onto a standby with the same limit: written by itself after
+// the applier proves it still owns the checkpoint, which advances in the
+// next transaction. The revisions after it follow.
+func TestPlainPutAtRequestLimit(t *testing.T) {
+	const key = "/registry/secrets/a/big"
+	p := newPipeline(t)
+	n := largestValue(t, p.primary.Client, key, plainPut)
+	p.startPublisher(p.publisherConfig())
+	p.startApplier(rawApplierConfig(p))
+	put(t, p.primary.Client, "/registry/secrets/a/before", "x")
+	if err := plainPut(context.Background(), p.primary.Client, key, strings.Repeat("v", n)); err != nil {
+		t.Fatalf("primary refused a %d-byte value: %v", n, err)
+	}
+	put(t, p.primary.Client, "/registry/secrets/a/after", "y")
+	p.waitConverged(rawRules(t), 60*time.Second)
+	t.Logf("a %d-byte value in a plain put replicated", n)
 }
 
 // A value the standby cannot take in any transaction (its request limit is
