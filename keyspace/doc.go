@@ -35,10 +35,14 @@
 //  3. ExcludePrefixes;
 //  4. the kubernetes preset (kubernetes mode): compact_rev_key, every key
 //     outside the prefix, <prefix>/health, masterleases, peerserverleases,
-//     ranges, ipaddresses, servicecidrs, minions (nodes), csinodes,
-//     volumeattachments and events (each segment and everything under it),
-//     the default/kubernetes Service, Endpoints and EndpointSlice, and every
-//     ConfigMap named kube-root-ca.crt;
+//     ranges, ipaddresses, minions (nodes), csinodes, volumeattachments,
+//     resourceslices, certificatesigningrequests, podcertificaterequests
+//     and events (each segment and everything under it), the
+//     default/kubernetes Service, Endpoints and EndpointSlice, the default
+//     ServiceCIDR (servicecidrs/kubernetes; other ServiceCIDRs are user
+//     data and replicated), the kube-apiserver serving ClusterTrustBundles
+//     (clustertrustbundles/kubernetes.io:kube-apiserver-serving:*), and
+//     every ConfigMap named kube-root-ca.crt;
 //  5. ExcludeResources, matched against the parsed key;
 //  6. excluded namespaces: the preset's kube-system, kube-public and
 //     kube-node-lease, OwnNamespace (the namespace etcdsync runs in, from

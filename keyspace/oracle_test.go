@@ -166,14 +166,21 @@ func oracleAllowed(cfg Config, key []byte) bool {
 		firstSegment := strings.Split(k[len(root)+1:], "/")[0]
 		switch firstSegment {
 		case "health", "masterleases", "peerserverleases", "ranges", "ipaddresses",
-			"servicecidrs", "minions", "csinodes", "volumeattachments", "events":
+			"minions", "csinodes", "volumeattachments", "resourceslices",
+			"certificatesigningrequests", "podcertificaterequests", "events":
 			return false
 		}
 	}
 	switch k {
 	case root + "/services/specs/default/kubernetes",
 		root + "/services/endpoints/default/kubernetes",
-		root + "/endpointslices/default/kubernetes":
+		root + "/endpointslices/default/kubernetes",
+		root + "/servicecidrs/kubernetes":
+		return false
+	}
+	// The kube-apiserver serving ClusterTrustBundles: names start with the
+	// signer name, "/" written ":", then ":".
+	if strings.HasPrefix(k, root+"/clustertrustbundles/kubernetes.io:kube-apiserver-serving:") {
 		return false
 	}
 	if outcome == oracleMalformed {

@@ -159,6 +159,8 @@ func (r *Rules) decide(key []byte) decision {
 			hit = perr == parseOutside
 		case presetSubtree:
 			hit = bytes.Equal(key, rule.match) || bytes.HasPrefix(key, rule.sub)
+		case presetKeyPrefix:
+			hit = bytes.HasPrefix(key, rule.match)
 		case presetConfigMap:
 			hit = perr == parseOK && len(p.group) == 0 && len(p.namespace) > 0 &&
 				string(p.resource) == "configmaps" && bytes.Equal(p.name, rule.match)

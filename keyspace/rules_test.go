@@ -54,7 +54,17 @@ func TestRulesKubernetesDefault(t *testing.T) {
 		{"/registry/ranges/serviceips", false, "ranges"},
 		{"/registry/ranges/servicenodeports", false, "ranges"},
 		{"/registry/ipaddresses/10.96.0.1", false, "ipaddresses"},
-		{"/registry/servicecidrs/kubernetes", false, "servicecidrs"},
+		{"/registry/servicecidrs/kubernetes", false, `key "/registry/servicecidrs/kubernetes" excluded (preset kubernetes: the cluster's default ServiceCIDR`},
+		{"/registry/servicecidrs/user-range", true, "included"}, // user data a failover needs
+		{"/registry/servicecidrs/kubernetes-2", true, "included"},
+		{"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:7c3f9a", false,
+			`key starting with "/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:" excluded (preset kubernetes: each cluster's kube-apiserver serving CA bundle`},
+		{"/registry/clustertrustbundles/example.com:signer:abc", true, "included"},
+		{"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-client:abc", true, "included"},
+		{"/registry/resourceslices/node-1-gpu.example.com-x7k2p", false, `"/registry/resourceslices" and keys under it excluded (preset kubernetes: node-bound`},
+		{"/registry/certificatesigningrequests/csr-8x2kq", false, `"/registry/certificatesigningrequests" and keys under it excluded (preset kubernetes: node- and CA-bound`},
+		{"/registry/podcertificaterequests/app/req-web-0-abcde", false, `"/registry/podcertificaterequests" and keys under it excluded (preset kubernetes: node- and CA-bound`},
+		{"/registry/resourceclaims/app/gpu", true, "included"},
 		{"/registry/minions/node-1", false, "minions"},
 		{"/registry/csinodes/node-1", false, "csinodes"},
 		{"/registry/volumeattachments/csi-abc", false, "volumeattachments"},
@@ -335,6 +345,8 @@ func TestString(t *testing.T) {
 		`"/registry/health"`,
 		`"/registry/events"`,
 		`"/registry/services/specs/default/kubernetes"`,
+		`exclude key "/registry/servicecidrs/kubernetes"`,
+		`exclude every key starting with "/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:"`,
 		`"kube-root-ca.crt"`,
 		`exclude resource "cr.bar.com/foos" (config)`,
 		`exclude namespace "kube-system"`,
@@ -449,6 +461,15 @@ var scopeKeys = []string{
 	"/k8s/cluster-a/ingress/app/i", "/k8s/cluster-a/endpoints/app/e", "/k8s/cluster-a/services/endpoints/app/e",
 	"/services/specs/app/s", "/controllers/app/rc", "/nodes/n", "/cr.bar.com/foos/app/f", "/cr.bar.com/bars/app/f",
 	"/k8s/cluster-a/namespaces/etcdsync", "/namespaces/dr", "/k8s/cluster-a/deployments/cert-manager/d",
+	// Per-cluster objects among user data of the same resource.
+	"/registry/servicecidrs/kubernetes", "/registry/servicecidrs/user-range", "/registry/servicecidrs/kubernetes/x",
+	"/servicecidrs/kubernetes", "/k8s/cluster-a/servicecidrs/kubernetes", "/k8s/cluster-a/servicecidrs/app",
+	"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:abc", "/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:",
+	"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving", "/registry/clustertrustbundles/example.com:signer:abc",
+	"/k8s/cluster-a/clustertrustbundles/kubernetes.io:kube-apiserver-serving:abc", "/clustertrustbundles/kubernetes.io:kube-apiserver-serving:x/y",
+	// Node- and CA-bound resources.
+	"/registry/resourceslices/node-1-gpu", "/registry/certificatesigningrequests/csr-1", "/registry/podcertificaterequests/app/req",
+	"/k8s/cluster-a/podcertificaterequests/app/req", "/registry/resourceslicesx/s", "/registry/resourceclaims/app/c",
 }
 
 // FuzzAllowed compares Allowed and Explain with oracleAllowed, an
