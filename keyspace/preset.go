@@ -16,8 +16,8 @@ var presetNamespaces = []string{"kube-system", "kube-public", "kube-node-lease"}
 // why. Matched on the bytes, so malformed keys under them are excluded too.
 var presetSubtrees = []struct{ segment, why string }{
 	{"health", "apiserver health probe key"},
-	{"masterleases", "primary apiserver IPs; their etcd leases are not replicated"},
-	{"peerserverleases", "primary apiserver identities; their etcd leases are not replicated"},
+	{"masterleases", "the primary's apiserver IPs: replicated with their lease's remaining TTL and renewed by each primary write, they would put the primary's apiservers into the standby's default/kubernetes Endpoints"},
+	{"peerserverleases", "the primary's apiserver peer addresses: replicated with their lease's remaining TTL and renewed by each primary write, the standby's apiservers would proxy requests to the primary's"},
 	{"ranges", "per-cluster service IP and node port allocator state"},
 	{"ipaddresses", "per-cluster service IP allocator state"},
 	{"minions", "nodes belong to the cluster that runs them"},

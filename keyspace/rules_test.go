@@ -64,6 +64,8 @@ func TestRulesKubernetesDefault(t *testing.T) {
 		{"/registry/resourceslices/node-1-gpu.example.com-x7k2p", false, `"/registry/resourceslices" and keys under it excluded (preset kubernetes: node-bound`},
 		{"/registry/certificatesigningrequests/csr-8x2kq", false, `"/registry/certificatesigningrequests" and keys under it excluded (preset kubernetes: node- and CA-bound`},
 		{"/registry/podcertificaterequests/app/req-web-0-abcde", false, `"/registry/podcertificaterequests" and keys under it excluded (preset kubernetes: node- and CA-bound`},
+		{"/registry/masterleases/10.0.0.2", false, "the primary's apiserver IPs: replicated with their lease's remaining TTL"},
+		{"/registry/peerserverleases/apiserver-abc", false, "replicated with their lease's remaining TTL"},
 		{"/registry/resourceclaims/app/gpu", true, "included"},
 		{"/registry/minions/node-1", false, "minions"},
 		{"/registry/csinodes/node-1", false, "csinodes"},
