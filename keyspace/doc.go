@@ -59,16 +59,21 @@
 // A key under the prefix that does not have the shape above (an empty or
 // extra segment, a missing name, a non-UTF-8 byte, the prefix itself) is in
 // scope unless a prefix rule (1 to 4, which compare bytes) excludes it. Such
-// keys may be leftovers of removed APIs or another writer's data, and a
-// disaster-recovery copy must not silently lose data; the auditor still
-// compares them. Resource, namespace and ConfigMap-name rules never match
-// them.
+// keys may be leftovers of removed APIs or another writer's data (an
+// aggregated API server storing under its own --etcd-prefix inside the
+// prefix), and a disaster-recovery copy must not silently lose data; the
+// auditor still compares them. Resource, namespace and ConfigMap-name rules
+// never match them, so Rules.Check reports them as unparsed: the applier
+// counts them (etcdsync_applier_unparsed_keys_total) and the audit report
+// says how many it compared, for an operator to see them rather than find
+// an excluded namespace's objects among them replicated.
 //
 // # Invariants
 //
 //   - Rules are immutable after New and safe for concurrent use.
-//   - Allowed does not allocate and never panics on any bytes; Allowed(k)
-//     always equals the first result of Explain(k).
+//   - Allowed and Check do not allocate and never panic on any bytes;
+//     Allowed(k) always equals the first result of Explain(k) and of
+//     Check(k).
 //   - Keys are compared as bytes; prefixes are plain byte prefixes (include
 //     the trailing "/" to mean a directory).
 package keyspace

@@ -223,3 +223,18 @@ func oracleAllowed(cfg Config, key []byte) bool {
 	}
 	return true
 }
+
+// oracleUnparsed reports whether key, if in scope under cfg, is there
+// without parsing as a Kubernetes key: in kubernetes mode, under the
+// prefix, and malformed.
+func oracleUnparsed(cfg Config, key []byte) bool {
+	if cfg.Mode == "raw" {
+		return false
+	}
+	prefix := cfg.Prefix
+	if prefix == "" {
+		prefix = "/registry"
+	}
+	_, outcome := oracleParse(prefix, key)
+	return outcome == oracleMalformed
+}

@@ -109,6 +109,44 @@ func TestRulesKubernetesDefault(t *testing.T) {
 	}
 }
 
+// TestRulesCheckUnparsed: Check reports the keys in scope that do not
+// parse as Kubernetes keys, which no namespace or resource rule can
+// exclude, such as an aggregated API server's storage under its own
+// --etcd-prefix "/registry/<group>".
+func TestRulesCheckUnparsed(t *testing.T) {
+	kube := mustNew(t, Config{ExcludeNamespaces: []string{"app"}, ExcludePrefixes: []string{"/registry/old/"}})
+	raw := mustNew(t, Config{Mode: ModeRaw})
+	tests := []struct {
+		r                 *Rules
+		key               string
+		allowed, unparsed bool
+	}{
+		{kube, "/registry/pods/ns/p", true, false},
+		{kube, "/registry/cr.bar.com/foos/ns/f", true, false},
+		{kube, "/registry/wardle.example.com/wardle.example.com/flunders/app/f", true, true}, // namespace "app" not seen
+		{kube, "/registry/pods/app/p/x", true, true},
+		{kube, "/registry//x", true, true},
+		{kube, "/registry", true, true},
+		{kube, "/registry/pods/ns/\xff", true, true},
+		{kube, "/registry/pods/app/p", false, false},
+		{kube, "/registry/old/a/b/c/d", false, false},  // excluded by a prefix rule
+		{kube, "/registry/events/a/b/c", false, false}, // excluded by the preset
+		{kube, "/wardle/flunders/app/f", false, false}, // outside the prefix
+		{kube, "/etcdsync/checkpoint/X", false, false},
+		{raw, "/registry//x", true, false},
+		{raw, "anything", true, false},
+	}
+	for _, tt := range tests {
+		allowed, unparsed := tt.r.Check([]byte(tt.key))
+		if allowed != tt.allowed || unparsed != tt.unparsed {
+			t.Errorf("Check(%q) = %v, %v; want %v, %v", tt.key, allowed, unparsed, tt.allowed, tt.unparsed)
+		}
+	}
+	if s := kube.String(); !strings.Contains(s, "keys that do not parse as Kubernetes keys") || !strings.Contains(s, "the applier and the auditor count them") {
+		t.Errorf("String() does not say that keys that do not parse are counted:\n%s", s)
+	}
+}
+
 func TestRulesConfigured(t *testing.T) {
 	r := mustNew(t, Config{
 		Prefix:            "/k8s/",
@@ -400,6 +438,9 @@ func TestAllowedDoesNotAllocate(t *testing.T) {
 			if n := testing.AllocsPerRun(100, func() { r.Allowed(k) }); n != 0 {
 				t.Errorf("Allowed(%q) allocates %v times per call, want 0", k, n)
 			}
+			if n := testing.AllocsPerRun(100, func() { r.Check(k) }); n != 0 {
+				t.Errorf("Check(%q) allocates %v times per call, want 0", k, n)
+			}
 		}
 	}
 }
@@ -495,6 +536,10 @@ func FuzzAllowed(f *testing.F) {
 			}
 			if ok, reason := r.Explain(key); ok != want || reason == "" {
 				t.Fatalf("config %d: Explain(%q) = %v, %q; oracle says %v", i, key, ok, reason, want)
+			}
+			wantUnparsed := want && oracleUnparsed(cfgs[i], key)
+			if ok, unparsed := r.Check(key); ok != want || unparsed != wantUnparsed {
+				t.Fatalf("config %d: Check(%q) = %v, %v; oracle says %v, %v", i, key, ok, unparsed, want, wantUnparsed)
 			}
 		}
 	})
