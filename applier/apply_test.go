@@ -324,22 +324,23 @@ func TestUnparsedKeysCounted(t *testing.T) {
 	a.apply(revision(10,
 		putEvent("/registry/configmaps/web/c", "v"), // parses
 		putEvent(aggregated, "v1"),
-		putEvent("/registry/configmaps/app/c", "v"), // excluded
+		putEvent("/registry/configmaps/app/c", "v"),                                 // excluded
+		putEvent("/registry/wardle.example.com/wardle.example.com/fischers/f", "v"), // cluster-scoped, also not a Kubernetes key
 	), revision(11, putEvent(aggregated, "v2"))) // one operation for the key in the transaction
 	if resp, err := e.Client.Get(ctx, aggregated); err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v2" {
 		t.Fatalf("the unparsed key on the standby: %v %v", resp, err)
 	}
-	if got := a.unparsedCount(); got != 1 {
-		t.Errorf("after puts: %v unparsed keys counted, want 1", got)
+	if got := a.unparsedCount(); got != 2 {
+		t.Errorf("after puts: %v unparsed keys counted, want 2", got)
 	}
 	a.apply(revision(12, streams.Event{Type: streams.EventDelete, Key: []byte(aggregated)}))
-	if got := a.unparsedCount(); got != 2 {
-		t.Errorf("after a delete: %v unparsed keys counted, want 2", got)
-	}
-	// A snapshot deletes the standby's unparsed key it does not hold.
-	a.apply(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 13}, streams.Record{Kind: streams.KindSnapshotEnd, Revision: 13})
 	if got := a.unparsedCount(); got != 3 {
-		t.Errorf("after a snapshot deleting one: %v unparsed keys counted, want 3", got)
+		t.Errorf("after a delete: %v unparsed keys counted, want 3", got)
+	}
+	// A snapshot deletes the standby's unparsed keys it does not hold.
+	a.apply(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 13}, streams.Record{Kind: streams.KindSnapshotEnd, Revision: 13})
+	if got := a.unparsedCount(); got != 5 {
+		t.Errorf("after a snapshot deleting two: %v unparsed keys counted, want 5", got)
 	}
 	resp, err := e.Client.Get(ctx, "/registry/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {

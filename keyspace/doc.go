@@ -12,10 +12,12 @@
 //	<prefix>/<group>/<resource>/[<namespace>/]<name>   CRDs, custom resources, APIServices, ...
 //
 // A group always contains a dot and a built-in storage segment never does,
-// so a dot in the first segment means "grouped". Names never contain "/",
-// so two segments after the resource mean namespaced and one means
-// cluster-scoped. Built-in storage segments that differ from the resource
-// name are "minions" (nodes), "controllers" (replicationcontrollers),
+// so a dot in the first segment means "grouped"; a resource never contains
+// one (an aggregated API server with its own --etcd-prefix
+// "<prefix>/<group>" stores "<prefix>/<group>/<group>/<resource>/...",
+// which does not parse). Names never contain "/", so two segments after the
+// resource mean namespaced and one means cluster-scoped. Built-in storage
+// segments that differ from the resource name are "minions" (nodes), "controllers" (replicationcontrollers),
 // "ingress" (ingresses), "services/specs" (services) and
 // "services/endpoints" (endpoints); Parse reports the API resource name and
 // ExcludeResources accepts either. Parse never reports a group for built-in

@@ -28,7 +28,7 @@ const (
 //	<internal>/[<namespace>/]<name>                masterleases, peerserverleases, ranges, health
 //	services/specs/[<namespace>/]<name>            resource "services"
 //	services/endpoints/[<namespace>/]<name>        resource "endpoints"
-//	<group with a dot>/<resource>/[<namespace>/]<name>
+//	<group with a dot>/<resource without a dot>/[<namespace>/]<name>
 //	<segment>/[<namespace>/]<name>                 resource named after the segment,
 //	                                               except minions, controllers and ingress
 //
@@ -79,7 +79,7 @@ func oracleParse(prefix string, key []byte) (Key, oracleOutcome) {
 		}
 		objectPath = segs[2:]
 	case strings.Contains(first, "."):
-		if len(segs) < 2 {
+		if len(segs) < 2 || strings.Contains(segs[1], ".") {
 			return Key{}, oracleMalformed
 		}
 		out.Group, out.Resource = first, segs[1]

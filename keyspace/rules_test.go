@@ -124,6 +124,8 @@ func TestRulesCheckUnparsed(t *testing.T) {
 		{kube, "/registry/pods/ns/p", true, false},
 		{kube, "/registry/cr.bar.com/foos/ns/f", true, false},
 		{kube, "/registry/wardle.example.com/wardle.example.com/flunders/app/f", true, true}, // namespace "app" not seen
+		{kube, "/registry/wardle.example.com/wardle.example.com/fischers/f", true, true},     // not namespace "fischers"
+		{kube, "/registry/wardle.example.com/wardle.example.com/app/f", true, true},          // not namespace "app"
 		{kube, "/registry/pods/app/p/x", true, true},
 		{kube, "/registry//x", true, true},
 		{kube, "/registry", true, true},
@@ -504,6 +506,10 @@ var scopeKeys = []string{
 	"/k8s/cluster-a/ingress/app/i", "/k8s/cluster-a/endpoints/app/e", "/k8s/cluster-a/services/endpoints/app/e",
 	"/services/specs/app/s", "/controllers/app/rc", "/nodes/n", "/cr.bar.com/foos/app/f", "/cr.bar.com/bars/app/f",
 	"/k8s/cluster-a/namespaces/etcdsync", "/namespaces/dr", "/k8s/cluster-a/deployments/cert-manager/d",
+	// An aggregated API server's keys under its own --etcd-prefix
+	// "<prefix>/<group>": "<group>/<resource>/[<namespace>/]<name>".
+	"/registry/wardle.example.com/wardle.example.com/flunders/app/f", "/registry/wardle.example.com/wardle.example.com/kube-system/f",
+	"/k8s/cluster-a/w.example.com/w.example.com/cpaas-system/f", "/k8s/cluster-a/cr.bar.com/foos.x/app/f",
 	// Per-cluster objects among user data of the same resource.
 	"/registry/servicecidrs/kubernetes", "/registry/servicecidrs/user-range", "/registry/servicecidrs/kubernetes/x",
 	"/servicecidrs/kubernetes", "/k8s/cluster-a/servicecidrs/kubernetes", "/k8s/cluster-a/servicecidrs/app",
