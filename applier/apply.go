@@ -35,12 +35,15 @@ type txnBuilder struct {
 	idx   map[string]int
 	bytes int // request bytes of ops
 	revs  int // revisions completed in this transaction
+	// unparsed counts the ops whose key does not parse as a Kubernetes key
+	// (keyspace.Rules.Check).
+	unparsed int
 }
 
 func (b *txnBuilder) reset() {
 	b.ops, b.keys, b.sizes = b.ops[:0], b.keys[:0], b.sizes[:0]
 	clear(b.idx)
-	b.bytes, b.revs = 0, 0
+	b.bytes, b.revs, b.unparsed = 0, 0, 0
 }
 
 // cost returns the operations and the request bytes that the events the
@@ -360,11 +363,12 @@ func (a *Applier) addEvents(ctx context.Context, r *record) error {
 	}
 	for i := from; i < len(r.Events); i++ {
 		e := &r.Events[i]
-		if !a.rules.Allowed(e.Key) {
+		allowed, unparsed := a.rules.Check(e.Key)
+		if !allowed {
 			continue
 		}
 		a.work.Partial = &Partial{Seq: r.seq, Events: i}
-		err := a.add(ctx, e)
+		err := a.add(ctx, e, unparsed)
 		if err != nil {
 			return err
 		}
@@ -396,7 +400,7 @@ func (a *Applier) startRevision(ctx context.Context, r *record) error {
 // first when it is full. A later write of a key already in the transaction
 // replaces the earlier one, unless its size would take the transaction over
 // its budget: then the transaction is flushed first.
-func (a *Applier) add(ctx context.Context, e *streams.Event) error {
+func (a *Applier) add(ctx context.Context, e *streams.Event, unparsed bool) error {
 	var op clientv3.Op
 	var lease clientv3.LeaseID
 	switch {
@@ -437,6 +441,9 @@ func (a *Applier) add(ctx context.Context, e *streams.Event) error {
 	a.txn.keys = append(a.txn.keys, string(e.Key))
 	a.txn.sizes = append(a.txn.sizes, size)
 	a.txn.bytes += size
+	if unparsed {
+		a.txn.unparsed++
+	}
 	return nil
 }
 
@@ -498,7 +505,7 @@ func (a *Applier) flush(ctx context.Context) error {
 			return err
 		}
 	}
-	a.metrics.observeTxn(time.Since(start), len(a.txn.ops), a.txn.revs, ck)
+	a.metrics.observeTxn(time.Since(start), len(a.txn.ops), a.txn.unparsed, a.txn.revs, ck)
 	a.ckRev, a.ck = rev, ck
 	a.applied.Store(&ck)
 	a.txn.reset()

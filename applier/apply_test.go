@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -354,5 +355,68 @@ func TestCorruptBatchWritesNothing(t *testing.T) {
 				t.Errorf("corrupt batch wrote %d keys; checkpoint %s (snapshot %v), was %s", resp.Count, after.Position, after.Snapshot, before.Position)
 			}
 		})
+	}
+}
+
+// unparsedCount reads etcdsync_applier_unparsed_keys_total.
+func (a *testApplier) unparsedCount() float64 {
+	a.t.Helper()
+	var m dto.Metric
+	if err := a.metrics.unparsed.Write(&m); err != nil {
+		a.t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// TestUnparsedKeysCounted: keys that do not parse as Kubernetes keys, to
+// which no namespace or resource rule applies (an aggregated API server
+// storing under its own --etcd-prefix "/registry/<group>"), are replicated
+// and every operation on one is counted in
+// etcdsync_applier_unparsed_keys_total, for an operator to see them.
+func TestUnparsedKeysCounted(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a := newTestApplier(t, e.Client, DefaultConfig())
+	rules, err := keyspace.New(keyspace.Config{ExcludeNamespaces: []string{"app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.rules = rules
+	const aggregated = "/registry/wardle.example.com/wardle.example.com/flunders/app/f" // namespace "app" is not seen
+	ctx := context.Background()
+	if _, err := e.Client.Put(ctx, "/registry/pods/web/p/x", "the standby's"); err != nil {
+		t.Fatal(err)
+	}
+
+	a.apply(revision(10,
+		putEvent("/registry/configmaps/web/c", "v"), // parses
+		putEvent(aggregated, "v1"),
+		putEvent("/registry/configmaps/app/c", "v"),                                 // excluded
+		putEvent("/registry/wardle.example.com/wardle.example.com/fischers/f", "v"), // cluster-scoped, also not a Kubernetes key
+	), revision(11, putEvent(aggregated, "v2"))) // one operation for the key in the transaction
+	if resp, err := e.Client.Get(ctx, aggregated); err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v2" {
+		t.Fatalf("the unparsed key on the standby: %v %v", resp, err)
+	}
+	if got := a.unparsedCount(); got != 2 {
+		t.Errorf("after puts: %v unparsed keys counted, want 2", got)
+	}
+	a.apply(revision(12, streams.Event{Type: streams.EventDelete, Key: []byte(aggregated)}))
+	if got := a.unparsedCount(); got != 3 {
+		t.Errorf("after a delete: %v unparsed keys counted, want 3", got)
+	}
+	// A snapshot deletes the standby's unparsed keys it does not hold.
+	a.apply(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 13}, streams.Record{Kind: streams.KindSnapshotEnd, Revision: 13})
+	if got := a.unparsedCount(); got != 5 {
+		t.Errorf("after a snapshot deleting two: %v unparsed keys counted, want 5", got)
+	}
+	resp, err := e.Client.Get(ctx, "/registry/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, kv := range resp.Kvs {
+		keys = append(keys, string(kv.Key))
+	}
+	if len(keys) != 0 {
+		t.Errorf("standby keys after the snapshot: %q, want none", keys)
 	}
 }

@@ -9,6 +9,7 @@ import (
 type metrics struct {
 	revisions  prometheus.Counter
 	ops        prometheus.Counter
+	unparsed   prometheus.Counter
 	txns       prometheus.Histogram
 	checkpoint prometheus.Gauge
 	lag        prometheus.Gauge
@@ -28,8 +29,10 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		revisions:  prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_revisions_total", Help: "Source revisions applied to the standby."}),
-		ops:        prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_keys_total", Help: "Key operations (puts and deletes) written to the standby."}),
+		revisions: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_revisions_total", Help: "Source revisions applied to the standby."}),
+		ops:       prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_keys_total", Help: "Key operations (puts and deletes) written to the standby."}),
+		unparsed: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_unparsed_keys_total",
+			Help: "Key operations written to the standby whose key does not parse as a Kubernetes key (kubernetes keyspace): in scope by the prefix rules alone, no namespace or resource exclusion applies to them, e.g. an aggregated API server storing under its own --etcd-prefix inside the prefix."}),
 		txns:       prometheus.NewHistogram(prometheus.HistogramOpts{Name: "etcdsync_applier_txn_duration_seconds", Help: "Latency of standby transactions.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		checkpoint: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_checkpoint_revision", Help: "Source revision of the standby's checkpoint."}),
 		lag:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_lag_seconds", Help: "Apply time minus the time the publisher observed the last applied revision; while messages wait, now minus that time."}),
@@ -49,15 +52,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "1 while the applier waits for a snapshot it can re-seed from (none in the stream, or only ones older than its checkpoint), else 0."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.ops, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped,
+		reg.MustRegister(m.revisions, m.ops, m.unparsed, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped,
 			m.unauthenticated, m.unguardedPuts, m.waitSeq, m.waitSnapshot)
 	}
 	return m
 }
 
-func (m *metrics) observeTxn(d time.Duration, ops, revs int, ck Checkpoint) {
+// observeTxn records a committed transaction of ops key operations,
+// unparsed of them on keys that do not parse, completing revs revisions.
+func (m *metrics) observeTxn(d time.Duration, ops, unparsed, revs int, ck Checkpoint) {
 	m.txns.Observe(d.Seconds())
 	m.ops.Add(float64(ops))
+	m.unparsed.Add(float64(unparsed))
 	m.revisions.Add(float64(revs))
 	m.checkpoint.Set(float64(ck.Position.Revision))
 	if !ck.SourceTime.IsZero() {

@@ -56,3 +56,23 @@ func TestScopeFingerprint(t *testing.T) {
 		t.Errorf("preset version does not depend on the etcd prefix")
 	}
 }
+
+// TestPresetVersion pins the kubernetes preset's version, which the
+// applier records with its scope: a preset that excludes other keys must
+// have another version, so that an auditor of one etcdsync version reports
+// the difference with an applier of another (and refuses to repair)
+// rather than compare other keys silently. Change the value with the
+// preset, never alone.
+func TestPresetVersion(t *testing.T) {
+	rec, err := applier.NewScopeRecord(keyspace.Config{}, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1f040c731394fcea: before resourceslices, certificatesigningrequests,
+	// podcertificaterequests, the kube-apiserver serving ClusterTrustBundles
+	// and only the default ServiceCIDR.
+	const want = "0fdde943da2aabc1"
+	if rec.PresetVersion != want {
+		t.Errorf("preset version %s, want %s: a changed preset must change the pinned version (and say what changed)", rec.PresetVersion, want)
+	}
+}

@@ -97,7 +97,8 @@ func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
 	}
 	// Step 3: delete them, then move the position to the snapshot.
 	for _, k := range stale {
-		if err := a.add(ctx, &streams.Event{Type: streams.EventDelete, Key: k}); err != nil {
+		_, unparsed := a.rules.Check(k)
+		if err := a.add(ctx, &streams.Event{Type: streams.EventDelete, Key: k}, unparsed); err != nil {
 			return err
 		}
 	}

@@ -214,6 +214,8 @@ type side struct {
 	page []*mvccpb.KeyValue
 	cur  *mvccpb.KeyValue // nil at the end
 	n    int64            // in-scope keys seen
+	// unparsed is whether cur does not parse as a Kubernetes key.
+	unparsed bool
 }
 
 // next advances to the next in-scope key; cur is nil at the end.
@@ -223,8 +225,8 @@ func (s *side) next(ctx context.Context) error {
 			kv := s.page[0]
 			s.page[0] = nil // let the page go as it is consumed
 			s.page = s.page[1:]
-			if s.sc.inScope(kv.Key) {
-				s.cur = kv
+			if in, unparsed := s.sc.check(kv.Key); in {
+				s.cur, s.unparsed = kv, unparsed
 				s.n++
 				return nil
 			}
@@ -264,6 +266,12 @@ func (a *Auditor) merge(ctx context.Context, rep *Report, sc *scope, primary, st
 			cmp = bytes.Compare(p.cur.Key, s.cur.Key)
 		}
 		rep.Compared++
+		switch {
+		case cmp > 0 && s.unparsed:
+			rep.Unparsed.add(s.cur.Key)
+		case cmp <= 0 && p.unparsed:
+			rep.Unparsed.add(p.cur.Key)
+		}
 		var err error
 		switch {
 		case cmp < 0:

@@ -173,7 +173,9 @@
 //
 // CheckHandler serves the last report (/check). Metrics, registered on the
 // Registerer given to New: etcdsync_auditor_keys{state="missed|surplus|mismatched"},
-// etcdsync_auditor_keys_compared, etcdsync_auditor_last_run_timestamp_seconds,
+// etcdsync_auditor_keys_compared, etcdsync_auditor_unparsed_keys (of those,
+// the keys that do not parse as Kubernetes keys, which the report names),
+// etcdsync_auditor_last_run_timestamp_seconds,
 // etcdsync_auditor_last_run_duration_seconds, etcdsync_auditor_errors_total
 // (audits that could not complete, re-seeding excluded, and reports not
 // published), etcdsync_auditor_reseeding and

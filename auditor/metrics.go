@@ -11,6 +11,7 @@ type metrics struct {
 	lastRun   prometheus.Gauge
 	duration  prometheus.Gauge
 	compared  prometheus.Gauge
+	unparsed  prometheus.Gauge
 	errors    prometheus.Counter
 	repaired  prometheus.Counter
 	reseeding prometheus.Gauge
@@ -26,6 +27,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Duration of the last completed audit."}),
 		compared: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_auditor_keys_compared",
 			Help: "In-scope keys compared by the last completed audit."}),
+		unparsed: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_auditor_unparsed_keys",
+			Help: "In-scope keys compared by the last completed audit that do not parse as Kubernetes keys (kubernetes keyspace): in scope by the prefix rules alone, no namespace or resource exclusion applies to them."}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_auditor_errors_total",
 			Help: "Audits that could not complete, and reports whose drift events could not be published."}),
 		repaired: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_auditor_repaired_keys_total",
@@ -37,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.keys.WithLabelValues(string(st))
 	}
 	if reg != nil {
-		reg.MustRegister(m.keys, m.lastRun, m.duration, m.compared, m.errors, m.repaired, m.reseeding)
+		reg.MustRegister(m.keys, m.lastRun, m.duration, m.compared, m.unparsed, m.errors, m.repaired, m.reseeding)
 	}
 	return m
 }
@@ -49,4 +52,5 @@ func (m *metrics) observe(rep *Report, start time.Time) {
 	m.lastRun.Set(float64(start.UnixNano()) / 1e9)
 	m.duration.Set(rep.DurationSeconds)
 	m.compared.Set(float64(rep.Compared))
+	m.unparsed.Set(float64(rep.Unparsed.Count))
 }

@@ -131,6 +131,10 @@ type Report struct {
 	Compared    int64 `json:"keys_compared"`
 	PrimaryKeys int64 `json:"primary_keys"`
 	StandbyKeys int64 `json:"standby_keys"`
+	// Unparsed counts and names the first of the compared keys that do not
+	// parse as Kubernetes keys (keyspace.Rules.Check): in scope by the
+	// prefix rules alone, whatever their namespace.
+	Unparsed UnparsedKeys `json:"unparsed"`
 	// Consistent is true when nothing drifted.
 	Consistent bool `json:"consistent"`
 	// Missed, Surplus and Mismatched count and list the drifted keys.
@@ -145,6 +149,23 @@ type Report struct {
 	// tracked are the first Config.MaxTrackedKeys drifted keys of every
 	// state, in key order, for events and Repair (not serialized).
 	tracked []KeyDrift
+}
+
+// UnparsedKeys counts the compared keys that do not parse as Kubernetes
+// keys and lists the first maxUnparsedKeys of them.
+type UnparsedKeys struct {
+	Count     int64    `json:"count"`
+	FirstKeys []string `json:"first_keys,omitempty"`
+}
+
+// maxUnparsedKeys bounds UnparsedKeys.FirstKeys.
+const maxUnparsedKeys = 5
+
+func (u *UnparsedKeys) add(key []byte) {
+	u.Count++
+	if len(u.FirstKeys) < maxUnparsedKeys {
+		u.FirstKeys = append(u.FirstKeys, string(key))
+	}
 }
 
 // Drifted returns the number of drifted keys.
@@ -245,6 +266,16 @@ func (r *Report) WriteText(w io.Writer) error {
 		prefix = "keys under " + strconv.Quote(r.Prefix)
 	}
 	fmt.Fprintf(&b, "compared: %d in-scope keys (%s; primary %d, standby %d)\n", r.Compared, prefix, r.PrimaryKeys, r.StandbyKeys)
+	if u := r.Unparsed; u.Count > 0 {
+		fmt.Fprintf(&b, "warning: %d of them do not parse as Kubernetes keys (an aggregated API server storing under its own --etcd-prefix inside the prefix?):\n"+
+			"  only the prefix rules decide them, no namespace or resource exclusion applies; exclude them with --exclude-prefix if they must not be replicated\n", u.Count)
+		for _, k := range u.FirstKeys {
+			fmt.Fprintf(&b, "  %s\n", printable(k))
+		}
+		if n := u.Count - int64(len(u.FirstKeys)); n > 0 {
+			fmt.Fprintf(&b, "  ... and %d more\n", n)
+		}
+	}
 	r.Scope.writeText(&b)
 	if r.Consistent {
 		fmt.Fprintf(&b, "result: CONSISTENT at source revision %d (standby revision %d), no drift\n", r.SourceRevision, r.StandbyRevision)

@@ -74,6 +74,15 @@ func (s *scope) inScope(key []byte) bool {
 	return s.rules.Allowed(key) && bytes.HasPrefix(key, []byte(s.prefix))
 }
 
+// check reports, like inScope, whether key is compared, and whether it is
+// compared without parsing as a Kubernetes key (keyspace.Rules.Check).
+func (s *scope) check(key []byte) (in, unparsed bool) {
+	if !bytes.HasPrefix(key, []byte(s.prefix)) {
+		return false, false
+	}
+	return s.rules.Check(key)
+}
+
 // keyRange returns the range of keys compared: the publisher's prefix, or
 // every key.
 func (s *scope) keyRange() (start, end string) {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/auditor"
 	"github.com/etcdsync/etcdsync/internal/testenv"
@@ -165,5 +167,50 @@ func TestAuditWarnsUnknownNamespace(t *testing.T) {
 	}
 	if w := `warning: excluded namespace "cpaas-sytem" exists on neither side: a typo?`; !strings.Contains(text.String(), w) {
 		t.Errorf("text report lacks %q:\n%s", w, text.String())
+	}
+}
+
+// TestAuditCountsUnparsedKeys: the compared keys that do not parse as
+// Kubernetes keys, to which no namespace or resource exclusion applies (an
+// aggregated API server storing under its own --etcd-prefix
+// "/registry/<group>"), are counted once each, on either side, named in
+// the report and set in etcdsync_auditor_unparsed_keys.
+func TestAuditCountsUnparsedKeys(t *testing.T) {
+	e := newEnv(t, false)
+	e.scope.ExcludeNamespaces = []string{"app"}
+	const aggregated = "/registry/wardle.example.com/wardle.example.com/flunders/app/f" // namespace "app" is not seen
+	e.copyKeys(map[string]string{
+		"/registry/configmaps/web/c": "v", // parses
+		"/registry/configmaps/app/c": "v", // excluded
+		aggregated:                   "v", // on both sides: counted once
+		"/registry/pods/web/p/x":     "v",
+		"/other/app/x":               "v", // outside the prefix: excluded
+	})
+	put(t, e.standby.Client, "/registry//standby-only", "v") // surplus
+	put(t, e.primary.Client, "/registry/pods/web/p/y", "v")  // missed
+	e.writeCheckpoint(put(t, e.primary.Client, "/registry/configmaps/web/d", "v"), nil)
+	reg := prometheus.NewRegistry()
+	rep, err := e.auditor(e.config(), reg).Audit(testenv.Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/registry//standby-only", "/registry/pods/web/p/x", "/registry/pods/web/p/y", aggregated}
+	if rep.Unparsed.Count != 4 || !slices.Equal(rep.Unparsed.FirstKeys, want) {
+		t.Errorf("unparsed keys: %d %q, want %d %q", rep.Unparsed.Count, rep.Unparsed.FirstKeys, len(want), want)
+	}
+	if rep.Compared != 6 || rep.Missed.Count != 2 || rep.Surplus.Count != 1 {
+		t.Errorf("report: compared %d, %s", rep.Compared, fmtKeys(rep))
+	}
+	var text strings.Builder
+	if err := rep.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"warning: 4 of them do not parse as Kubernetes keys", "no namespace or resource exclusion applies", "  " + aggregated + "\n"} {
+		if !strings.Contains(text.String(), w) {
+			t.Errorf("report lacks %q:\n%s", w, text.String())
+		}
+	}
+	if v := gauge(t, reg, "etcdsync_auditor_unparsed_keys"); v != 4 {
+		t.Errorf("etcdsync_auditor_unparsed_keys = %v, want 4", v)
 	}
 }

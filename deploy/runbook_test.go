@@ -22,7 +22,7 @@ var (
 // kube-apiserver, kube-controller-manager, go) the runbook names.
 var otherToolFlags = map[string]bool{
 	"controllers": true, "encryption-provider-config": true, "service-account-key-file": true,
-	"service-account-signing-key-file": true, "max-request-bytes": true, "help": true,
+	"service-account-signing-key-file": true, "service-account-private-key-file": true, "max-request-bytes": true, "help": true,
 	"create-namespace": true, "from-file": true, "raw": true, "replicas": true, "config": true,
 	"etcd-prefix": true, "install": true,
 }

@@ -28,7 +28,7 @@ const (
 //	<internal>/[<namespace>/]<name>                masterleases, peerserverleases, ranges, health
 //	services/specs/[<namespace>/]<name>            resource "services"
 //	services/endpoints/[<namespace>/]<name>        resource "endpoints"
-//	<group with a dot>/<resource>/[<namespace>/]<name>
+//	<group with a dot>/<resource without a dot>/[<namespace>/]<name>
 //	<segment>/[<namespace>/]<name>                 resource named after the segment,
 //	                                               except minions, controllers and ingress
 //
@@ -79,7 +79,7 @@ func oracleParse(prefix string, key []byte) (Key, oracleOutcome) {
 		}
 		objectPath = segs[2:]
 	case strings.Contains(first, "."):
-		if len(segs) < 2 {
+		if len(segs) < 2 || strings.Contains(segs[1], ".") {
 			return Key{}, oracleMalformed
 		}
 		out.Group, out.Resource = first, segs[1]
@@ -166,14 +166,21 @@ func oracleAllowed(cfg Config, key []byte) bool {
 		firstSegment := strings.Split(k[len(root)+1:], "/")[0]
 		switch firstSegment {
 		case "health", "masterleases", "peerserverleases", "ranges", "ipaddresses",
-			"servicecidrs", "minions", "csinodes", "volumeattachments", "events":
+			"minions", "csinodes", "volumeattachments", "resourceslices",
+			"certificatesigningrequests", "podcertificaterequests", "events":
 			return false
 		}
 	}
 	switch k {
 	case root + "/services/specs/default/kubernetes",
 		root + "/services/endpoints/default/kubernetes",
-		root + "/endpointslices/default/kubernetes":
+		root + "/endpointslices/default/kubernetes",
+		root + "/servicecidrs/kubernetes":
+		return false
+	}
+	// The kube-apiserver serving ClusterTrustBundles: names start with the
+	// signer name, "/" written ":", then ":".
+	if strings.HasPrefix(k, root+"/clustertrustbundles/kubernetes.io:kube-apiserver-serving:") {
 		return false
 	}
 	if outcome == oracleMalformed {
@@ -215,4 +222,19 @@ func oracleAllowed(cfg Config, key []byte) bool {
 		}
 	}
 	return true
+}
+
+// oracleUnparsed reports whether key, if in scope under cfg, is there
+// without parsing as a Kubernetes key: in kubernetes mode, under the
+// prefix, and malformed.
+func oracleUnparsed(cfg Config, key []byte) bool {
+	if cfg.Mode == "raw" {
+		return false
+	}
+	prefix := cfg.Prefix
+	if prefix == "" {
+		prefix = "/registry"
+	}
+	_, outcome := oracleParse(prefix, key)
+	return outcome == oracleMalformed
 }

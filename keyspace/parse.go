@@ -15,7 +15,8 @@ var ErrOutsidePrefix = errors.New("key outside prefix")
 
 // ErrMalformed is returned (wrapped, with the reason) by Parse for a key under
 // the prefix that does not have the shape of a Kubernetes storage key: an
-// empty or extra path segment, a missing name, or bytes that are not UTF-8.
+// empty or extra path segment, a missing name, a resource with a dot after a
+// group, or bytes that are not UTF-8.
 var ErrMalformed = errors.New("malformed key")
 
 // Key is a Kubernetes etcd key split into its parts.
@@ -86,6 +87,7 @@ const (
 	parseTooManySegments
 	parseInvalidUTF8
 	parseUnknownServices
+	parseDottedResource
 )
 
 func (e parseError) String() string {
@@ -108,6 +110,8 @@ func (e parseError) String() string {
 		return "not valid UTF-8"
 	case parseUnknownServices:
 		return `"services/" not followed by "specs/" or "endpoints/"`
+	case parseDottedResource:
+		return `a "." in the resource after the group (another apiserver's --etcd-prefix?)`
 	}
 	return "unknown parse error"
 }
@@ -191,6 +195,13 @@ func parseKey(prefix string, key []byte) (parsed, parseError) {
 		seg1, tail, hasTail = bytes.Cut(tail, slash)
 		if len(seg1) == 0 {
 			return out, parseEmptySegment
+		}
+		if bytes.IndexByte(seg1, '.') >= 0 {
+			// Resources never contain a dot (CRD plurals are DNS-1035
+			// labels): this is an aggregated API server's own
+			// --etcd-prefix "<prefix>/<group>", holding
+			// "<group>/<resource>/...", not a resource of group seg0.
+			return out, parseDottedResource
 		}
 		out.group, out.resource = seg0, seg1
 		out.storage = rest[:len(seg0)+1+len(seg1)]

@@ -72,6 +72,11 @@ func TestParse(t *testing.T) {
 		{name: "group slash", key: "/registry/cr.bar.com/", wantErr: ErrMalformed},
 		{name: "group resource only", key: "/registry/cr.bar.com/foos", wantErr: ErrMalformed},
 		{name: "group too many", key: "/registry/cr.bar.com/foos/a/b/c", wantErr: ErrMalformed},
+		// An aggregated API server with --etcd-prefix "/registry/<group>"
+		// stores "<group>/<resource>" under it: a resource never has a dot.
+		{name: "aggregated namespaced", key: "/registry/wardle.example.com/wardle.example.com/flunders/ns/n", wantErr: ErrMalformed},
+		{name: "aggregated cluster-scoped", key: "/registry/wardle.example.com/wardle.example.com/fischers/n", wantErr: ErrMalformed},
+		{name: "dotted resource", key: "/registry/cr.bar.com/foos.v1/n", wantErr: ErrMalformed},
 		{name: "services alone", key: "/registry/services", wantErr: ErrMalformed},
 		{name: "services unknown", key: "/registry/services/other/ns/n", wantErr: ErrMalformed},
 		{name: "services specs no name", key: "/registry/services/specs", wantErr: ErrMalformed},
@@ -120,6 +125,7 @@ func FuzzParse(f *testing.F) {
 		"/registry/pods/\xff", "/registry/a/b/c/d", "/registry/.", "/registry/./x/y",
 		"/registry/cr.bar.com//n", "/registry/cr.bar.com//ns/n", "/registry/services//ns/n",
 		"/registry/health/x", "/registry/controllers/ns/rc", "/registry/ingress/i",
+		"/registry/wardle.example.com/wardle.example.com/fischers/n", "/registry/a.b/c.d/n", "/registry/a.b/c/d.e",
 	} {
 		f.Add("/registry", []byte(k))
 	}

@@ -16,14 +16,16 @@ var presetNamespaces = []string{"kube-system", "kube-public", "kube-node-lease"}
 // why. Matched on the bytes, so malformed keys under them are excluded too.
 var presetSubtrees = []struct{ segment, why string }{
 	{"health", "apiserver health probe key"},
-	{"masterleases", "primary apiserver IPs; their etcd leases are not replicated"},
-	{"peerserverleases", "primary apiserver identities; their etcd leases are not replicated"},
+	{"masterleases", "the primary's apiserver IPs: replicated with their lease's remaining TTL and renewed by each primary write, they would put the primary's apiservers into the standby's default/kubernetes Endpoints"},
+	{"peerserverleases", "the primary's apiserver peer addresses: replicated with their lease's remaining TTL and renewed by each primary write, the standby's apiservers would proxy requests to the primary's"},
 	{"ranges", "per-cluster service IP and node port allocator state"},
 	{"ipaddresses", "per-cluster service IP allocator state"},
-	{"servicecidrs", "per-cluster service IP allocator state"},
 	{"minions", "nodes belong to the cluster that runs them"},
 	{"csinodes", "node-bound"},
 	{"volumeattachments", "node-bound"},
+	{"resourceslices", "node-bound, like csinodes: published by each node's DRA drivers"},
+	{"certificatesigningrequests", "node- and CA-bound: the standby would sign the primary's pending requests with its own CA"},
+	{"podcertificaterequests", "node- and CA-bound: the standby would sign the primary's pending requests with its own CA"},
 	{"events", "ephemeral, and about the primary's own objects and nodes"},
 }
 
@@ -33,6 +35,15 @@ var presetKeys = []struct{ key, why string }{
 	{"services/specs/default/kubernetes", "the default/kubernetes Service"},
 	{"services/endpoints/default/kubernetes", "the default/kubernetes Endpoints"},
 	{"endpointslices/default/kubernetes", "the default/kubernetes EndpointSlice"},
+	{"servicecidrs/kubernetes", "the cluster's default ServiceCIDR, from its own --service-cluster-ip-range; ServiceCIDRs users create are replicated"},
+}
+
+// presetNamePrefixes are key prefixes (relative to the prefix) that end
+// inside an object's name: every object whose name starts so is excluded,
+// and nothing else of its resource.
+var presetNamePrefixes = []struct{ prefix, why string }{
+	{"clustertrustbundles/kubernetes.io:kube-apiserver-serving:",
+		"each cluster's kube-apiserver serving CA bundle: the publisher on each side deletes the other's, and a re-seed would delete the standby's own"},
 }
 
 // compactRevKey is etcd-root key kube-apiserver uses to coordinate
@@ -50,6 +61,7 @@ const (
 	presetExact     presetKind = iota // key equals match
 	presetOutside                     // key is outside the prefix
 	presetSubtree                     // key equals match or starts with match+"/"
+	presetKeyPrefix                   // key starts with match (a name prefix)
 	presetConfigMap                   // parsed key is a ConfigMap named match, any namespace
 )
 
@@ -97,6 +109,15 @@ func buildPreset(prefix string) []presetRule {
 			match:  []byte(m),
 			reason: fmt.Sprintf("key %q excluded (%s: %s)", m, presetName, k.why),
 			line:   fmt.Sprintf("exclude key %q (%s: %s)", m, presetName, k.why),
+		})
+	}
+	for _, n := range presetNamePrefixes {
+		m := prefix + "/" + n.prefix
+		rules = append(rules, presetRule{
+			kind:   presetKeyPrefix,
+			match:  []byte(m),
+			reason: fmt.Sprintf("key starting with %q excluded (%s: %s)", m, presetName, n.why),
+			line:   fmt.Sprintf("exclude every key starting with %q (%s: %s)", m, presetName, n.why),
 		})
 	}
 	rules = append(rules, presetRule{

@@ -159,6 +159,8 @@ func (r *Rules) decide(key []byte) decision {
 			hit = perr == parseOutside
 		case presetSubtree:
 			hit = bytes.Equal(key, rule.match) || bytes.HasPrefix(key, rule.sub)
+		case presetKeyPrefix:
+			hit = bytes.HasPrefix(key, rule.match)
 		case presetConfigMap:
 			hit = perr == parseOK && len(p.group) == 0 && len(p.namespace) > 0 &&
 				string(p.resource) == "configmaps" && bytes.Equal(p.name, rule.match)
@@ -200,6 +202,22 @@ func (r *Rules) decide(key []byte) decision {
 // is the hot path: it does not allocate and never panics, whatever the bytes.
 func (r *Rules) Allowed(key []byte) bool {
 	return r.decide(key).step == stepIncluded
+}
+
+// Check reports, like Allowed, whether key is in scope, and whether it is
+// in scope without parsing as a Kubernetes key (unparsed): a key under the
+// prefix that only the prefix rules could decide, to which no resource,
+// namespace or ConfigMap rule applies, such as an aggregated API server's
+// storage under its own --etcd-prefix inside the prefix, or leftovers of a
+// removed API. The applier and the auditor count such keys so that an
+// operator sees them. unparsed is false for excluded keys and in raw mode.
+// Like Allowed, Check does not allocate and never panics.
+func (r *Rules) Check(key []byte) (allowed, unparsed bool) {
+	d := r.decide(key)
+	if d.step != stepIncluded {
+		return false, false
+	}
+	return true, d.unpars != parseOK
 }
 
 // Explain reports whether key is in scope, like Allowed, and which rule
@@ -256,7 +274,7 @@ func (r *Rules) String() string {
 	if r.mode == ModeRaw {
 		b.WriteString("include every other key\n")
 	} else {
-		b.WriteString("include every other key under the prefix; keys that do not parse are decided by the prefix rules above only\n")
+		b.WriteString("include every other key under the prefix; keys that do not parse as Kubernetes keys (e.g. an aggregated API server's own --etcd-prefix under it) are decided by the prefix rules above only, no resource or namespace rule applies to them, and the applier and the auditor count them\n")
 	}
 	return b.String()
 }

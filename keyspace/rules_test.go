@@ -54,7 +54,19 @@ func TestRulesKubernetesDefault(t *testing.T) {
 		{"/registry/ranges/serviceips", false, "ranges"},
 		{"/registry/ranges/servicenodeports", false, "ranges"},
 		{"/registry/ipaddresses/10.96.0.1", false, "ipaddresses"},
-		{"/registry/servicecidrs/kubernetes", false, "servicecidrs"},
+		{"/registry/servicecidrs/kubernetes", false, `key "/registry/servicecidrs/kubernetes" excluded (preset kubernetes: the cluster's default ServiceCIDR`},
+		{"/registry/servicecidrs/user-range", true, "included"}, // user data a failover needs
+		{"/registry/servicecidrs/kubernetes-2", true, "included"},
+		{"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:7c3f9a", false,
+			`key starting with "/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:" excluded (preset kubernetes: each cluster's kube-apiserver serving CA bundle`},
+		{"/registry/clustertrustbundles/example.com:signer:abc", true, "included"},
+		{"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-client:abc", true, "included"},
+		{"/registry/resourceslices/node-1-gpu.example.com-x7k2p", false, `"/registry/resourceslices" and keys under it excluded (preset kubernetes: node-bound`},
+		{"/registry/certificatesigningrequests/csr-8x2kq", false, `"/registry/certificatesigningrequests" and keys under it excluded (preset kubernetes: node- and CA-bound`},
+		{"/registry/podcertificaterequests/app/req-web-0-abcde", false, `"/registry/podcertificaterequests" and keys under it excluded (preset kubernetes: node- and CA-bound`},
+		{"/registry/masterleases/10.0.0.2", false, "the primary's apiserver IPs: replicated with their lease's remaining TTL"},
+		{"/registry/peerserverleases/apiserver-abc", false, "replicated with their lease's remaining TTL"},
+		{"/registry/resourceclaims/app/gpu", true, "included"},
 		{"/registry/minions/node-1", false, "minions"},
 		{"/registry/csinodes/node-1", false, "csinodes"},
 		{"/registry/volumeattachments/csi-abc", false, "volumeattachments"},
@@ -94,6 +106,46 @@ func TestRulesKubernetesDefault(t *testing.T) {
 		if !strings.Contains(reason, tt.wantReason) {
 			t.Errorf("Explain(%q) reason = %q, want it to contain %q", tt.key, reason, tt.wantReason)
 		}
+	}
+}
+
+// TestRulesCheckUnparsed: Check reports the keys in scope that do not
+// parse as Kubernetes keys, which no namespace or resource rule can
+// exclude, such as an aggregated API server's storage under its own
+// --etcd-prefix "/registry/<group>".
+func TestRulesCheckUnparsed(t *testing.T) {
+	kube := mustNew(t, Config{ExcludeNamespaces: []string{"app"}, ExcludePrefixes: []string{"/registry/old/"}})
+	raw := mustNew(t, Config{Mode: ModeRaw})
+	tests := []struct {
+		r                 *Rules
+		key               string
+		allowed, unparsed bool
+	}{
+		{kube, "/registry/pods/ns/p", true, false},
+		{kube, "/registry/cr.bar.com/foos/ns/f", true, false},
+		{kube, "/registry/wardle.example.com/wardle.example.com/flunders/app/f", true, true}, // namespace "app" not seen
+		{kube, "/registry/wardle.example.com/wardle.example.com/fischers/f", true, true},     // not namespace "fischers"
+		{kube, "/registry/wardle.example.com/wardle.example.com/app/f", true, true},          // not namespace "app"
+		{kube, "/registry/pods/app/p/x", true, true},
+		{kube, "/registry//x", true, true},
+		{kube, "/registry", true, true},
+		{kube, "/registry/pods/ns/\xff", true, true},
+		{kube, "/registry/pods/app/p", false, false},
+		{kube, "/registry/old/a/b/c/d", false, false},  // excluded by a prefix rule
+		{kube, "/registry/events/a/b/c", false, false}, // excluded by the preset
+		{kube, "/wardle/flunders/app/f", false, false}, // outside the prefix
+		{kube, "/etcdsync/checkpoint/X", false, false},
+		{raw, "/registry//x", true, false},
+		{raw, "anything", true, false},
+	}
+	for _, tt := range tests {
+		allowed, unparsed := tt.r.Check([]byte(tt.key))
+		if allowed != tt.allowed || unparsed != tt.unparsed {
+			t.Errorf("Check(%q) = %v, %v; want %v, %v", tt.key, allowed, unparsed, tt.allowed, tt.unparsed)
+		}
+	}
+	if s := kube.String(); !strings.Contains(s, "keys that do not parse as Kubernetes keys") || !strings.Contains(s, "the applier and the auditor count them") {
+		t.Errorf("String() does not say that keys that do not parse are counted:\n%s", s)
 	}
 }
 
@@ -335,6 +387,8 @@ func TestString(t *testing.T) {
 		`"/registry/health"`,
 		`"/registry/events"`,
 		`"/registry/services/specs/default/kubernetes"`,
+		`exclude key "/registry/servicecidrs/kubernetes"`,
+		`exclude every key starting with "/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:"`,
 		`"kube-root-ca.crt"`,
 		`exclude resource "cr.bar.com/foos" (config)`,
 		`exclude namespace "kube-system"`,
@@ -385,6 +439,9 @@ func TestAllowedDoesNotAllocate(t *testing.T) {
 		for _, k := range keys {
 			if n := testing.AllocsPerRun(100, func() { r.Allowed(k) }); n != 0 {
 				t.Errorf("Allowed(%q) allocates %v times per call, want 0", k, n)
+			}
+			if n := testing.AllocsPerRun(100, func() { r.Check(k) }); n != 0 {
+				t.Errorf("Check(%q) allocates %v times per call, want 0", k, n)
 			}
 		}
 	}
@@ -449,6 +506,19 @@ var scopeKeys = []string{
 	"/k8s/cluster-a/ingress/app/i", "/k8s/cluster-a/endpoints/app/e", "/k8s/cluster-a/services/endpoints/app/e",
 	"/services/specs/app/s", "/controllers/app/rc", "/nodes/n", "/cr.bar.com/foos/app/f", "/cr.bar.com/bars/app/f",
 	"/k8s/cluster-a/namespaces/etcdsync", "/namespaces/dr", "/k8s/cluster-a/deployments/cert-manager/d",
+	// An aggregated API server's keys under its own --etcd-prefix
+	// "<prefix>/<group>": "<group>/<resource>/[<namespace>/]<name>".
+	"/registry/wardle.example.com/wardle.example.com/flunders/app/f", "/registry/wardle.example.com/wardle.example.com/kube-system/f",
+	"/k8s/cluster-a/w.example.com/w.example.com/cpaas-system/f", "/k8s/cluster-a/cr.bar.com/foos.x/app/f",
+	// Per-cluster objects among user data of the same resource.
+	"/registry/servicecidrs/kubernetes", "/registry/servicecidrs/user-range", "/registry/servicecidrs/kubernetes/x",
+	"/servicecidrs/kubernetes", "/k8s/cluster-a/servicecidrs/kubernetes", "/k8s/cluster-a/servicecidrs/app",
+	"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:abc", "/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:",
+	"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving", "/registry/clustertrustbundles/example.com:signer:abc",
+	"/k8s/cluster-a/clustertrustbundles/kubernetes.io:kube-apiserver-serving:abc", "/clustertrustbundles/kubernetes.io:kube-apiserver-serving:x/y",
+	// Node- and CA-bound resources.
+	"/registry/resourceslices/node-1-gpu", "/registry/certificatesigningrequests/csr-1", "/registry/podcertificaterequests/app/req",
+	"/k8s/cluster-a/podcertificaterequests/app/req", "/registry/resourceslicesx/s", "/registry/resourceclaims/app/c",
 }
 
 // FuzzAllowed compares Allowed and Explain with oracleAllowed, an
@@ -472,6 +542,10 @@ func FuzzAllowed(f *testing.F) {
 			}
 			if ok, reason := r.Explain(key); ok != want || reason == "" {
 				t.Fatalf("config %d: Explain(%q) = %v, %q; oracle says %v", i, key, ok, reason, want)
+			}
+			wantUnparsed := want && oracleUnparsed(cfgs[i], key)
+			if ok, unparsed := r.Check(key); ok != want || unparsed != wantUnparsed {
+				t.Fatalf("config %d: Check(%q) = %v, %v; oracle says %v, %v", i, key, ok, unparsed, want, wantUnparsed)
 			}
 		}
 	})

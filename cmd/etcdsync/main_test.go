@@ -257,7 +257,9 @@ func TestPrintRules(t *testing.T) {
 		t.Fatalf("exit %d; stderr %q", code, stderr)
 	}
 	for _, want := range []string{`"foo"`, `"kube-system"`, "/registry/", "# scope in force: these options, defaults otherwise: --exclude-namespace (command line)",
-		"records this scope at /etcdsync/checkpoint/ETCDSYNC/scope"} {
+		"records this scope at /etcdsync/checkpoint/ETCDSYNC/scope", "do not parse as Kubernetes keys are counted in etcdsync_applier_unparsed_keys_total",
+		`exclude key "/registry/servicecidrs/kubernetes"`, `"/registry/resourceslices"`, `"/registry/certificatesigningrequests"`,
+		`"/registry/podcertificaterequests"`, `"/registry/clustertrustbundles/kubernetes.io:kube-apiserver-serving:"`} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("rules lack %s:\n%s", want, stdout)
 		}
@@ -285,7 +287,8 @@ func TestPrintRulesFromEnvRaw(t *testing.T) {
 	t.Setenv("ETCDSYNC_KEYSPACE", "raw")
 	t.Setenv("ETCDSYNC_EXCLUDE_PREFIX", "/app/secret/")
 	code, stdout, stderr := runCmd(t, "apply", "--print-rules")
-	if code != exitOK || !strings.Contains(stdout, "mode raw") || !strings.Contains(stdout, "/app/secret/") || strings.Contains(stdout, "kube-system") {
+	if code != exitOK || !strings.Contains(stdout, "mode raw") || !strings.Contains(stdout, "/app/secret/") || strings.Contains(stdout, "kube-system") ||
+		strings.Contains(stdout, "unparsed") {
 		t.Fatalf("exit %d, stderr %q, rules:\n%s", code, stderr, stdout)
 	}
 }

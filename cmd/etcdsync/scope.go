@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/etcdsync/etcdsync/applier"
+	"github.com/etcdsync/etcdsync/keyspace"
 )
 
 // applyPrintRules prints the scope an applier with cfg would replicate,
@@ -25,6 +26,10 @@ func applyPrintRules(w io.Writer, cfg applier.Config, origins []string) error {
 	}
 	fmt.Fprintf(&b, "# preset version %s; the applier records this scope at %s when it starts, with the\n", rec.PresetVersion, cfg.ScopeRecordKey())
 	b.WriteString("# publisher's prefix from the first snapshot; `etcdsync audit` compares that scope by default\n")
+	if cfg.Scope.Mode != keyspace.ModeRaw {
+		b.WriteString("# keys under the prefix that do not parse as Kubernetes keys are counted in etcdsync_applier_unparsed_keys_total;\n" +
+			"# `etcdsync audit` reports how many it compared and names the first\n")
+	}
 	b.WriteString(rec.Rules)
 	_, err = io.WriteString(w, b.String())
 	return err
