@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdsync/etcdsync/applier"
@@ -73,7 +74,7 @@ func TestValueAtRequestLimit(t *testing.T) {
 	// Found before the publisher starts: its snapshot begins after.
 	n := largestKubeValue(t, p.primary.Client, key)
 	p.startPublisher(p.publisherConfig())
-	p.startApplier(rawApplierConfig(p))
+	reg := p.startApplierMetrics(rawApplierConfig(p))
 	put(t, p.primary.Client, "/registry/configmaps/default/before", "x")
 	if err := kubeWrite(context.Background(), p.primary.Client, key, strings.Repeat("v", n)); err != nil {
 		t.Fatalf("primary refused a %d-byte value: %v", n, err)
@@ -81,6 +82,11 @@ func TestValueAtRequestLimit(t *testing.T) {
 	put(t, p.primary.Client, "/registry/configmaps/default/after", "y")
 	p.waitConverged(rawRules(t), 60*time.Second)
 	t.Logf("a %d-byte value replicated", n)
+	// A kube-apiserver write carries its own compare: the value fits alone
+	// under the checkpoint's, so nothing is written unguarded.
+	if got := metricValue(t, reg, "etcdsync_applier_unguarded_puts_total"); got != 0 {
+		t.Errorf("%v puts written without the checkpoint compare, want 0", got)
+	}
 }
 
 // The largest value a plain put carries (the example: a
@@ -93,7 +99,7 @@ func TestPlainPutAtRequestLimit(t *testing.T) {
 	p := newPipeline(t)
 	n := largestValue(t, p.primary.Client, key, plainPut)
 	p.startPublisher(p.publisherConfig())
-	p.startApplier(rawApplierConfig(p))
+	reg := p.startApplierMetrics(rawApplierConfig(p))
 	put(t, p.primary.Client, "/registry/secrets/a/before", "x")
 	if err := plainPut(context.Background(), p.primary.Client, key, strings.Repeat("v", n)); err != nil {
 		t.Fatalf("primary refused a %d-byte value: %v", n, err)
@@ -101,6 +107,22 @@ func TestPlainPutAtRequestLimit(t *testing.T) {
 	put(t, p.primary.Client, "/registry/secrets/a/after", "y")
 	p.waitConverged(rawRules(t), 60*time.Second)
 	t.Logf("a %d-byte value in a plain put replicated", n)
+	if got := metricValue(t, reg, "etcdsync_applier_unguarded_puts_total"); got != 1 {
+		t.Errorf("%v puts written without the checkpoint compare, want 1", got)
+	}
+}
+
+// startApplierMetrics starts an applier with its metrics on a registry of
+// its own and returns the registry.
+func (p *pipeline) startApplierMetrics(cfg applier.Config) *prometheus.Registry {
+	p.t.Helper()
+	reg := prometheus.NewRegistry()
+	ap, err := applier.New(cfg, p.standby.Client, p.conn(), reg)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.runs = append(p.runs, start(p.t, ap.Run))
+	return reg
 }
 
 // A value the standby cannot take in any transaction (its request limit is
