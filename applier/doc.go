@@ -33,10 +33,15 @@
 //     the checkpoint compare, and the checkpoint follows in a transaction
 //     of its own (a crash in between re-applies the operation, which is
 //     idempotent). Every value a kube-apiserver write carried to a primary
-//     with the same limit fits (its compare and read-back of the key are
-//     larger than the checkpoint compare with the default checkpoint key);
-//     a plain etcd put within the compare's size (about 20 bytes plus the
-//     checkpoint key's length) of the limit does not. An operation the
+//     with the same limit fits that way (its own compare and read-back of
+//     the key are larger than the checkpoint compare). A put the standby
+//     refuses even alone under the compare (a plain etcd put within about
+//     20 bytes plus the checkpoint key's length of the limit: the request
+//     the primary took has no room for a compare) is written as a plain
+//     put, right after an empty transaction under the compare proves the
+//     checkpoint is still the applier's, and counted in
+//     etcdsync_applier_unguarded_puts_total (that proof is the fence for
+//     this one put). An operation the
 //     standby refuses even alone stops the applier with a *TooLargeError
 //     (ErrTooLarge) naming the key, the request size and the limit, never
 //     retried; the checkpoint records it (Stopped) for status and
