@@ -59,8 +59,9 @@
 //     (etcdsync_publisher_watch_stalls_total) and the next one watches again
 //     from the tail. Silence alone is legitimate: etcd sends no progress
 //     while the watch's next revision is ahead of the store. A half-open
-//     connection is closed only by gRPC keepalive on the etcd client, which
-//     the caller configures (DialKeepAliveTime).
+//     connection is closed by gRPC keepalive on the etcd client, which the
+//     caller configures (DialKeepAliveTime; cmd/etcdsync sets it on every
+//     client it dials).
 //   - Publishing is asynchronous with a bounded window; acknowledgements are
 //     checked in publish order; any error ends the session, and the next
 //     session re-reads the tail (with capped exponential backoff).

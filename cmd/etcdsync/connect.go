@@ -137,20 +137,35 @@ func (e *etcdFlags) client() (*clientv3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", where, err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.endpoints, DialTimeout: connectTimeout, TLS: tlsCfg,
-		Username: e.username, Password: e.password, Logger: zap.NewNop()})
+	cli, err := clientv3.New(withKeepAlive(clientv3.Config{Endpoints: e.endpoints, DialTimeout: connectTimeout, TLS: tlsCfg,
+		Username: e.username, Password: e.password}))
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", where, err)
 	}
 	return cli, nil
 }
 
+// Keepalive of every etcd client: a half-open connection (a peer gone
+// without a FIN, a dropped NAT entry) is found within about 15s instead of
+// the kernel's TCP timeout of many minutes, and the client reconnects.
+const (
+	etcdKeepAliveTime    = 10 * time.Second
+	etcdKeepAliveTimeout = 5 * time.Second
+)
+
+// withKeepAlive returns cfg with gRPC keepalive pings (also while no call
+// is in flight) and a silent zap logger.
+func withKeepAlive(cfg clientv3.Config) clientv3.Config {
+	cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout, cfg.PermitWithoutStream = etcdKeepAliveTime, etcdKeepAliveTimeout, true
+	cfg.Logger = zap.NewNop()
+	return cfg
+}
+
 // dialEtcd creates a client for cfg (with a silent zap logger) and checks,
 // within connectTimeout, that the cluster answers a member list.
 func dialEtcd(ctx context.Context, cfg clientv3.Config) (*clientv3.Client, error) {
 	where := strings.Join(cfg.Endpoints, ",")
-	cfg.Logger = zap.NewNop()
-	cli, err := clientv3.New(cfg)
+	cli, err := clientv3.New(withKeepAlive(cfg))
 	if err != nil {
 		if perr := probeEtcd(ctx, cfg.Endpoints, cfg.TLS); perr != nil {
 			return nil, unreachable(fmt.Errorf("etcd %s: %w", where, perr))

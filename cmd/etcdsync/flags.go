@@ -148,6 +148,14 @@ func (f *flagSet) parse(args []string, stdout io.Writer) error {
 	return nil
 }
 
+// isSet reports whether the flag name was given, on the command line or in
+// its environment variable (after parse).
+func (f *flagSet) isSet(name string) bool {
+	set := false
+	f.fs.Visit(func(fl *flag.Flag) { set = set || fl.Name == name })
+	return set
+}
+
 // testEnvPrefix starts the ETCDSYNC_ variables of the test suites
 // (ETCDSYNC_TEST_LOG), which are no flag's.
 const testEnvPrefix = envPrefix + "TEST_"

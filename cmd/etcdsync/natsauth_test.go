@@ -327,3 +327,32 @@ func TestNatsTokenFile(t *testing.T) {
 		t.Fatalf("token and user: exit %d, want %d", code, exitUsage)
 	}
 }
+
+// TestPublishEmbeddedRefusesLeaderElect: replicas with embedded NATS servers
+// would each write a store of their own, so --leader-elect (flag or
+// environment) with no --nats-url is a usage error naming --nats-url; left
+// at its default, leader election is off and the log says so.
+func TestPublishEmbeddedRefusesLeaderElect(t *testing.T) {
+	primary, _ := startEtcd(t)
+	refused := func(what string, args ...string) {
+		t.Helper()
+		pub := runBackground(t, append([]string{"publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", t.TempDir(), "--nats-listen", freeAddr(t)}, args...)...)
+		select {
+		case code := <-pub.done:
+			pub.done <- code
+			if code != exitUsage || !strings.Contains(pub.stderr.String(), "--nats-url") || !strings.Contains(pub.stderr.String(), "--leader-elect") {
+				t.Errorf("%s: exit %d, stderr %q; want a usage error naming --leader-elect and --nats-url", what, code, pub.stderr)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("%s: publish runs leader-elected replicas on embedded NATS servers", what)
+		}
+	}
+	refused("--leader-elect", "--leader-elect")
+	t.Setenv("ETCDSYNC_LEADER_ELECT", "true")
+	refused("ETCDSYNC_LEADER_ELECT=true")
+	t.Setenv("ETCDSYNC_LEADER_ELECT", "")
+	pub := runBackground(t, "publish", "--etcd-endpoints", primary.Endpoint, "--data-dir", t.TempDir(), "--nats-listen", freeAddr(t))
+	eventually(t, 20*time.Second, "the publisher to start without leader election", func() bool {
+		return strings.Contains(pub.stderr.String(), "leader election off")
+	})
+}

@@ -81,11 +81,21 @@ func (o *publishOptions) config() publisher.Config {
 func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	const cmd = "publish"
 	var o publishOptions
-	if err := publishFlags(&o).parse(args, stdout); err != nil {
+	flags := publishFlags(&o)
+	if err := flags.parse(args, stdout); err != nil {
 		return err
 	}
 	if err := o.etcd.validate(cmd); err != nil {
 		return err
+	}
+	electDefault := false
+	if o.nats.url == "" && o.elect.enabled {
+		// Each replica's embedded server writes a store of its own: a
+		// handover would move the log to a server no applier reads.
+		if flags.isSet("leader-elect") {
+			return usageErrorf(cmd, "--leader-elect with the embedded NATS server (no --nats-url): each replica would write its own store, and a handover would move the log to a server the applier does not read; give --nats-url of a NATS server or cluster all replicas share, or run one replica with --leader-elect=false")
+		}
+		o.elect.enabled, electDefault = false, true
 	}
 	if err := o.elect.validate(cmd); err != nil {
 		return err
@@ -99,6 +109,9 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	log, err := o.log.logger(cmd, stderr)
 	if err != nil {
 		return err
+	}
+	if electDefault {
+		log.Info("leader election off: the embedded NATS server serves this one replica (run several replicas against a shared --nats-url)")
 	}
 	cfg := o.config()
 	cfg.Logger = log
