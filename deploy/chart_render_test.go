@@ -569,6 +569,9 @@ func checkRulesAreTheSource(t *testing.T, pr *monitoringv1.PrometheusRule) {
 	}
 }
 
+// logKeyValues name the log key ring Secret both roles require.
+var logKeyValues = map[string]any{"existingSecret": "etcdsync-log-key"}
+
 var (
 	readmeYAML = regexp.MustCompile("(?s)```yaml\n(.*?)```")
 	readmeText = regexp.MustCompile("(?s)```text\n(.*?)```")
@@ -581,19 +584,19 @@ func chartCases(t *testing.T) map[string]map[string]any {
 	cases := map[string]map[string]any{
 		"ci/primary-values.yaml": chartValues(t, "ci/primary-values.yaml"),
 		"ci/standby-values.yaml": chartValues(t, "ci/standby-values.yaml"),
-		"minimal-primary":        {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}},
-		"minimal-standby": {"role": "standby",
+		"minimal-primary":        {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}, "logKey": logKeyValues},
+		"minimal-standby": {"role": "standby", "logKey": logKeyValues,
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example"}},
 			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:12379"}}},
 		// Every switch the other cases leave on, off.
-		"standby-switches-off": {"role": "standby",
+		"standby-switches-off": {"role": "standby", "logKey": map[string]any{"allowUnauthenticated": true},
 			"primaryEtcd":         map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"standbyEtcd":         map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
 			"applier":             map[string]any{"replicas": 1, "leaderElect": false},
 			"auditor":             map[string]any{"enabled": false},
 			"networkPolicy":       map[string]any{"enabled": false},
 			"podDisruptionBudget": map[string]any{"enabled": false}},
-		"primary-one-replica": {
+		"primary-one-replica": {"logKey": logKeyValues,
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"publisher":   map[string]any{"replicas": 1, "leaderElect": false}},
 	}

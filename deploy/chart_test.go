@@ -85,6 +85,7 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 		vals["role"] = "standby"
 		vals["primaryEtcd"] = map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}}
 		vals["standbyEtcd"] = map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}}
+		vals["logKey"] = logKeyValues
 		r := renderDecoded(t, vals)
 		for _, name := range []string{"etcdsync-applier", "etcdsync-auditor"} {
 			d := r.deployments[name]
@@ -123,7 +124,7 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 		}
 	}
 	// Without an in-cluster NATS there is no namespace to exclude.
-	r := renderDecoded(t, map[string]any{"role": "standby",
+	r := renderDecoded(t, map[string]any{"role": "standby", "logKey": logKeyValues,
 		"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 		"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
 		"nats":        map[string]any{"namespace": "", "url": "tls://nats.example:4222"}})
@@ -271,6 +272,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 role: standby
 primaryEtcd: {endpoints: ["https://etcd.primary.example:2379"]}
 standbyEtcd: {endpoints: ["https://etcd.standby.example:2379"]}
+logKey: {existingSecret: etcdsync-log-key}
 `
 	for _, tc := range []struct {
 		name, values, want string
@@ -351,5 +353,31 @@ func TestChartPorts(t *testing.T) {
 	env := containerEnv(t, r.built, r.deployments["etcdsync-applier"], "apply")
 	if env["ETCDSYNC_METRICS_ADDR"] != ":"+strconv.Itoa(19191) {
 		t.Errorf("ETCDSYNC_METRICS_ADDR=%q", env["ETCDSYNC_METRICS_ADDR"])
+	}
+}
+
+// TestChartRequiresLogKey: both roles refuse to render without the log's
+// key ring unless the values say explicitly that the log is
+// unauthenticated; then no container is given a key file.
+func TestChartRequiresLogKey(t *testing.T) {
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		vals := chartValues(t, f)
+		delete(vals, "logKey")
+		_, _, err := renderChart(t, vals)
+		if err == nil || !strings.Contains(err.Error(), "logKey.existingSecret") || !strings.Contains(err.Error(), "logKey.allowUnauthenticated") {
+			t.Errorf("%s without logKey: err = %v, want a refusal naming logKey.existingSecret and logKey.allowUnauthenticated", f, err)
+		}
+		vals["logKey"] = map[string]any{"allowUnauthenticated": true}
+		r := renderDecoded(t, vals)
+		if len(r.deployments) == 0 {
+			t.Fatalf("%s: no Deployment", f)
+		}
+		for _, d := range r.deployments {
+			for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+				if e.Name == "ETCDSYNC_LOG_KEY_FILE" {
+					t.Errorf("%s: logKey.allowUnauthenticated without a Secret: %s sets %s=%s", f, d.Name, e.Name, e.Value)
+				}
+			}
+		}
 	}
 }

@@ -117,6 +117,16 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- end }}
 {{- end }}
 
+{{/*
+The log key ring is required in both roles: the publisher signs, the
+applier verifies. An unauthenticated log must be asked for.
+*/}}
+{{- define "etcdsync.requireLogKey" -}}
+{{- if not (or .Values.logKey.existingSecret .Values.logKey.allowUnauthenticated) -}}
+{{- fail "logKey.existingSecret: name the existing Secret holding the log's key ring (deploy/RUNBOOK.md \"Log keys\"); without it anyone who can publish to the stream writes into the standby etcd. To run with an unauthenticated log anyway, set logKey.allowUnauthenticated: true" -}}
+{{- end -}}
+{{- end }}
+
 {{/* The log's MAC key ring, for the commands that write or read the log (publish, apply). */}}
 {{- define "etcdsync.logKeyEnv" -}}
 {{- with .Values.logKey.existingSecret }}
