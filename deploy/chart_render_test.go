@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -388,9 +389,19 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			t.Errorf("NetworkPolicy %s: policyTypes %v, want Ingress and Egress", np.Name, np.Spec.PolicyTypes)
 		}
 		c := d.Spec.Template.Spec.Containers[0]
+		var from []networkingv1.NetworkPolicyPeer
+		if err := decodeValue(pathValue(t, v, "networkPolicy.metricsFrom"), &from); err != nil {
+			t.Fatal(err)
+		}
+		if len(from) == 0 {
+			from = nil
+		}
 		for _, in := range np.Spec.Ingress {
 			if len(in.Ports) == 0 {
 				t.Errorf("NetworkPolicy %s: an ingress rule allows every port", np.Name)
+			}
+			if !reflect.DeepEqual(in.From, from) {
+				t.Errorf("NetworkPolicy %s: ingress from %v, want networkPolicy.metricsFrom %v", np.Name, in.From, from)
 			}
 			for _, p := range in.Ports {
 				if p.Port == nil || *p.Port != intstr.FromString("metrics") {
@@ -410,7 +421,9 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 				t.Fatal(err)
 			}
 			if len(peers) == 0 {
-				peers = nil // no "to": any destination, on these ports only
+				// The endpoints' addresses, or no "to" (any destination,
+				// on these ports only) for a host name.
+				peers = ipPeers(t, strings.Split(e.Value, ","))
 			}
 			for _, ep := range strings.Split(e.Value, ",") {
 				port := intstr.Parse(urlPort(t, ep, "2379"))
@@ -420,6 +433,22 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 				}) {
 					t.Errorf("NetworkPolicy %s: no egress rule to port %s towards networkPolicy.%sEtcdTo %v (%s)", np.Name, port.String(), site, peers, e.Name)
 				}
+			}
+		}
+		// DNS: the cluster DNS pods, never an address block.
+		for _, eg := range np.Spec.Egress {
+			if !slices.ContainsFunc(eg.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port != nil && p.Port.IntVal == 53 }) {
+				continue
+			}
+			dns, err := v.Table("networkPolicy.dns")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns, labels := dns["namespace"], dns["podLabels"]
+			if len(eg.To) != 1 || eg.To[0].IPBlock != nil || eg.To[0].NamespaceSelector == nil ||
+				eg.To[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != ns ||
+				eg.To[0].PodSelector == nil || fmt.Sprint(eg.To[0].PodSelector.MatchLabels) != fmt.Sprint(labels) {
+				t.Errorf("NetworkPolicy %s: DNS egress to %v, want the pods %v of namespace %v only", np.Name, eg.To, labels, ns)
 			}
 		}
 		allowed := map[string]bool{}
@@ -459,6 +488,28 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			t.Errorf("NetworkPolicy %s allows egress to %v, which %s does not use", np.Name, keys(allowed), d.Name)
 		}
 	}
+}
+
+// ipPeers returns the address blocks of URLs that all name IP addresses,
+// or nil when one names a host.
+func ipPeers(t *testing.T, urls []string) []networkingv1.NetworkPolicyPeer {
+	t.Helper()
+	var peers []networkingv1.NetworkPolicyPeer
+	for _, raw := range urls {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			t.Fatalf("URL %q: %v", raw, err)
+		}
+		ip, err := netip.ParseAddr(u.Hostname())
+		if err != nil {
+			return nil
+		}
+		cidr := netip.PrefixFrom(ip, ip.BitLen()).String()
+		if !slices.ContainsFunc(peers, func(p networkingv1.NetworkPolicyPeer) bool { return p.IPBlock.CIDR == cidr }) {
+			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr}})
+		}
+	}
+	return peers
 }
 
 // decodeValue converts a chart value into a typed Go value.

@@ -67,6 +67,35 @@ nats://nats.{{ .Values.nats.namespace }}.svc.cluster.local:4222
 {{- end }}
 
 {{/*
+The NetworkPolicy peers of servers given by URL; call with (dict "urls"
+LIST "to" PEERS). PEERS when given; else, when every URL names an IP
+address, those addresses (/32, /128); else nothing: a host name cannot be
+resolved when rendering, and the rule is then open to any address on the
+URLs' ports (name the peers in the values to close it).
+*/}}
+{{- define "etcdsync.peers" -}}
+{{- if .to -}}
+{{ toYaml .to }}
+{{- else -}}
+{{- $blocks := list -}}
+{{- $all := true -}}
+{{- range .urls -}}
+{{- $host := (urlParse .).hostname -}}
+{{- if regexMatch "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$" $host -}}
+{{- $blocks = append $blocks (dict "ipBlock" (dict "cidr" (printf "%s/32" $host))) -}}
+{{- else if contains ":" $host -}}
+{{- $blocks = append $blocks (dict "ipBlock" (dict "cidr" (printf "%s/128" $host))) -}}
+{{- else -}}
+{{- $all = false -}}
+{{- end -}}
+{{- end -}}
+{{- if and $all $blocks -}}
+{{ $blocks | uniq | toYaml }}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
 The namespaces the applier and the auditor exclude besides the preset's:
 the platform's list and, on the standby, this site's NATS namespace. The
 namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
