@@ -297,6 +297,12 @@ logKey: {existingSecret: etcdsync-log-key}
 		{"NATS URL list", `nats: {url: "nats://a:4222,nats://b:4222"}`, "/nats/url"},
 		{"NATS password in the URL", `nats: {url: "nats://etcdsync:hunter2@nats.example:4222"}`, "/nats/url"},
 		{"NATS namespace with a capital", "nats: {namespace: NATS}", "/nats/namespace"},
+		{"leader TTL below a second", "applier: {leaderTTL: 500ms}", "/applier/leaderTTL"},
+		{"leader TTL of zero", "publisher: {leaderTTL: 0s}", "/publisher/leaderTTL"},
+		{"leader TTL a fraction of a second", "publisher: {leaderTTL: 0.5s}", "/publisher/leaderTTL"},
+		{"snapshot interval not a duration", "publisher: {snapshotInterval: 4 hours}", "/publisher/snapshotInterval"},
+		{"snapshot interval without unit", "publisher: {snapshotInterval: 4}", "/publisher/snapshotInterval"},
+		{"request bytes not a size", "applier: {maxRequestBytes: 1.5MiB}", "/applier/maxRequestBytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base, err := chartutil.ReadValues([]byte(ok))
@@ -379,5 +385,90 @@ func TestChartRequiresLogKey(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestChartRefusesInconsistentValues: what the schema cannot compare (two
+// values against each other) the templates refuse with a message naming
+// both values, exactly when the binary would refuse them at start-up.
+func TestChartRefusesInconsistentValues(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		values  map[string]any
+		wantErr []string // empty: renders
+		cmd     string   // the binary's command the values reach
+		env     map[string]string
+	}{
+		{"snapshot interval below max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "4h", "maxAge": "24h"}}, nil,
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "4h", "ETCDSYNC_MAX_AGE": "24h"}},
+		{"snapshot interval equal to max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "24h", "maxAge": "1440m"}},
+			[]string{"publisher.snapshotInterval", "publisher.maxAge"},
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "24h", "ETCDSYNC_MAX_AGE": "1440m"}},
+		{"snapshot interval above max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "1h30m", "maxAge": "5400s"}},
+			[]string{"publisher.snapshotInterval", "publisher.maxAge"},
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "1h30m", "ETCDSYNC_MAX_AGE": "5400s"}},
+		{"snapshots off with a max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "0s", "maxAge": "24h"}},
+			[]string{"publisher.snapshotInterval", "publisher.maxAge"},
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "0s", "ETCDSYNC_MAX_AGE": "24h"}},
+		{"no max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "48h", "maxAge": "0s"}}, nil,
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "48h", "ETCDSYNC_MAX_AGE": "0s"}},
+		{"txn bytes above etcd's default request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "2MiB"}},
+			[]string{"applier.maxTxnBytes", "applier.maxRequestBytes"},
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "2MiB"}},
+		{"txn bytes at etcd's default request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "1536KiB"}}, nil,
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "1536KiB"}},
+		{"txn bytes below a raised request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "2MiB", "maxRequestBytes": "4Mi"}}, nil,
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "2MiB", "ETCDSYNC_MAX_REQUEST_BYTES": "4Mi"}},
+		{"txn bytes above a raised request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "10MB", "maxRequestBytes": "8MiB"}},
+			[]string{"applier.maxTxnBytes", "applier.maxRequestBytes"},
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "10MB", "ETCDSYNC_MAX_REQUEST_BYTES": "8MiB"}},
+		{"txn bytes too small", map[string]any{"applier": map[string]any{"maxTxnBytes": "2KiB"}},
+			[]string{"applier.maxTxnBytes"},
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "2KiB"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, role := range []string{"primary", "standby"} {
+				vals := chartValues(t, "ci/"+role+"-values.yaml")
+				for k, v := range tc.values {
+					vals[k] = v
+				}
+				_, _, err := renderChart(t, vals)
+				switch {
+				case len(tc.wantErr) == 0 && err != nil:
+					t.Errorf("role %s: %v", role, err)
+				case len(tc.wantErr) > 0 && err == nil:
+					t.Errorf("role %s: rendered; want a refusal naming %v", role, tc.wantErr)
+				case err != nil:
+					for _, w := range tc.wantErr {
+						if !strings.Contains(err.Error(), w) {
+							t.Errorf("role %s: error does not name %s: %v", role, w, err)
+						}
+					}
+				}
+				if role == "standby" && tc.cmd == "apply" && err == nil {
+					r := renderDecoded(t, vals)
+					env := containerEnv(t, r.built, r.deployments["etcdsync-applier"], "apply")
+					want := "1536KiB"
+					if a, _ := tc.values["applier"].(map[string]any); a["maxRequestBytes"] != nil {
+						want = a["maxRequestBytes"].(string)
+					}
+					if env["ETCDSYNC_MAX_REQUEST_BYTES"] != want {
+						t.Errorf("applier ETCDSYNC_MAX_REQUEST_BYTES=%q, want %q", env["ETCDSYNC_MAX_REQUEST_BYTES"], want)
+					}
+				}
+			}
+			// The binary refuses the same values before connecting
+			// anywhere (exit 2, bad usage).
+			if len(tc.wantErr) == 0 {
+				return
+			}
+			env := map[string]string{"ETCDSYNC_ETCD_ENDPOINTS": "http://127.0.0.1:1", "ETCDSYNC_NATS_URL": "nats://127.0.0.1:1"}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			if _, errOut, code := runEtcdsync(t, env, tc.cmd); code != 2 {
+				t.Errorf("etcdsync %s with %v: exit %d, want 2 (the binary refuses what the chart refuses): %s", tc.cmd, tc.env, code, errOut)
+			}
+		})
 	}
 }

@@ -400,3 +400,46 @@ spec:
       {{- include "etcdsync.selectorLabels" .component | nindent 6 }}
 {{- end }}
 {{- end }}
+
+{{/* The seconds of a Go duration (5m, 1h30m, 500ms), as a float. */}}
+{{- define "etcdsync.seconds" -}}
+{{- $units := dict "ns" "1e-9" "us" "1e-6" "µs" "1e-6" "ms" "1e-3" "s" "1" "m" "60" "h" "3600" -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" . -1 -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" . -}}
+{{- $unit := trimPrefix $num . -}}
+{{- $total = addf $total (mulf (float64 $num) (float64 (get $units $unit))) -}}
+{{- end -}}
+{{ $total }}
+{{- end }}
+
+{{/* The bytes of a size (1MiB, 1536KiB, 20GiB, 4Mi, 10MB, 1048576), as an integer. */}}
+{{- define "etcdsync.bytes" -}}
+{{- $units := dict "KiB" 1024 "MiB" 1048576 "GiB" 1073741824 "TiB" 1099511627776 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "KB" 1000 "MB" 1000000 "GB" 1000000000 "TB" 1000000000000 "B" 1 -}}
+{{- $num := regexFind "^[0-9]+" . -}}
+{{- $unit := trimPrefix $num . | trim -}}
+{{ mul (int64 $num) (get $units $unit | default 1) }}
+{{- end }}
+
+{{/*
+What the schema cannot check, two values against each other, refused as
+the binary would refuse it at start-up. Checked in both roles, so that a
+change of role never meets a refusal.
+*/}}
+{{- define "etcdsync.checkValues" -}}
+{{- $p := .Values.publisher -}}
+{{- $maxAge := include "etcdsync.seconds" $p.maxAge | float64 -}}
+{{- $snap := include "etcdsync.seconds" $p.snapshotInterval | float64 -}}
+{{- if and (gt $maxAge 0.0) (or (eq $snap 0.0) (ge $snap $maxAge)) -}}
+{{- fail (printf "publisher.snapshotInterval %s must be set and below publisher.maxAge %s, or the stream's retention drops its last complete snapshot (a standby that falls behind could then not re-seed); the publisher would refuse it at start-up" $p.snapshotInterval $p.maxAge) -}}
+{{- end -}}
+{{- $a := .Values.applier -}}
+{{- $txn := include "etcdsync.bytes" $a.maxTxnBytes | int64 -}}
+{{- $req := include "etcdsync.bytes" $a.maxRequestBytes | int64 -}}
+{{- if lt $txn 4096 -}}
+{{- fail (printf "applier.maxTxnBytes %s: must be at least 4KiB" $a.maxTxnBytes) -}}
+{{- end -}}
+{{- if gt $txn $req -}}
+{{- fail (printf "applier.maxTxnBytes %s is above applier.maxRequestBytes %s, the standby etcd's --max-request-bytes (etcd's default 1.5MiB): the standby would refuse such transactions. Lower applier.maxTxnBytes, or raise the standby etcd's --max-request-bytes and applier.maxRequestBytes with it" $a.maxTxnBytes $a.maxRequestBytes) -}}
+{{- end -}}
+{{- end }}
