@@ -123,11 +123,12 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 			}
 		}
 	}
-	// Without an in-cluster NATS there is no namespace to exclude.
+	// Without an in-cluster NATS on either site there is no namespace to
+	// exclude.
 	r := renderDecoded(t, map[string]any{"role": "standby", "logKey": logKeyValues,
 		"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 		"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
-		"nats":        map[string]any{"namespace": "", "url": "tls://nats.example:4222"}})
+		"nats":        map[string]any{"namespace": "", "remoteNamespace": "", "url": "tls://nats.example:4222"}})
 	for _, e := range r.deployments["etcdsync-applier"].Spec.Template.Spec.Containers[0].Env {
 		if e.Name == "ETCDSYNC_EXCLUDE_NAMESPACE" {
 			t.Errorf("nats.namespace empty: ETCDSYNC_EXCLUDE_NAMESPACE=%q", e.Value)
@@ -469,6 +470,61 @@ func TestChartRefusesInconsistentValues(t *testing.T) {
 			if _, errOut, code := runEtcdsync(t, env, tc.cmd); code != 2 {
 				t.Errorf("etcdsync %s with %v: exit %d, want 2 (the binary refuses what the chart refuses): %s", tc.cmd, tc.env, code, errOut)
 			}
+		})
+	}
+}
+
+// TestChartStandbyExcludesRemoteNamespaces: the standby never replicates
+// the other site's NATS and etcdsync namespaces over its own either (they
+// hold that site's NATS servers, leafnode configuration, publisher and
+// credentials). By default the other site uses the same names as this one.
+func TestChartStandbyExcludesRemoteNamespaces(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		nats         map[string]any
+		remoteNS     any
+		want, absent []string
+	}{
+		{"defaults", nil, nil, []string{"nats", chartNamespace}, nil},
+		{"other names", map[string]any{"namespace": "nats-standby", "remoteNamespace": "nats-primary"}, "etcdsync-primary",
+			[]string{"nats-standby", "nats-primary", "etcdsync-primary", chartNamespace}, []string{"nats"}},
+		{"the other site's NATS outside its cluster", map[string]any{"namespace": "nats-standby", "remoteNamespace": ""}, "",
+			[]string{"nats-standby", chartNamespace}, []string{"nats"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vals := map[string]any{"role": "standby", "logKey": logKeyValues,
+				"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
+				"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}}}
+			if tc.nats != nil {
+				vals["nats"] = tc.nats
+			}
+			if tc.remoteNS != nil {
+				vals["remoteNamespace"] = tc.remoteNS
+			}
+			r := renderDecoded(t, vals)
+			// The applier's rules as the binary prints them (checkRelease
+			// checks that the auditor's are the same).
+			env := map[string]string{"POD_NAMESPACE": chartNamespace}
+			for _, e := range r.deployments["etcdsync-applier"].Spec.Template.Spec.Containers[0].Env {
+				if strings.HasPrefix(e.Name, "ETCDSYNC_") && e.ValueFrom == nil {
+					env[e.Name] = e.Value
+				}
+			}
+			out, errOut, code := runEtcdsync(t, env, "apply", "--print-rules")
+			if code != 0 {
+				t.Fatalf("etcdsync apply --print-rules: exit %d: %s", code, errOut)
+			}
+			for _, ns := range tc.want {
+				if !strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
+					t.Errorf("--print-rules does not exclude namespace %q:\n%s", ns, out)
+				}
+			}
+			for _, ns := range tc.absent {
+				if strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
+					t.Errorf("--print-rules excludes namespace %q, which neither site uses:\n%s", ns, out)
+				}
+			}
+			checkRelease(t, r)
 		})
 	}
 }

@@ -97,13 +97,16 @@ URLs' ports (name the peers in the values to close it).
 
 {{/*
 The namespaces the applier and the auditor exclude besides the preset's:
-the platform's list and, on the standby, this site's NATS namespace. The
-namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
+the platform's list, both sites' NATS namespaces and the other site's
+etcdsync namespace. The namespace etcdsync runs in is excluded by the
+binary itself (POD_NAMESPACE).
 */}}
 {{- define "etcdsync.excludedNamespaces" -}}
 {{- $ns := .Values.excludedNamespaces -}}
-{{- if .Values.nats.namespace -}}
-{{- $ns = append $ns .Values.nats.namespace -}}
+{{- range list .Values.nats.namespace .Values.nats.remoteNamespace .Values.remoteNamespace -}}
+{{- if and . (ne . $.Release.Namespace) -}}
+{{- $ns = append $ns . -}}
+{{- end -}}
 {{- end -}}
 {{ $ns | uniq | join "," }}
 {{- end }}
