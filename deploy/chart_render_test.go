@@ -262,8 +262,8 @@ func checkRelease(t *testing.T, r *rendered) {
 		}
 		deployments = append(deployments, d)
 		env := containerEnv(t, r.built, d, "publish")
-		if got, want := env["ETCDSYNC_ETCD_ENDPOINTS"], strings.Join(stringsOf(pathValue(t, v, "primaryEtcd.endpoints")), ","); got != want {
-			t.Errorf("publisher ETCDSYNC_ETCD_ENDPOINTS=%q, want primaryEtcd.endpoints %q", got, want)
+		if got, want := env["ETCDSYNC_ETCD_ENDPOINTS"], strings.Join(stringsOf(etcdValue(t, v, "primary", "endpoints")), ","); got != want {
+			t.Errorf("publisher ETCDSYNC_ETCD_ENDPOINTS=%q, want the primary etcd's endpoints %q", got, want)
 		}
 		checkReplicas(t, r, d, env, v, "publisher")
 		wantResources(t, d, "", "", "")
@@ -287,8 +287,8 @@ func checkRelease(t *testing.T, r *rendered) {
 		deployments = append(deployments, ap, au)
 		apEnv := containerEnv(t, r.built, ap, "apply")
 		auEnv := containerEnv(t, r.built, au, "audit")
-		standby := strings.Join(stringsOf(pathValue(t, v, "standbyEtcd.endpoints")), ",")
-		primary := strings.Join(stringsOf(pathValue(t, v, "primaryEtcd.endpoints")), ",")
+		standby := strings.Join(stringsOf(etcdValue(t, v, "standby", "endpoints")), ",")
+		primary := strings.Join(stringsOf(etcdValue(t, v, "primary", "endpoints")), ",")
 		if apEnv["ETCDSYNC_ETCD_ENDPOINTS"] != standby || auEnv["ETCDSYNC_STANDBY_ENDPOINTS"] != standby || auEnv["ETCDSYNC_PRIMARY_ENDPOINTS"] != primary {
 			t.Errorf("endpoints: applier %q, auditor standby %q primary %q; want standby %q, primary %q",
 				apEnv["ETCDSYNC_ETCD_ENDPOINTS"], auEnv["ETCDSYNC_STANDBY_ENDPOINTS"], auEnv["ETCDSYNC_PRIMARY_ENDPOINTS"], standby, primary)
@@ -417,7 +417,7 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 				continue
 			}
 			var peers []networkingv1.NetworkPolicyPeer
-			if err := decodeValue(pathValue(t, v, "networkPolicy."+site+"EtcdTo"), &peers); err != nil {
+			if err := decodeValue(etcdValue(t, v, site, "to"), &peers); err != nil {
 				t.Fatal(err)
 			}
 			if len(peers) == 0 {
@@ -431,7 +431,7 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 					return slices.ContainsFunc(r.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port != nil && *p.Port == port }) &&
 						reflect.DeepEqual(r.To, peers)
 				}) {
-					t.Errorf("NetworkPolicy %s: no egress rule to port %s towards networkPolicy.%sEtcdTo %v (%s)", np.Name, port.String(), site, peers, e.Name)
+					t.Errorf("NetworkPolicy %s: no egress rule to port %s towards the %s etcd's peers %v (%s)", np.Name, port.String(), site, peers, e.Name)
 				}
 			}
 		}
@@ -488,6 +488,22 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			t.Errorf("NetworkPolicy %s allows egress to %v, which %s does not use", np.Name, keys(allowed), d.Name)
 		}
 	}
+}
+
+// etcdValue returns a value of the primary or standby etcd ("endpoints",
+// "tlsSecret", or "to": its NetworkPolicy peers): from localEtcd or
+// remoteEtcd, as role makes them the primary or the standby, when localEtcd
+// is given; else from primaryEtcd or standbyEtcd.
+func etcdValue(t *testing.T, v chartutil.Values, which, field string) any {
+	t.Helper()
+	name := which
+	if len(stringsOf(pathValue(t, v, "localEtcd.endpoints"))) > 0 {
+		name = map[bool]string{true: "local", false: "remote"}[(which == "primary") == (v["role"] == "primary")]
+	}
+	if field == "to" {
+		return pathValue(t, v, "networkPolicy."+name+"EtcdTo")
+	}
+	return pathValue(t, v, name+"Etcd."+field)
 }
 
 // ipPeers returns the address blocks of URLs that all name IP addresses,

@@ -29,6 +29,47 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end }}
 {{- end }}
 
+{{/*
+The etcds and the publishing site for this release's role, as YAML:
+primary and standby ({endpoints, tlsSecret, to}) and site. From
+localEtcd/remoteEtcd and localSite/remoteSite when localEtcd is given (a
+change of role swaps them), else from primaryEtcd/standbyEtcd and site.
+*/}}
+{{- define "etcdsync.sites" -}}
+{{- $v := .Values -}}
+{{- $np := $v.networkPolicy -}}
+{{- if $v.localEtcd.endpoints -}}
+{{- range $old := list "primaryEtcd" "standbyEtcd" -}}
+{{- $e := get $v $old -}}
+{{- if or $e.endpoints $e.tlsSecret -}}
+{{- fail (printf "%s and localEtcd: name the etcds one way, either localEtcd and remoteEtcd (role picks the primary) or primaryEtcd and standbyEtcd" $old) -}}
+{{- end -}}
+{{- end -}}
+{{- if or $np.primaryEtcdTo $np.standbyEtcdTo -}}
+{{- fail "networkPolicy.primaryEtcdTo/standbyEtcdTo with localEtcd: name the etcds' peers in networkPolicy.localEtcdTo and remoteEtcdTo" -}}
+{{- end -}}
+{{- if eq $v.localSite $v.remoteSite -}}
+{{- fail (printf "localSite and remoteSite are both %q: each site publishes under its own name (deploy/RUNBOOK.md \"Names\")" $v.localSite) -}}
+{{- end -}}
+{{- $local := dict "endpoints" $v.localEtcd.endpoints "tlsSecret" $v.localEtcd.tlsSecret "to" $np.localEtcdTo -}}
+{{- $remote := dict "endpoints" $v.remoteEtcd.endpoints "tlsSecret" $v.remoteEtcd.tlsSecret "to" $np.remoteEtcdTo -}}
+{{- $primary := ternary $local $remote (eq $v.role "primary") -}}
+{{- $standby := ternary $remote $local (eq $v.role "primary") -}}
+{{- $site := ternary $v.localSite $v.remoteSite (eq $v.role "primary") -}}
+{{- if and $v.site (ne $v.site $site) -}}
+{{- fail (printf "site %q contradicts localSite %q, remoteSite %q and role %s, which make %q the publishing site: leave site empty" $v.site $v.localSite $v.remoteSite $v.role $site) -}}
+{{- end -}}
+{{ dict "primary" $primary "standby" $standby "site" $site | toYaml }}
+{{- else -}}
+{{- if or $v.remoteEtcd.endpoints $v.remoteEtcd.tlsSecret $v.localEtcd.tlsSecret $v.localSite $v.remoteSite $np.localEtcdTo $np.remoteEtcdTo -}}
+{{- fail "remoteEtcd, localSite, remoteSite, localEtcdTo or remoteEtcdTo without localEtcd.endpoints: name the etcds one way, either localEtcd and remoteEtcd (role picks the primary) or primaryEtcd and standbyEtcd" -}}
+{{- end -}}
+{{- $primary := dict "endpoints" $v.primaryEtcd.endpoints "tlsSecret" $v.primaryEtcd.tlsSecret "to" $np.primaryEtcdTo -}}
+{{- $standby := dict "endpoints" $v.standbyEtcd.endpoints "tlsSecret" $v.standbyEtcd.tlsSecret "to" $np.standbyEtcdTo -}}
+{{ dict "primary" $primary "standby" $standby "site" ($v.site | default "primary") | toYaml }}
+{{- end -}}
+{{- end }}
+
 {{- define "etcdsync.natsURL" -}}
 {{- if .Values.nats.url -}}
 {{- $host := (urlParse .Values.nats.url).hostname -}}
@@ -191,7 +232,7 @@ applier verifies. An unauthenticated log must be asked for.
 {{- end }}
 {{- end }}
 - name: ETCDSYNC_SITE
-  value: {{ .Values.site | quote }}
+  value: {{ (include "etcdsync.sites" . | fromYaml).site | quote }}
 - name: ETCDSYNC_STREAM
   value: {{ .Values.stream | quote }}
 - name: ETCDSYNC_LOG_FORMAT
