@@ -309,8 +309,8 @@ func checkRelease(t *testing.T, r *rendered) {
 				t.Errorf("%s ETCDSYNC_LOG_LEVEL=%q, want %q for detailLogs=%v", name, env["ETCDSYNC_LOG_LEVEL"], wantLevel, v["detailLogs"])
 			}
 		}
-		// The runbook runs status and promote in the auditor's pod.
-		for _, cmd := range []string{"status", "promote"} {
+		// The runbook runs status, promote and demote in the auditor's pod.
+		for _, cmd := range []string{"status", "promote", "demote"} {
 			if _, errOut, code := runEtcdsync(t, auEnv, cmd, "-h"); code != 0 {
 				t.Errorf("etcdsync %s -h with the auditor's environment: exit %d: %s", cmd, code, errOut)
 			}

@@ -260,7 +260,7 @@ applier verifies. An unauthenticated log must be asked for.
 {{- end }}
 {{- end }}
 
-{{/* Secret volumes; call with (dict "root" $ "component" NAME "etcds" (list (list "etcd" secretName) ...) "logKey" true). */}}
+{{/* Secret volumes; call with (dict "root" $ "component" NAME "etcds" (list (list "etcd" secretName) ...) "logKey" true "admin" true). */}}
 {{- define "etcdsync.volumes" -}}
 {{- with .root.Values.nats.passwords.existingSecret }}
 - name: nats-password
@@ -290,6 +290,22 @@ applier verifies. An unauthenticated log must be asked for.
   secret:
     secretName: {{ . }}
     defaultMode: 288
+{{- end }}
+{{- if .admin }}
+{{- with .root.Values.nats.admin.existingSecret }}
+- name: nats-admin
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288
+    items:
+      {{- if $.root.Values.nats.passwords.existingSecret }}
+      - key: {{ $.root.Values.nats.admin.key | default "admin-password" }}
+        path: password
+      {{- else }}
+      - key: {{ $.root.Values.nats.admin.key | default "nats.creds" }}
+        path: nats.creds
+      {{- end }}
+{{- end }}
 {{- end }}
 {{- if .logKey }}
 {{- with .root.Values.logKey.existingSecret }}
@@ -322,6 +338,11 @@ applier verifies. An unauthenticated log must be asked for.
 {{- if .root.Values.nats.tls.existingSecret }}
 - name: nats-tls
   mountPath: /etc/etcdsync/nats-tls
+  readOnly: true
+{{- end }}
+{{- if and .admin .root.Values.nats.admin.existingSecret }}
+- name: nats-admin
+  mountPath: /etc/etcdsync/nats-admin
   readOnly: true
 {{- end }}
 {{- if and .logKey .root.Values.logKey.existingSecret }}
@@ -471,6 +492,14 @@ the binary would refuse it at start-up. Checked in both roles, so that a
 change of role never meets a refusal.
 */}}
 {{- define "etcdsync.checkValues" -}}
+{{- if .Values.nats.admin.existingSecret -}}
+{{- if not (or .Values.nats.passwords.existingSecret .Values.nats.credentials.existingSecret) -}}
+{{- fail "nats.admin: the admin identity logs in the way the components do; give nats.passwords or nats.credentials" -}}
+{{- end -}}
+{{- if not .Values.auditor.enabled -}}
+{{- fail "nats.admin is mounted into the auditor's pod, where the runbook runs promote and streams init: set auditor.enabled (or drop nats.admin)" -}}
+{{- end -}}
+{{- end -}}
 {{- $p := .Values.publisher -}}
 {{- $maxAge := include "etcdsync.seconds" $p.maxAge | float64 -}}
 {{- $snap := include "etcdsync.seconds" $p.snapshotInterval | float64 -}}
