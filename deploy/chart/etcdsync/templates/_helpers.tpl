@@ -256,7 +256,7 @@ applier verifies. An unauthenticated log must be asked for.
 - name: ETCDSYNC_NATS_USER
   value: etcdsync-{{ .component }}
 - name: ETCDSYNC_NATS_PASSWORD_FILE
-  value: /etc/etcdsync/nats-password/password
+  value: /etc/etcdsync/nats/password
 {{- end }}
 {{- end }}
 
@@ -320,7 +320,7 @@ applier verifies. An unauthenticated log must be asked for.
 {{- define "etcdsync.volumeMounts" -}}
 {{- if .root.Values.nats.passwords.existingSecret }}
 - name: nats-password
-  mountPath: /etc/etcdsync/nats-password
+  mountPath: /etc/etcdsync/nats
   readOnly: true
 {{- end }}
 {{- range .etcds }}
