@@ -649,9 +649,11 @@ var (
 func chartCases(t *testing.T) map[string]map[string]any {
 	t.Helper()
 	cases := map[string]map[string]any{
-		"ci/primary-values.yaml": chartValues(t, "ci/primary-values.yaml"),
-		"ci/standby-values.yaml": chartValues(t, "ci/standby-values.yaml"),
-		"minimal-primary":        {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}, "logKey": logKeyValues},
+		"ci/primary-values.yaml":   chartValues(t, "ci/primary-values.yaml"),
+		"ci/standby-values.yaml":   chartValues(t, "ci/standby-values.yaml"),
+		kustomizeValues["primary"]: chartValues(t, kustomizeValues["primary"]),
+		kustomizeValues["standby"]: chartValues(t, kustomizeValues["standby"]),
+		"minimal-primary":          {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}, "logKey": logKeyValues},
 		"minimal-standby": {"role": "standby", "logKey": logKeyValues,
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example"}},
 			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:12379"}}},

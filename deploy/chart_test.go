@@ -20,7 +20,7 @@ import (
 // the chart for each ci/ values file.
 func TestChartLint(t *testing.T) {
 	kube := renderKubeVersion(t)
-	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml", kustomizeValues["primary"], kustomizeValues["standby"]} {
 		t.Run(f, func(t *testing.T) {
 			l := lint.AllWithKubeVersionAndSchemaValidation(chartDir, chartValues(t, f), chartNamespace, kube, false)
 			for _, m := range l.Messages {
