@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -261,8 +262,8 @@ func checkRelease(t *testing.T, r *rendered) {
 		}
 		deployments = append(deployments, d)
 		env := containerEnv(t, r.built, d, "publish")
-		if got, want := env["ETCDSYNC_ETCD_ENDPOINTS"], strings.Join(stringsOf(pathValue(t, v, "primaryEtcd.endpoints")), ","); got != want {
-			t.Errorf("publisher ETCDSYNC_ETCD_ENDPOINTS=%q, want primaryEtcd.endpoints %q", got, want)
+		if got, want := env["ETCDSYNC_ETCD_ENDPOINTS"], strings.Join(stringsOf(etcdValue(t, v, "primary", "endpoints")), ","); got != want {
+			t.Errorf("publisher ETCDSYNC_ETCD_ENDPOINTS=%q, want the primary etcd's endpoints %q", got, want)
 		}
 		checkReplicas(t, r, d, env, v, "publisher")
 		wantResources(t, d, "", "", "")
@@ -286,8 +287,8 @@ func checkRelease(t *testing.T, r *rendered) {
 		deployments = append(deployments, ap, au)
 		apEnv := containerEnv(t, r.built, ap, "apply")
 		auEnv := containerEnv(t, r.built, au, "audit")
-		standby := strings.Join(stringsOf(pathValue(t, v, "standbyEtcd.endpoints")), ",")
-		primary := strings.Join(stringsOf(pathValue(t, v, "primaryEtcd.endpoints")), ",")
+		standby := strings.Join(stringsOf(etcdValue(t, v, "standby", "endpoints")), ",")
+		primary := strings.Join(stringsOf(etcdValue(t, v, "primary", "endpoints")), ",")
 		if apEnv["ETCDSYNC_ETCD_ENDPOINTS"] != standby || auEnv["ETCDSYNC_STANDBY_ENDPOINTS"] != standby || auEnv["ETCDSYNC_PRIMARY_ENDPOINTS"] != primary {
 			t.Errorf("endpoints: applier %q, auditor standby %q primary %q; want standby %q, primary %q",
 				apEnv["ETCDSYNC_ETCD_ENDPOINTS"], auEnv["ETCDSYNC_STANDBY_ENDPOINTS"], auEnv["ETCDSYNC_PRIMARY_ENDPOINTS"], standby, primary)
@@ -308,8 +309,8 @@ func checkRelease(t *testing.T, r *rendered) {
 				t.Errorf("%s ETCDSYNC_LOG_LEVEL=%q, want %q for detailLogs=%v", name, env["ETCDSYNC_LOG_LEVEL"], wantLevel, v["detailLogs"])
 			}
 		}
-		// The runbook runs status and promote in the auditor's pod.
-		for _, cmd := range []string{"status", "promote"} {
+		// The runbook runs status, promote and demote in the auditor's pod.
+		for _, cmd := range []string{"status", "promote", "demote"} {
 			if _, errOut, code := runEtcdsync(t, auEnv, cmd, "-h"); code != 0 {
 				t.Errorf("etcdsync %s -h with the auditor's environment: exit %d: %s", cmd, code, errOut)
 			}
@@ -388,9 +389,19 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			t.Errorf("NetworkPolicy %s: policyTypes %v, want Ingress and Egress", np.Name, np.Spec.PolicyTypes)
 		}
 		c := d.Spec.Template.Spec.Containers[0]
+		var from []networkingv1.NetworkPolicyPeer
+		if err := decodeValue(pathValue(t, v, "networkPolicy.metricsFrom"), &from); err != nil {
+			t.Fatal(err)
+		}
+		if len(from) == 0 {
+			from = nil
+		}
 		for _, in := range np.Spec.Ingress {
 			if len(in.Ports) == 0 {
 				t.Errorf("NetworkPolicy %s: an ingress rule allows every port", np.Name)
+			}
+			if !reflect.DeepEqual(in.From, from) {
+				t.Errorf("NetworkPolicy %s: ingress from %v, want networkPolicy.metricsFrom %v", np.Name, in.From, from)
 			}
 			for _, p := range in.Ports {
 				if p.Port == nil || *p.Port != intstr.FromString("metrics") {
@@ -406,11 +417,13 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 				continue
 			}
 			var peers []networkingv1.NetworkPolicyPeer
-			if err := decodeValue(pathValue(t, v, "networkPolicy."+site+"EtcdTo"), &peers); err != nil {
+			if err := decodeValue(etcdValue(t, v, site, "to"), &peers); err != nil {
 				t.Fatal(err)
 			}
 			if len(peers) == 0 {
-				peers = nil // no "to": any destination, on these ports only
+				// The endpoints' addresses, or no "to" (any destination,
+				// on these ports only) for a host name.
+				peers = ipPeers(t, strings.Split(e.Value, ","))
 			}
 			for _, ep := range strings.Split(e.Value, ",") {
 				port := intstr.Parse(urlPort(t, ep, "2379"))
@@ -418,8 +431,24 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 					return slices.ContainsFunc(r.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port != nil && *p.Port == port }) &&
 						reflect.DeepEqual(r.To, peers)
 				}) {
-					t.Errorf("NetworkPolicy %s: no egress rule to port %s towards networkPolicy.%sEtcdTo %v (%s)", np.Name, port.String(), site, peers, e.Name)
+					t.Errorf("NetworkPolicy %s: no egress rule to port %s towards the %s etcd's peers %v (%s)", np.Name, port.String(), site, peers, e.Name)
 				}
+			}
+		}
+		// DNS: the cluster DNS pods, never an address block.
+		for _, eg := range np.Spec.Egress {
+			if !slices.ContainsFunc(eg.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port != nil && p.Port.IntVal == 53 }) {
+				continue
+			}
+			dns, err := v.Table("networkPolicy.dns")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns, labels := dns["namespace"], dns["podLabels"]
+			if len(eg.To) != 1 || eg.To[0].IPBlock != nil || eg.To[0].NamespaceSelector == nil ||
+				eg.To[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != ns ||
+				eg.To[0].PodSelector == nil || fmt.Sprint(eg.To[0].PodSelector.MatchLabels) != fmt.Sprint(labels) {
+				t.Errorf("NetworkPolicy %s: DNS egress to %v, want the pods %v of namespace %v only", np.Name, eg.To, labels, ns)
 			}
 		}
 		allowed := map[string]bool{}
@@ -459,6 +488,44 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			t.Errorf("NetworkPolicy %s allows egress to %v, which %s does not use", np.Name, keys(allowed), d.Name)
 		}
 	}
+}
+
+// etcdValue returns a value of the primary or standby etcd ("endpoints",
+// "tlsSecret", or "to": its NetworkPolicy peers): from localEtcd or
+// remoteEtcd, as role makes them the primary or the standby, when localEtcd
+// is given; else from primaryEtcd or standbyEtcd.
+func etcdValue(t *testing.T, v chartutil.Values, which, field string) any {
+	t.Helper()
+	name := which
+	if len(stringsOf(pathValue(t, v, "localEtcd.endpoints"))) > 0 {
+		name = map[bool]string{true: "local", false: "remote"}[(which == "primary") == (v["role"] == "primary")]
+	}
+	if field == "to" {
+		return pathValue(t, v, "networkPolicy."+name+"EtcdTo")
+	}
+	return pathValue(t, v, name+"Etcd."+field)
+}
+
+// ipPeers returns the address blocks of URLs that all name IP addresses,
+// or nil when one names a host.
+func ipPeers(t *testing.T, urls []string) []networkingv1.NetworkPolicyPeer {
+	t.Helper()
+	var peers []networkingv1.NetworkPolicyPeer
+	for _, raw := range urls {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			t.Fatalf("URL %q: %v", raw, err)
+		}
+		ip, err := netip.ParseAddr(u.Hostname())
+		if err != nil {
+			return nil
+		}
+		cidr := netip.PrefixFrom(ip, ip.BitLen()).String()
+		if !slices.ContainsFunc(peers, func(p networkingv1.NetworkPolicyPeer) bool { return p.IPBlock.CIDR == cidr }) {
+			peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr}})
+		}
+	}
+	return peers
 }
 
 // decodeValue converts a chart value into a typed Go value.
@@ -569,6 +636,9 @@ func checkRulesAreTheSource(t *testing.T, pr *monitoringv1.PrometheusRule) {
 	}
 }
 
+// logKeyValues name the log key ring Secret both roles require.
+var logKeyValues = map[string]any{"existingSecret": "etcdsync-log-key"}
+
 var (
 	readmeYAML = regexp.MustCompile("(?s)```yaml\n(.*?)```")
 	readmeText = regexp.MustCompile("(?s)```text\n(.*?)```")
@@ -579,21 +649,23 @@ var (
 func chartCases(t *testing.T) map[string]map[string]any {
 	t.Helper()
 	cases := map[string]map[string]any{
-		"ci/primary-values.yaml": chartValues(t, "ci/primary-values.yaml"),
-		"ci/standby-values.yaml": chartValues(t, "ci/standby-values.yaml"),
-		"minimal-primary":        {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}},
-		"minimal-standby": {"role": "standby",
+		"ci/primary-values.yaml":   chartValues(t, "ci/primary-values.yaml"),
+		"ci/standby-values.yaml":   chartValues(t, "ci/standby-values.yaml"),
+		kustomizeValues["primary"]: chartValues(t, kustomizeValues["primary"]),
+		kustomizeValues["standby"]: chartValues(t, kustomizeValues["standby"]),
+		"minimal-primary":          {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}, "logKey": logKeyValues},
+		"minimal-standby": {"role": "standby", "logKey": logKeyValues,
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example"}},
 			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:12379"}}},
 		// Every switch the other cases leave on, off.
-		"standby-switches-off": {"role": "standby",
+		"standby-switches-off": {"role": "standby", "logKey": map[string]any{"allowUnauthenticated": true},
 			"primaryEtcd":         map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"standbyEtcd":         map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
 			"applier":             map[string]any{"replicas": 1, "leaderElect": false},
 			"auditor":             map[string]any{"enabled": false},
 			"networkPolicy":       map[string]any{"enabled": false},
 			"podDisruptionBudget": map[string]any{"enabled": false}},
-		"primary-one-replica": {
+		"primary-one-replica": {"logKey": logKeyValues,
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"publisher":   map[string]any{"replicas": 1, "leaderElect": false}},
 	}

@@ -20,7 +20,7 @@ import (
 // the chart for each ci/ values file.
 func TestChartLint(t *testing.T) {
 	kube := renderKubeVersion(t)
-	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml", kustomizeValues["primary"], kustomizeValues["standby"]} {
 		t.Run(f, func(t *testing.T) {
 			l := lint.AllWithKubeVersionAndSchemaValidation(chartDir, chartValues(t, f), chartNamespace, kube, false)
 			for _, m := range l.Messages {
@@ -85,6 +85,7 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 		vals["role"] = "standby"
 		vals["primaryEtcd"] = map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}}
 		vals["standbyEtcd"] = map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}}
+		vals["logKey"] = logKeyValues
 		r := renderDecoded(t, vals)
 		for _, name := range []string{"etcdsync-applier", "etcdsync-auditor"} {
 			d := r.deployments[name]
@@ -122,11 +123,12 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 			}
 		}
 	}
-	// Without an in-cluster NATS there is no namespace to exclude.
-	r := renderDecoded(t, map[string]any{"role": "standby",
+	// Without an in-cluster NATS on either site there is no namespace to
+	// exclude.
+	r := renderDecoded(t, map[string]any{"role": "standby", "logKey": logKeyValues,
 		"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 		"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
-		"nats":        map[string]any{"namespace": "", "url": "tls://nats.example:4222"}})
+		"nats":        map[string]any{"namespace": "", "remoteNamespace": "", "url": "tls://nats.example:4222"}})
 	for _, e := range r.deployments["etcdsync-applier"].Spec.Template.Spec.Containers[0].Env {
 		if e.Name == "ETCDSYNC_EXCLUDE_NAMESPACE" {
 			t.Errorf("nats.namespace empty: ETCDSYNC_EXCLUDE_NAMESPACE=%q", e.Value)
@@ -271,6 +273,7 @@ func TestChartRejectsBadValues(t *testing.T) {
 role: standby
 primaryEtcd: {endpoints: ["https://etcd.primary.example:2379"]}
 standbyEtcd: {endpoints: ["https://etcd.standby.example:2379"]}
+logKey: {existingSecret: etcdsync-log-key}
 `
 	for _, tc := range []struct {
 		name, values, want string
@@ -295,6 +298,12 @@ standbyEtcd: {endpoints: ["https://etcd.standby.example:2379"]}
 		{"NATS URL list", `nats: {url: "nats://a:4222,nats://b:4222"}`, "/nats/url"},
 		{"NATS password in the URL", `nats: {url: "nats://etcdsync:hunter2@nats.example:4222"}`, "/nats/url"},
 		{"NATS namespace with a capital", "nats: {namespace: NATS}", "/nats/namespace"},
+		{"leader TTL below a second", "applier: {leaderTTL: 500ms}", "/applier/leaderTTL"},
+		{"leader TTL of zero", "publisher: {leaderTTL: 0s}", "/publisher/leaderTTL"},
+		{"leader TTL a fraction of a second", "publisher: {leaderTTL: 0.5s}", "/publisher/leaderTTL"},
+		{"snapshot interval not a duration", "publisher: {snapshotInterval: 4 hours}", "/publisher/snapshotInterval"},
+		{"snapshot interval without unit", "publisher: {snapshotInterval: 4}", "/publisher/snapshotInterval"},
+		{"request bytes not a size", "applier: {maxRequestBytes: 1.5MiB}", "/applier/maxRequestBytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base, err := chartutil.ReadValues([]byte(ok))
@@ -351,5 +360,171 @@ func TestChartPorts(t *testing.T) {
 	env := containerEnv(t, r.built, r.deployments["etcdsync-applier"], "apply")
 	if env["ETCDSYNC_METRICS_ADDR"] != ":"+strconv.Itoa(19191) {
 		t.Errorf("ETCDSYNC_METRICS_ADDR=%q", env["ETCDSYNC_METRICS_ADDR"])
+	}
+}
+
+// TestChartRequiresLogKey: both roles refuse to render without the log's
+// key ring unless the values say explicitly that the log is
+// unauthenticated; then no container is given a key file.
+func TestChartRequiresLogKey(t *testing.T) {
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		vals := chartValues(t, f)
+		delete(vals, "logKey")
+		_, _, err := renderChart(t, vals)
+		if err == nil || !strings.Contains(err.Error(), "logKey.existingSecret") || !strings.Contains(err.Error(), "logKey.allowUnauthenticated") {
+			t.Errorf("%s without logKey: err = %v, want a refusal naming logKey.existingSecret and logKey.allowUnauthenticated", f, err)
+		}
+		vals["logKey"] = map[string]any{"allowUnauthenticated": true}
+		r := renderDecoded(t, vals)
+		if len(r.deployments) == 0 {
+			t.Fatalf("%s: no Deployment", f)
+		}
+		for _, d := range r.deployments {
+			for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+				if e.Name == "ETCDSYNC_LOG_KEY_FILE" {
+					t.Errorf("%s: logKey.allowUnauthenticated without a Secret: %s sets %s=%s", f, d.Name, e.Name, e.Value)
+				}
+			}
+		}
+	}
+}
+
+// TestChartRefusesInconsistentValues: what the schema cannot compare (two
+// values against each other) the templates refuse with a message naming
+// both values, exactly when the binary would refuse them at start-up.
+func TestChartRefusesInconsistentValues(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		values  map[string]any
+		wantErr []string // empty: renders
+		cmd     string   // the binary's command the values reach
+		env     map[string]string
+	}{
+		{"snapshot interval below max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "4h", "maxAge": "24h"}}, nil,
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "4h", "ETCDSYNC_MAX_AGE": "24h"}},
+		{"snapshot interval equal to max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "24h", "maxAge": "1440m"}},
+			[]string{"publisher.snapshotInterval", "publisher.maxAge"},
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "24h", "ETCDSYNC_MAX_AGE": "1440m"}},
+		{"snapshot interval above max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "1h30m", "maxAge": "5400s"}},
+			[]string{"publisher.snapshotInterval", "publisher.maxAge"},
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "1h30m", "ETCDSYNC_MAX_AGE": "5400s"}},
+		{"snapshots off with a max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "0s", "maxAge": "24h"}},
+			[]string{"publisher.snapshotInterval", "publisher.maxAge"},
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "0s", "ETCDSYNC_MAX_AGE": "24h"}},
+		{"no max age", map[string]any{"publisher": map[string]any{"snapshotInterval": "48h", "maxAge": "0s"}}, nil,
+			"publish", map[string]string{"ETCDSYNC_SNAPSHOT_INTERVAL": "48h", "ETCDSYNC_MAX_AGE": "0s"}},
+		{"txn bytes above etcd's default request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "2MiB"}},
+			[]string{"applier.maxTxnBytes", "applier.maxRequestBytes"},
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "2MiB"}},
+		{"txn bytes at etcd's default request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "1536KiB"}}, nil,
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "1536KiB"}},
+		{"txn bytes below a raised request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "2MiB", "maxRequestBytes": "4Mi"}}, nil,
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "2MiB", "ETCDSYNC_MAX_REQUEST_BYTES": "4Mi"}},
+		{"txn bytes above a raised request limit", map[string]any{"applier": map[string]any{"maxTxnBytes": "10MB", "maxRequestBytes": "8MiB"}},
+			[]string{"applier.maxTxnBytes", "applier.maxRequestBytes"},
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "10MB", "ETCDSYNC_MAX_REQUEST_BYTES": "8MiB"}},
+		{"txn bytes too small", map[string]any{"applier": map[string]any{"maxTxnBytes": "2KiB"}},
+			[]string{"applier.maxTxnBytes"},
+			"apply", map[string]string{"ETCDSYNC_MAX_TXN_BYTES": "2KiB"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, role := range []string{"primary", "standby"} {
+				vals := chartValues(t, "ci/"+role+"-values.yaml")
+				for k, v := range tc.values {
+					vals[k] = v
+				}
+				_, _, err := renderChart(t, vals)
+				switch {
+				case len(tc.wantErr) == 0 && err != nil:
+					t.Errorf("role %s: %v", role, err)
+				case len(tc.wantErr) > 0 && err == nil:
+					t.Errorf("role %s: rendered; want a refusal naming %v", role, tc.wantErr)
+				case err != nil:
+					for _, w := range tc.wantErr {
+						if !strings.Contains(err.Error(), w) {
+							t.Errorf("role %s: error does not name %s: %v", role, w, err)
+						}
+					}
+				}
+				if role == "standby" && tc.cmd == "apply" && err == nil {
+					r := renderDecoded(t, vals)
+					env := containerEnv(t, r.built, r.deployments["etcdsync-applier"], "apply")
+					want := "1536KiB"
+					if a, _ := tc.values["applier"].(map[string]any); a["maxRequestBytes"] != nil {
+						want = a["maxRequestBytes"].(string)
+					}
+					if env["ETCDSYNC_MAX_REQUEST_BYTES"] != want {
+						t.Errorf("applier ETCDSYNC_MAX_REQUEST_BYTES=%q, want %q", env["ETCDSYNC_MAX_REQUEST_BYTES"], want)
+					}
+				}
+			}
+			// The binary refuses the same values before connecting
+			// anywhere (exit 2, bad usage).
+			if len(tc.wantErr) == 0 {
+				return
+			}
+			env := map[string]string{"ETCDSYNC_ETCD_ENDPOINTS": "http://127.0.0.1:1", "ETCDSYNC_NATS_URL": "nats://127.0.0.1:1"}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			if _, errOut, code := runEtcdsync(t, env, tc.cmd); code != 2 {
+				t.Errorf("etcdsync %s with %v: exit %d, want 2 (the binary refuses what the chart refuses): %s", tc.cmd, tc.env, code, errOut)
+			}
+		})
+	}
+}
+
+// TestChartStandbyExcludesRemoteNamespaces: the standby never replicates
+// the other site's NATS and etcdsync namespaces over its own either (they
+// hold that site's NATS servers, leafnode configuration, publisher and
+// credentials). By default the other site uses the same names as this one.
+func TestChartStandbyExcludesRemoteNamespaces(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		nats         map[string]any
+		remoteNS     any
+		want, absent []string
+	}{
+		{"defaults", nil, nil, []string{"nats", chartNamespace}, nil},
+		{"other names", map[string]any{"namespace": "nats-standby", "remoteNamespace": "nats-primary"}, "etcdsync-primary",
+			[]string{"nats-standby", "nats-primary", "etcdsync-primary", chartNamespace}, []string{"nats"}},
+		{"the other site's NATS outside its cluster", map[string]any{"namespace": "nats-standby", "remoteNamespace": ""}, "",
+			[]string{"nats-standby", chartNamespace}, []string{"nats"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vals := map[string]any{"role": "standby", "logKey": logKeyValues,
+				"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
+				"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}}}
+			if tc.nats != nil {
+				vals["nats"] = tc.nats
+			}
+			if tc.remoteNS != nil {
+				vals["remoteNamespace"] = tc.remoteNS
+			}
+			r := renderDecoded(t, vals)
+			// The applier's rules as the binary prints them (checkRelease
+			// checks that the auditor's are the same).
+			env := map[string]string{"POD_NAMESPACE": chartNamespace}
+			for _, e := range r.deployments["etcdsync-applier"].Spec.Template.Spec.Containers[0].Env {
+				if strings.HasPrefix(e.Name, "ETCDSYNC_") && e.ValueFrom == nil {
+					env[e.Name] = e.Value
+				}
+			}
+			out, errOut, code := runEtcdsync(t, env, "apply", "--print-rules")
+			if code != 0 {
+				t.Fatalf("etcdsync apply --print-rules: exit %d: %s", code, errOut)
+			}
+			for _, ns := range tc.want {
+				if !strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
+					t.Errorf("--print-rules does not exclude namespace %q:\n%s", ns, out)
+				}
+			}
+			for _, ns := range tc.absent {
+				if strings.Contains(out, fmt.Sprintf("exclude namespace %q", ns)) {
+					t.Errorf("--print-rules excludes namespace %q, which neither site uses:\n%s", ns, out)
+				}
+			}
+			checkRelease(t, r)
+		})
 	}
 }

@@ -449,3 +449,99 @@ func connTypes(m map[string]struct{}) string {
 	}
 	return ""
 }
+
+// TestNATSPromoteNeedsAdmin runs the runbook's stream steps on a NATS
+// server configured with the standby's shipped authorization: the
+// auditor's identity (where the runbook runs them) may neither create the
+// mirror (streams init) nor make it writable (promote); the admin identity,
+// whose secret the chart's nats.admin mounts for them, may. So promote and
+// streams init must be given the admin flags.
+func TestNATSPromoteNeedsAdmin(t *testing.T) {
+	leaf, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafSeed, _ := leaf.Seed()
+	for name, v := range map[string]string{"NATS_PUBLISHER_PASSWORD": "p1", "NATS_APPLIER_PASSWORD": "p2",
+		"NATS_AUDITOR_PASSWORD": "p3", "NATS_ADMIN_PASSWORD": "p4", "NATS_LEAF_SEED": string(leafSeed)} {
+		t.Setenv(name, v)
+	}
+	b, err := os.ReadFile(natsValues["standby"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v map[string]any
+	if err := yaml.UnmarshalStrict(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(map[string]any{"authorization": lookup(v, "config", "merge", "authorization")}); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(conf, chartVar.ReplaceAll(buf.Bytes(), []byte("$1")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.ServerName, opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "standby", "127.0.0.1", -1, true, true
+	opts.JetStream, opts.JetStreamDomain, opts.StoreDir = true, "standby", t.TempDir()
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	connect := func(user, password string) jetstream.JetStream {
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password),
+			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})) // the refusals below are expected
+		if err != nil {
+			t.Fatalf("connect as %s: %v", user, err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	auditor, admin := connect("etcdsync-auditor", "p3"), connect("etcdsync-admin", "p4")
+	mirror := streams.MirrorConfig{Name: streams.DefaultStream, OriginDomain: "primary", Replicas: 1, MaxAge: 24 * time.Hour}
+
+	// A refused request gets no reply: bound the wait for it.
+	refused := func() context.Context {
+		c, cancel := context.WithTimeout(ctx, 2*time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+	// streams init --role standby
+	if _, err := streams.EnsureMirror(refused(), auditor, mirror); err == nil {
+		t.Error("the auditor's identity created the mirror; want it refused")
+	}
+	if _, err := streams.EnsureMirror(ctx, admin, mirror); err != nil {
+		t.Fatalf("streams init as etcdsync-admin: %v", err)
+	}
+	// promote: the mirror becomes the writable log of site standby.
+	if _, err := streams.PromoteMirror(refused(), auditor, streams.DefaultStream, "standby"); err == nil {
+		t.Error("the auditor's identity made the mirror writable; want it refused")
+	}
+	s, err := streams.PromoteMirror(ctx, admin, streams.DefaultStream, "standby")
+	if err != nil {
+		t.Fatalf("promote as etcdsync-admin: %v", err)
+	}
+	if cfg := s.CachedInfo().Config; cfg.Mirror != nil || len(cfg.Subjects) != 1 || cfg.Subjects[0] != "etcdsync.standby.log.>" {
+		t.Errorf("promoted stream: mirror %v, subjects %v", cfg.Mirror, cfg.Subjects)
+	}
+}

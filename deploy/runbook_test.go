@@ -24,7 +24,7 @@ var otherToolFlags = map[string]bool{
 	"controllers": true, "encryption-provider-config": true, "service-account-key-file": true,
 	"service-account-signing-key-file": true, "service-account-private-key-file": true, "max-request-bytes": true, "help": true,
 	"create-namespace": true, "from-file": true, "raw": true, "replicas": true, "config": true,
-	"etcd-prefix": true, "install": true,
+	"etcd-prefix": true, "install": true, "reuse-values": true, "set": true,
 }
 
 // TestRunbookCommandsUseRealFlags checks every etcdsync command line in the

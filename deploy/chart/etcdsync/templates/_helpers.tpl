@@ -29,6 +29,47 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end }}
 {{- end }}
 
+{{/*
+The etcds and the publishing site for this release's role, as YAML:
+primary and standby ({endpoints, tlsSecret, to}) and site. From
+localEtcd/remoteEtcd and localSite/remoteSite when localEtcd is given (a
+change of role swaps them), else from primaryEtcd/standbyEtcd and site.
+*/}}
+{{- define "etcdsync.sites" -}}
+{{- $v := .Values -}}
+{{- $np := $v.networkPolicy -}}
+{{- if $v.localEtcd.endpoints -}}
+{{- range $old := list "primaryEtcd" "standbyEtcd" -}}
+{{- $e := get $v $old -}}
+{{- if or $e.endpoints $e.tlsSecret -}}
+{{- fail (printf "%s and localEtcd: name the etcds one way, either localEtcd and remoteEtcd (role picks the primary) or primaryEtcd and standbyEtcd" $old) -}}
+{{- end -}}
+{{- end -}}
+{{- if or $np.primaryEtcdTo $np.standbyEtcdTo -}}
+{{- fail "networkPolicy.primaryEtcdTo/standbyEtcdTo with localEtcd: name the etcds' peers in networkPolicy.localEtcdTo and remoteEtcdTo" -}}
+{{- end -}}
+{{- if eq $v.localSite $v.remoteSite -}}
+{{- fail (printf "localSite and remoteSite are both %q: each site publishes under its own name (deploy/RUNBOOK.md \"Names\")" $v.localSite) -}}
+{{- end -}}
+{{- $local := dict "endpoints" $v.localEtcd.endpoints "tlsSecret" $v.localEtcd.tlsSecret "to" $np.localEtcdTo -}}
+{{- $remote := dict "endpoints" $v.remoteEtcd.endpoints "tlsSecret" $v.remoteEtcd.tlsSecret "to" $np.remoteEtcdTo -}}
+{{- $primary := ternary $local $remote (eq $v.role "primary") -}}
+{{- $standby := ternary $remote $local (eq $v.role "primary") -}}
+{{- $site := ternary $v.localSite $v.remoteSite (eq $v.role "primary") -}}
+{{- if and $v.site (ne $v.site $site) -}}
+{{- fail (printf "site %q contradicts localSite %q, remoteSite %q and role %s, which make %q the publishing site: leave site empty" $v.site $v.localSite $v.remoteSite $v.role $site) -}}
+{{- end -}}
+{{ dict "primary" $primary "standby" $standby "site" $site | toYaml }}
+{{- else -}}
+{{- if or $v.remoteEtcd.endpoints $v.remoteEtcd.tlsSecret $v.localEtcd.tlsSecret $v.localSite $v.remoteSite $np.localEtcdTo $np.remoteEtcdTo -}}
+{{- fail "remoteEtcd, localSite, remoteSite, localEtcdTo or remoteEtcdTo without localEtcd.endpoints: name the etcds one way, either localEtcd and remoteEtcd (role picks the primary) or primaryEtcd and standbyEtcd" -}}
+{{- end -}}
+{{- $primary := dict "endpoints" $v.primaryEtcd.endpoints "tlsSecret" $v.primaryEtcd.tlsSecret "to" $np.primaryEtcdTo -}}
+{{- $standby := dict "endpoints" $v.standbyEtcd.endpoints "tlsSecret" $v.standbyEtcd.tlsSecret "to" $np.standbyEtcdTo -}}
+{{ dict "primary" $primary "standby" $standby "site" ($v.site | default "primary") | toYaml }}
+{{- end -}}
+{{- end }}
+
 {{- define "etcdsync.natsURL" -}}
 {{- if .Values.nats.url -}}
 {{- $host := (urlParse .Values.nats.url).hostname -}}
@@ -67,14 +108,46 @@ nats://nats.{{ .Values.nats.namespace }}.svc.cluster.local:4222
 {{- end }}
 
 {{/*
+The NetworkPolicy peers of servers given by URL; call with (dict "urls"
+LIST "to" PEERS). PEERS when given; else, when every URL names an IP
+address, those addresses (/32, /128); else nothing: a host name cannot be
+resolved when rendering, and the rule is then open to any address on the
+URLs' ports (name the peers in the values to close it).
+*/}}
+{{- define "etcdsync.peers" -}}
+{{- if .to -}}
+{{ toYaml .to }}
+{{- else -}}
+{{- $blocks := list -}}
+{{- $all := true -}}
+{{- range .urls -}}
+{{- $host := (urlParse .).hostname -}}
+{{- if regexMatch "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$" $host -}}
+{{- $blocks = append $blocks (dict "ipBlock" (dict "cidr" (printf "%s/32" $host))) -}}
+{{- else if contains ":" $host -}}
+{{- $blocks = append $blocks (dict "ipBlock" (dict "cidr" (printf "%s/128" $host))) -}}
+{{- else -}}
+{{- $all = false -}}
+{{- end -}}
+{{- end -}}
+{{- if and $all $blocks -}}
+{{ $blocks | uniq | toYaml }}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
 The namespaces the applier and the auditor exclude besides the preset's:
-the platform's list and, on the standby, this site's NATS namespace. The
-namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
+the platform's list, both sites' NATS namespaces and the other site's
+etcdsync namespace. The namespace etcdsync runs in is excluded by the
+binary itself (POD_NAMESPACE).
 */}}
 {{- define "etcdsync.excludedNamespaces" -}}
 {{- $ns := .Values.excludedNamespaces -}}
-{{- if .Values.nats.namespace -}}
-{{- $ns = append $ns .Values.nats.namespace -}}
+{{- range list .Values.nats.namespace .Values.nats.remoteNamespace .Values.remoteNamespace -}}
+{{- if and . (ne . $.Release.Namespace) -}}
+{{- $ns = append $ns . -}}
+{{- end -}}
 {{- end -}}
 {{ $ns | uniq | join "," }}
 {{- end }}
@@ -117,6 +190,16 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- end }}
 {{- end }}
 
+{{/*
+The log key ring is required in both roles: the publisher signs, the
+applier verifies. An unauthenticated log must be asked for.
+*/}}
+{{- define "etcdsync.requireLogKey" -}}
+{{- if not (or .Values.logKey.existingSecret .Values.logKey.allowUnauthenticated) -}}
+{{- fail "logKey.existingSecret: name the existing Secret holding the log's key ring (deploy/RUNBOOK.md \"Log keys\"); without it anyone who can publish to the stream writes into the standby etcd. To run with an unauthenticated log anyway, set logKey.allowUnauthenticated: true" -}}
+{{- end -}}
+{{- end }}
+
 {{/* The log's MAC key ring, for the commands that write or read the log (publish, apply). */}}
 {{- define "etcdsync.logKeyEnv" -}}
 {{- with .Values.logKey.existingSecret }}
@@ -149,7 +232,7 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- end }}
 {{- end }}
 - name: ETCDSYNC_SITE
-  value: {{ .Values.site | quote }}
+  value: {{ (include "etcdsync.sites" . | fromYaml).site | quote }}
 - name: ETCDSYNC_STREAM
   value: {{ .Values.stream | quote }}
 - name: ETCDSYNC_LOG_FORMAT
@@ -173,11 +256,11 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 - name: ETCDSYNC_NATS_USER
   value: etcdsync-{{ .component }}
 - name: ETCDSYNC_NATS_PASSWORD_FILE
-  value: /etc/etcdsync/nats-password/password
+  value: /etc/etcdsync/nats/password
 {{- end }}
 {{- end }}
 
-{{/* Secret volumes; call with (dict "root" $ "component" NAME "etcds" (list (list "etcd" secretName) ...) "logKey" true). */}}
+{{/* Secret volumes; call with (dict "root" $ "component" NAME "etcds" (list (list "etcd" secretName) ...) "logKey" true "admin" true). */}}
 {{- define "etcdsync.volumes" -}}
 {{- with .root.Values.nats.passwords.existingSecret }}
 - name: nats-password
@@ -208,6 +291,22 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
     secretName: {{ . }}
     defaultMode: 288
 {{- end }}
+{{- if .admin }}
+{{- with .root.Values.nats.admin.existingSecret }}
+- name: nats-admin
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288
+    items:
+      {{- if $.root.Values.nats.passwords.existingSecret }}
+      - key: {{ $.root.Values.nats.admin.key | default "admin-password" }}
+        path: password
+      {{- else }}
+      - key: {{ $.root.Values.nats.admin.key | default "nats.creds" }}
+        path: nats.creds
+      {{- end }}
+{{- end }}
+{{- end }}
 {{- if .logKey }}
 {{- with .root.Values.logKey.existingSecret }}
 - name: log-key
@@ -221,7 +320,7 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- define "etcdsync.volumeMounts" -}}
 {{- if .root.Values.nats.passwords.existingSecret }}
 - name: nats-password
-  mountPath: /etc/etcdsync/nats-password
+  mountPath: /etc/etcdsync/nats
   readOnly: true
 {{- end }}
 {{- range .etcds }}
@@ -239,6 +338,11 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- if .root.Values.nats.tls.existingSecret }}
 - name: nats-tls
   mountPath: /etc/etcdsync/nats-tls
+  readOnly: true
+{{- end }}
+{{- if and .admin .root.Values.nats.admin.existingSecret }}
+- name: nats-admin
+  mountPath: /etc/etcdsync/nats-admin
   readOnly: true
 {{- end }}
 {{- if and .logKey .root.Values.logKey.existingSecret }}
@@ -360,4 +464,55 @@ spec:
     matchLabels:
       {{- include "etcdsync.selectorLabels" .component | nindent 6 }}
 {{- end }}
+{{- end }}
+
+{{/* The seconds of a Go duration (5m, 1h30m, 500ms), as a float. */}}
+{{- define "etcdsync.seconds" -}}
+{{- $units := dict "ns" "1e-9" "us" "1e-6" "µs" "1e-6" "ms" "1e-3" "s" "1" "m" "60" "h" "3600" -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" . -1 -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" . -}}
+{{- $unit := trimPrefix $num . -}}
+{{- $total = addf $total (mulf (float64 $num) (float64 (get $units $unit))) -}}
+{{- end -}}
+{{ $total }}
+{{- end }}
+
+{{/* The bytes of a size (1MiB, 1536KiB, 20GiB, 4Mi, 10MB, 1048576), as an integer. */}}
+{{- define "etcdsync.bytes" -}}
+{{- $units := dict "KiB" 1024 "MiB" 1048576 "GiB" 1073741824 "TiB" 1099511627776 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "KB" 1000 "MB" 1000000 "GB" 1000000000 "TB" 1000000000000 "B" 1 -}}
+{{- $num := regexFind "^[0-9]+" . -}}
+{{- $unit := trimPrefix $num . | trim -}}
+{{ mul (int64 $num) (get $units $unit | default 1) }}
+{{- end }}
+
+{{/*
+What the schema cannot check, two values against each other, refused as
+the binary would refuse it at start-up. Checked in both roles, so that a
+change of role never meets a refusal.
+*/}}
+{{- define "etcdsync.checkValues" -}}
+{{- if .Values.nats.admin.existingSecret -}}
+{{- if not (or .Values.nats.passwords.existingSecret .Values.nats.credentials.existingSecret) -}}
+{{- fail "nats.admin: the admin identity logs in the way the components do; give nats.passwords or nats.credentials" -}}
+{{- end -}}
+{{- if not .Values.auditor.enabled -}}
+{{- fail "nats.admin is mounted into the auditor's pod, where the runbook runs promote and streams init: set auditor.enabled (or drop nats.admin)" -}}
+{{- end -}}
+{{- end -}}
+{{- $p := .Values.publisher -}}
+{{- $maxAge := include "etcdsync.seconds" $p.maxAge | float64 -}}
+{{- $snap := include "etcdsync.seconds" $p.snapshotInterval | float64 -}}
+{{- if and (gt $maxAge 0.0) (or (eq $snap 0.0) (ge $snap $maxAge)) -}}
+{{- fail (printf "publisher.snapshotInterval %s must be set and below publisher.maxAge %s, or the stream's retention drops its last complete snapshot (a standby that falls behind could then not re-seed); the publisher would refuse it at start-up" $p.snapshotInterval $p.maxAge) -}}
+{{- end -}}
+{{- $a := .Values.applier -}}
+{{- $txn := include "etcdsync.bytes" $a.maxTxnBytes | int64 -}}
+{{- $req := include "etcdsync.bytes" $a.maxRequestBytes | int64 -}}
+{{- if lt $txn 4096 -}}
+{{- fail (printf "applier.maxTxnBytes %s: must be at least 4KiB" $a.maxTxnBytes) -}}
+{{- end -}}
+{{- if gt $txn $req -}}
+{{- fail (printf "applier.maxTxnBytes %s is above applier.maxRequestBytes %s, the standby etcd's --max-request-bytes (etcd's default 1.5MiB): the standby would refuse such transactions. Lower applier.maxTxnBytes, or raise the standby etcd's --max-request-bytes and applier.maxRequestBytes with it" $a.maxTxnBytes $a.maxRequestBytes) -}}
+{{- end -}}
 {{- end }}
