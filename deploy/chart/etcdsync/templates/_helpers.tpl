@@ -117,7 +117,7 @@ namespace etcdsync runs in is excluded by the binary itself (POD_NAMESPACE).
 {{- end }}
 {{- end }}
 
-{{/* The log's MAC key ring, for the commands that write or read the log (publish, apply). */}}
+{{/* The log's MAC key ring, for the commands that take it (publish, apply; audit for keyed value hashes, status and promote run in the auditor's pod). */}}
 {{- define "etcdsync.logKeyEnv" -}}
 {{- with .Values.logKey.existingSecret }}
 - name: ETCDSYNC_LOG_KEY_FILE
