@@ -298,6 +298,9 @@ type result struct {
 
 	rss []namedBytes
 	cpu []string // per workload CPU breakdown
+	// replCPU and primaryCPU are the CPU time of the replicator's
+	// processes and of the primary etcd during W2 and W3.
+	replCPU, primaryCPU map[string]time.Duration
 }
 
 type namedBytes struct {
@@ -435,6 +438,7 @@ func runWorkloads(ctx context.Context, o options, r replicator, c *cluster, dir 
 	res.w2Lag = lp.finish(o.catchTimeout)
 	prof.stop()
 	res.cpu = append(res.cpu, cpu.report("W2", t2.Sub(bstart)))
+	res.replCPU, res.primaryCPU = map[string]time.Duration{"W2": cpu.lastReplicator}, map[string]time.Duration{"W2": cpu.lastPrimary}
 	progress("%s: peak RSS after W2: %s", name, peakRSS(r))
 	progress("%s: W2 standby complete %s after the burst started, %s after it ended; lag p50/p99/max %s",
 		name, fmtDur(res.w2Complete), fmtDur(res.w2After), res.w2Lag)
@@ -460,6 +464,7 @@ func runWorkloads(ctx context.Context, o options, r replicator, c *cluster, dir 
 	res.w3Lag = lp.finish(o.catchTimeout)
 	prof.stop()
 	res.cpu = append(res.cpu, cpu.report("W3", d))
+	res.replCPU["W3"], res.primaryCPU["W3"] = cpu.lastReplicator, cpu.lastPrimary
 	progress("%s: W3 lag p50/p99/max %s", name, res.w3Lag)
 	if err := r.Failed(); err != nil {
 		return err
