@@ -50,6 +50,8 @@ fuzz:
 
 # etcdsync against `etcdctl make-mirror` and etcd's own limit, on real etcd
 # processes (bench/ is its own module; its wrappers build etcd and etcdctl).
+# etcdsync runs unsigned, then signed (--log-key-file), printed side by side
+# (ARGS=--signed=false skips the signed run).
 # ARGS=--quick for a run under ~3 minutes; ARGS="--profile DIR" for CPU profiles.
 .PHONY: bench
 bench:

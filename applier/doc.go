@@ -10,7 +10,11 @@
 //   - Authenticated: with a key ring (Config.LogKeys) every message's MAC
 //     is checked for its stream position before anything of its batch is
 //     written; a forged, altered, replayed or unsigned message stops the
-//     applier (streams.ErrUnauthenticated).
+//     applier (streams.ErrUnauthenticated). ReadVerifiedStatus and Promote
+//     (PromoteConfig.LogKeys) check the stream's last messages the same
+//     way: one that fails is reported (StreamStatus.Unauthenticated,
+//     PromoteReport.Unauthenticated) and never taken as the publisher's
+//     position, the drain target or the revision to bump past.
 //   - Exactly-once effect: the checkpoint (a key in the standby etcd, default
 //     "/etcdsync/checkpoint/<stream>") is written in the same transaction as
 //     the operations it covers, guarded by a compare on its own mod-revision.

@@ -38,6 +38,11 @@ type PromoteConfig struct {
 	// DryRun reads the checkpoint and the stream and reports what Promote
 	// would do, without waiting, fencing or bumping.
 	DryRun bool
+	// LogKeys, when set, checks the MACs of the messages at the end of the
+	// stream that Promote takes its drain target and StreamLastRevision
+	// from: a message that does not verify is never applied, so it counts
+	// for neither (PromoteReport.Unauthenticated says which).
+	LogKeys *streams.KeyRing
 }
 
 // PromoteReport is the failover's data-loss report.
@@ -73,6 +78,16 @@ type PromoteReport struct {
 	// HalfApplied is set when the revision after the checkpoint's is half
 	// applied (the checkpoint's Partial marker).
 	HalfApplied *HalfApplied `json:"half_applied,omitempty"`
+	// Authenticated reports that the stream's last messages had their MACs
+	// checked (PromoteConfig.LogKeys).
+	Authenticated bool `json:"authenticated"`
+	// Unauthenticated, set with PromoteConfig.LogKeys, says which messages
+	// at the end of the stream fail their MAC check (forged, altered,
+	// replayed at another position, or unsigned): the applier never
+	// applies them, so neither the drain nor StreamLastRevision counts
+	// them, and Promote's error wraps streams.ErrUnauthenticated (the
+	// standby is fenced regardless).
+	Unauthenticated string `json:"unauthenticated,omitempty"`
 
 	drainTo uint64 // last sequence the applier can reach
 }
@@ -123,7 +138,7 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 	rep.ClusterID = fmt.Sprintf("%x", ck.Position.ClusterID)
 	// Step 1: how far the standby's stream goes.
 	if js != nil {
-		if err := rep.readStream(ctx, js, cfg.Stream); err != nil {
+		if err := rep.readStream(ctx, js, cfg.Stream, cfg.LogKeys); err != nil {
 			return rep, err
 		}
 	}
@@ -205,6 +220,9 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 	if rep.Inconsistent != "" {
 		errs = append(errs, fmt.Errorf("promote: %s (the standby is fenced): %w", rep.Inconsistent, ErrInconsistent))
 	}
+	if rep.Unauthenticated != "" {
+		errs = append(errs, fmt.Errorf("promote: %s (the standby is fenced): %w", rep.Unauthenticated, streams.ErrUnauthenticated))
+	}
 	return rep, errors.Join(errs...)
 }
 
@@ -232,8 +250,15 @@ func (rep *PromoteReport) dryRun(ctx context.Context, standby *clientv3.Client, 
 	return *rep, nil
 }
 
-// readStream records the stream's last sequence and newest source revision.
-func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream, name string) error {
+// maxUnauthenticatedTail bounds the messages readStream reads back from
+// the end of the stream looking for one whose MAC verifies.
+const maxUnauthenticatedTail = 64
+
+// readStream records the stream's last sequence and newest source
+// revision. With a key ring, they come from the newest message whose MAC
+// verifies among the last maxUnauthenticatedTail: the applier stops at the
+// first one that does not, so what follows it is never applied.
+func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream, name string, ring *streams.KeyRing) error {
 	s, err := js.Stream(ctx, name)
 	if err != nil {
 		return fmt.Errorf("promote: open stream %s: %w", name, err)
@@ -242,24 +267,60 @@ func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream
 	if err != nil {
 		return fmt.Errorf("promote: read stream %s: %w", name, err)
 	}
-	rep.StreamLastSeq = info.State.LastSeq
+	rep.StreamLastSeq, rep.Authenticated = info.State.LastSeq, ring != nil
 	if info.State.LastSeq == 0 {
 		return nil
 	}
-	m, err := s.GetMsg(ctx, info.State.LastSeq)
-	if err != nil {
-		return fmt.Errorf("promote: read stream %s tail: %w", name, err)
+	var (
+		bad      int
+		firstBad error  // the failure at the lowest sequence read
+		lowBad   uint64 // its sequence
+		found    bool   // a message was trusted
+	)
+	for seq := info.State.LastSeq; seq >= max(info.State.FirstSeq, 1) && info.State.LastSeq-seq < maxUnauthenticatedTail; seq-- {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // deleted from the stream's middle
+		}
+		if err != nil {
+			return fmt.Errorf("promote: read stream %s at seq %d: %w", name, seq, err)
+		}
+		f, ferr := streams.DecodeFrame(m.Data)
+		if ring != nil {
+			if ferr == nil {
+				ferr = ring.Verify(f, seq-1)
+			}
+			if ferr != nil {
+				bad, firstBad, lowBad = bad+1, ferr, seq
+				continue
+			}
+		}
+		var rev int64
+		if _, err := fmt.Sscan(m.Header.Get(streams.HeaderRevision), &rev); err == nil {
+			rep.StreamLastRevision = rev
+		}
+		rep.drainTo, found = seq, true
+		if ferr == nil && f.Part < f.Parts-1 {
+			// The primary died half-way through a record: its first parts
+			// can never be applied, so drained means everything before it.
+			rep.drainTo = seq - uint64(f.Part) - 1
+		}
+		break
 	}
-	var rev int64
-	if _, err := fmt.Sscan(m.Header.Get(streams.HeaderRevision), &rev); err == nil {
-		rep.StreamLastRevision = rev
+	if bad == 0 {
+		return nil
 	}
-	rep.drainTo = rep.StreamLastSeq
-	if f, err := streams.DecodeFrame(m.Data); err == nil && f.Part < f.Parts-1 {
-		// The primary died half-way through a record: its first parts
-		// can never be applied, so drained means everything before it.
-		rep.drainTo = rep.StreamLastSeq - uint64(f.Part) - 1
+	if !found {
+		// No message verified among those read: the applier can reach
+		// at most the one before the lowest of them.
+		rep.drainTo = lowBad - 1
 	}
+	more := ""
+	if !found {
+		more = fmt.Sprintf("; no message among the last %d verifies, so the stream's newest source revision is unknown", maxUnauthenticatedTail)
+	}
+	rep.Unauthenticated = fmt.Sprintf("%d message(s) at the end of the stream, seq %d..%d, fail their MAC check and are never applied (at seq %d: %v)%s",
+		bad, lowBad, info.State.LastSeq, lowBad, firstBad, more)
 	return nil
 }
 

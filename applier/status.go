@@ -51,6 +51,17 @@ type StreamStatus struct {
 	Revision   int64  `json:"revision"`
 	// NewestSnapshot is the newest snapshot-begin in the stream, if any.
 	NewestSnapshot *SnapshotRef `json:"newest_snapshot,omitempty"`
+	// Authenticated reports that the messages read here (the log's last
+	// message and the newest snapshot-begin) had their MACs checked
+	// against a key ring (ReadVerifiedStatus); false: they were trusted
+	// as they are.
+	Authenticated bool `json:"authenticated"`
+	// Unauthenticated lists, with a key ring, the messages read here whose
+	// MAC does not verify (forged, altered, replayed at another position
+	// or unsigned): nothing is taken from them, so Generation and Revision
+	// are 0 when it is the last message, NewestSnapshot nil when it is the
+	// snapshot's.
+	Unauthenticated []string `json:"unauthenticated,omitempty"`
 }
 
 // SnapshotRef locates a snapshot in the stream.
@@ -62,15 +73,26 @@ type SnapshotRef struct {
 }
 
 // ReadStatus reads the stream (js may be nil when unreachable: Stream is
-// nil and StreamChecked false) and the standby's checkpoint.
+// nil and StreamChecked false) and the standby's checkpoint. It checks no
+// MAC; see ReadVerifiedStatus.
 func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetStream, stream, site, checkpointKey string) (Status, error) {
+	return ReadVerifiedStatus(ctx, standby, js, stream, site, checkpointKey, nil)
+}
+
+// ReadVerifiedStatus is ReadStatus that checks the MACs of the stream's
+// messages it reads (the last one, where the publisher is, and the newest
+// snapshot-begin) against ring (nil: no check). A message that does not
+// verify is not an error: it is listed in StreamStatus.Unauthenticated and
+// nothing is taken from it, so a client that may write into the stream but
+// holds no log key cannot make the standby look caught up or behind.
+func ReadVerifiedStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetStream, stream, site, checkpointKey string, ring *streams.KeyRing) (Status, error) {
 	var st Status
-	ss := StreamStatus{Name: stream}
+	ss := StreamStatus{Name: stream, Authenticated: ring != nil}
 	if checkpointKey == "" {
 		checkpointKey = Config{Stream: stream}.checkpointKey()
 	}
 	if js != nil {
-		if err := ss.read(ctx, js, stream, streams.Subjects{Site: site}); err != nil {
+		if err := ss.read(ctx, js, stream, streams.Subjects{Site: site}, ring); err != nil {
 			return st, err
 		}
 		st.Stream, st.StreamChecked = &ss, true
@@ -117,7 +139,7 @@ func ReadStatus(ctx context.Context, standby *clientv3.Client, js jetstream.JetS
 	return st, nil
 }
 
-func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name string, subj streams.Subjects) error {
+func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name string, subj streams.Subjects, ring *streams.KeyRing) error {
 	stream, err := js.Stream(ctx, name)
 	if err != nil {
 		return fmt.Errorf("open stream %s: %w", name, err)
@@ -127,17 +149,27 @@ func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name st
 		return fmt.Errorf("read stream %s: %w", name, err)
 	}
 	s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes = info.State.FirstSeq, info.State.LastSeq, info.State.Msgs, info.State.Bytes
-	tail, err := streams.ReadTail(ctx, stream, subj)
-	if err != nil {
+	tail, err := streams.ReadVerifiedTail(ctx, stream, subj, ring)
+	switch {
+	case errors.Is(err, streams.ErrUnauthenticated):
+		s.Unauthenticated = append(s.Unauthenticated, err.Error())
+	case err != nil:
 		return err
+	default:
+		s.Generation, s.Revision = tail.Generation, tail.Revision
 	}
-	s.Generation, s.Revision = tail.Generation, tail.Revision
 	m, err := stream.GetLastMsgForSubject(ctx, subj.SnapshotBegin())
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("find newest snapshot: %w", err)
+	}
+	if f, err := streams.DecodeFrame(m.Data); err == nil {
+		if err := ring.Verify(f, m.Sequence-1); err != nil {
+			s.Unauthenticated = append(s.Unauthenticated, fmt.Sprintf("newest snapshot-begin at seq %d: %v", m.Sequence, err))
+			return nil
+		}
 	}
 	rec, err := decodeSingle(m.Data)
 	if err != nil {

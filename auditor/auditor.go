@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdsync/etcdsync/keyspace"
+	"github.com/etcdsync/etcdsync/streams"
 )
 
 // Auditor compares the standby with the primary at a consistent point,
@@ -26,6 +27,7 @@ type Auditor struct {
 	standby *clientv3.Client
 	js      jetstream.JetStream // nil: no drift events
 	rules   *keyspace.Rules     // of Config.Scope
+	hasher  *streams.ValueHasher
 	log     *slog.Logger
 	metrics *metrics
 
@@ -66,7 +68,7 @@ func New(cfg Config, primary, standby *clientv3.Client, js jetstream.JetStream, 
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Auditor{cfg: cfg, primary: primary, standby: standby, js: js, rules: rules,
-		log: log, metrics: newMetrics(reg)}, nil
+		hasher: cfg.LogKeys.ValueHasher(), log: log, metrics: newMetrics(reg)}, nil
 }
 
 // Rules returns the rules of Config.Scope (an audit may compare the
@@ -142,6 +144,7 @@ func (a *Auditor) audit(ctx context.Context, start time.Time) (Report, error) {
 		StreamSeq:       c.pos.Seq,
 		StandbyRevision: c.standbyRev,
 		SourceTime:      c.sourceTime,
+		ValueHMACKey:    a.hasher.KeyID(),
 	}
 	if !c.sourceTime.IsZero() {
 		rep.SourceAgeSeconds = start.Sub(c.sourceTime).Seconds()

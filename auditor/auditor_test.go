@@ -65,7 +65,7 @@ func TestAuditDriftEventsRepair(t *testing.T) {
 	if got := fmtKeys(rep); got != want || rep.Consistent || rep.Drifted() != 3 {
 		t.Fatalf("drift report:\n got %s\nwant %s", got, want)
 	}
-	if m := rep.Mismatched.Keys[0]; m.PrimarySHA256 == "" || m.StandbySHA256 == "" || m.PrimarySHA256 == m.StandbySHA256 {
+	if m := rep.Mismatched.Keys[0]; m.PrimaryHMAC == "" || m.StandbyHMAC == "" || m.PrimaryHMAC == m.StandbyHMAC {
 		t.Errorf("mismatched key hashes: %+v", m)
 	}
 	var text strings.Builder

@@ -3,7 +3,6 @@ package auditor
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -276,19 +275,19 @@ func (a *Auditor) merge(ctx context.Context, rep *Report, sc *scope, primary, st
 		switch {
 		case cmp < 0:
 			k := newKeyDrift(p.cur.Key, Missed)
-			k.PrimaryModRevision, k.PrimarySHA256 = p.cur.ModRevision, hash(p.cur.Value)
+			k.PrimaryModRevision, k.PrimaryHMAC = p.cur.ModRevision, a.hash(p.cur.Value)
 			a.record(rep, k)
 			err = p.next(ctx)
 		case cmp > 0:
 			k := newKeyDrift(s.cur.Key, Surplus)
-			k.StandbyModRevision, k.StandbySHA256 = s.cur.ModRevision, hash(s.cur.Value)
+			k.StandbyModRevision, k.StandbyHMAC = s.cur.ModRevision, a.hash(s.cur.Value)
 			a.record(rep, k)
 			err = s.next(ctx)
 		default:
 			if !bytes.Equal(p.cur.Value, s.cur.Value) {
 				k := newKeyDrift(p.cur.Key, Mismatched)
-				k.PrimaryModRevision, k.PrimarySHA256 = p.cur.ModRevision, hash(p.cur.Value)
-				k.StandbyModRevision, k.StandbySHA256 = s.cur.ModRevision, hash(s.cur.Value)
+				k.PrimaryModRevision, k.PrimaryHMAC = p.cur.ModRevision, a.hash(p.cur.Value)
+				k.StandbyModRevision, k.StandbyHMAC = s.cur.ModRevision, a.hash(s.cur.Value)
 				a.record(rep, k)
 			}
 			if err = p.next(ctx); err == nil {
@@ -325,9 +324,9 @@ func (a *Auditor) record(rep *Report, k KeyDrift) {
 	}
 }
 
-// hash returns the hex SHA-256 of v.
-func hash(v []byte) string {
-	h := sha256.Sum256(v)
+// hash returns the hex keyed hash of v (Report.ValueHMACKey names the key).
+func (a *Auditor) hash(v []byte) string {
+	h := a.hasher.Sum(v)
 	return hex.EncodeToString(h[:])
 }
 

@@ -128,6 +128,13 @@ type Config struct {
 	// Progress, if set, is called from Audit after each compared page with
 	// the number of in-scope keys compared so far and the time elapsed.
 	Progress func(compared int64, elapsed time.Duration)
+	// LogKeys is the log's key ring (--log-key-file): the value hashes of
+	// reports and drift events are HMAC-SHA256 under its signing key, so
+	// that every holder of the ring can compare them and nobody else can
+	// test guesses of a value against them. nil: under a random key of this
+	// Auditor (hashes compare within its reports only). The auditor reads
+	// no log message, so it verifies none.
+	LogKeys *streams.KeyRing
 	// Logger receives events; nil discards them.
 	Logger *slog.Logger
 }

@@ -59,8 +59,8 @@
 //     are neither reported nor repaired. See "One scope" below.
 //   - Values are compared byte for byte (both values are in memory for the
 //     merge, so this is exact and cheaper than hashing both); reports and
-//     events carry the SHA-256 of each side's value of a drifted key, never
-//     the value.
+//     events carry a keyed hash of each side's value of a drifted key
+//     (see "Value hashes"), never the value and never its plain SHA-256.
 //   - Repair never races the applier and never undoes a delete: for each
 //     key it reads the standby's checkpoint first (source revision P, mod
 //     revision M), then the key on the primary pinned at P, and writes the
@@ -73,6 +73,27 @@
 //     checkpoint). When the checkpoint moved, both reads are made again;
 //     a key changed on the standby since the audit is skipped as in
 //     flight. Surplus keys are deleted only with Config.RepairSurplus.
+//
+// # Value hashes
+//
+// A drifted key's values are shown as HMAC-SHA256(K, "etcdsync value
+// hash\x00" || value), hex (KeyDrift.PrimaryHMAC and StandbyHMAC, JSON
+// "primary_value_hmac" and "standby_value_hmac"), and Report.ValueHMACKey
+// ("value_hmac_key") names K. A plain SHA-256 would let anyone who reads
+// the drift stream test guesses of a Secret's value against it; a keyed
+// hash does not. K is:
+//
+//   - with Config.LogKeys (--log-key-file), the ring's signing key:
+//     "log:<key ID>". Every holder of the ring computes the same hashes,
+//     so reports of different auditors, runs and restarts compare, and an
+//     operator with the key file can check a value they hold. A key
+//     rotation changes the signing key, and so the hashes (the key ID says
+//     which).
+//   - without, a random key drawn once per Auditor: "random:<id>" (the id
+//     is random too, not derived from the key). Both sides of one audit,
+//     and all reports of one auditor process, use the same key, so a
+//     mismatched key's two hashes differ and a key's hash is stable from
+//     one report to the next; after a restart the hashes change.
 //
 // # One scope
 //
@@ -139,7 +160,8 @@
 //	key_events_truncated bool    more keys drifted than key_events
 //	duration_seconds     number  time the comparison took
 //
-// Key event (schema "etcdsync.drift.key/v1"): run_id, time, site,
+// Key event (schema "etcdsync.drift.key/v2"; v1 carried plain SHA-256
+// hashes in primary_sha256 and standby_sha256): run_id, time, site,
 // cluster_id, generation, source_revision and standby_revision as above, and
 //
 //	index                number  0-based index of the event in its run
@@ -148,17 +170,18 @@
 //	state                string  "missed", "surplus" or "mismatched"
 //	primary_mod_revision number  key's mod revision on the primary at P (absent if 0)
 //	standby_mod_revision number  key's mod revision on the standby at S (absent if 0)
-//	primary_sha256       string  hex SHA-256 of the primary's value (absent for surplus)
-//	standby_sha256       string  hex SHA-256 of the standby's value (absent for missed)
+//	value_hmac_key       string  key of the value hashes: "log:<key ID>" or "random:<id>"
+//	primary_value_hmac   string  hex HMAC-SHA256 of the primary's value (absent for surplus)
+//	standby_value_hmac   string  hex HMAC-SHA256 of the standby's value (absent for missed)
 //
 // Example key event:
 //
-//	{"schema":"etcdsync.drift.key/v1","run_id":"20250101T120000Z-1a2b3c4d",
+//	{"schema":"etcdsync.drift.key/v2","run_id":"20250101T120000Z-1a2b3c4d",
 //	 "time":"2025-01-01T12:00:00.41Z","site":"primary","cluster_id":"cdf818194e3a8c32",
 //	 "generation":1,"source_revision":48211,"standby_revision":51007,"index":0,
-//	 "key":"/registry/configmaps/app/settings","state":"mismatched",
-//	 "primary_mod_revision":48100,"standby_mod_revision":50990,
-//	 "primary_sha256":"9f86d08...","standby_sha256":"60303ae..."}
+//	 "value_hmac_key":"log:k2026","key":"/registry/configmaps/app/settings",
+//	 "state":"mismatched","primary_mod_revision":48100,"standby_mod_revision":50990,
+//	 "primary_value_hmac":"5d2a0c1...","standby_value_hmac":"b81f7e9..."}
 //
 // Example summary event:
 //

@@ -17,7 +17,7 @@ import (
 // Drift event schemas (the "schema" field of each event).
 const (
 	SummarySchema = "etcdsync.drift.summary/v1"
-	KeySchema     = "etcdsync.drift.key/v1"
+	KeySchema     = "etcdsync.drift.key/v2"
 )
 
 // eventAckTimeout bounds the wait for the drift events' acknowledgements.
@@ -85,6 +85,8 @@ type KeyEvent struct {
 	StandbyRevision int64     `json:"standby_revision"`
 	// Index numbers the run's key events from 0.
 	Index int `json:"index"`
+	// ValueHMACKey names the key of the value hashes (Report.ValueHMACKey).
+	ValueHMACKey string `json:"value_hmac_key"`
 	KeyDrift
 }
 
@@ -124,7 +126,7 @@ func (a *Auditor) publish(ctx context.Context, rep *Report) error {
 	now := time.Now().UTC()
 	for i, k := range keys {
 		ev := KeyEvent{Schema: KeySchema, RunID: rep.ID, Time: now, Site: rep.Site, ClusterID: rep.ClusterID,
-			Generation: rep.Generation, SourceRevision: rep.SourceRevision, StandbyRevision: rep.StandbyRevision, Index: i, KeyDrift: k}
+			Generation: rep.Generation, SourceRevision: rep.SourceRevision, StandbyRevision: rep.StandbyRevision, Index: i, ValueHMACKey: rep.ValueHMACKey, KeyDrift: k}
 		if err := send(KeySubject(a.cfg.Site), rep.ID+":"+strconv.Itoa(i), ev); err != nil {
 			rep.Events.Error = err.Error()
 			return err

@@ -42,11 +42,12 @@ type KeyDrift struct {
 	// StandbyModRevision is the key's mod revision on the standby at the
 	// standby revision (0 for missed keys).
 	StandbyModRevision int64 `json:"standby_mod_revision,omitempty"`
-	// PrimarySHA256 and StandbySHA256 are the hex SHA-256 of the values on
-	// each side (empty where the key is absent). Values themselves never
-	// leave etcd.
-	PrimarySHA256 string `json:"primary_sha256,omitempty"`
-	StandbySHA256 string `json:"standby_sha256,omitempty"`
+	// PrimaryHMAC and StandbyHMAC are the hex keyed hashes of the values
+	// on each side (empty where the key is absent): HMAC-SHA256 under the
+	// key Report.ValueHMACKey names, never a plain SHA-256 that a reader
+	// could test guessed values against. Values themselves never leave etcd.
+	PrimaryHMAC string `json:"primary_value_hmac,omitempty"`
+	StandbyHMAC string `json:"standby_value_hmac,omitempty"`
 }
 
 // newKeyDrift returns the KeyDrift of key, encoding it when it is not UTF-8.
@@ -141,6 +142,11 @@ type Report struct {
 	Missed     DriftList `json:"missed"`
 	Surplus    DriftList `json:"surplus"`
 	Mismatched DriftList `json:"mismatched"`
+	// ValueHMACKey names the key of the value hashes (KeyDrift.PrimaryHMAC,
+	// StandbyHMAC): "log:<key ID>" for the log key ring's signing key
+	// (Config.LogKeys), or "random:<id>" for a random key of this auditor
+	// process (hashes compare only within its reports).
+	ValueHMACKey string `json:"value_hmac_key"`
 	// Scope says which scope was compared and where it came from.
 	Scope ScopeInfo `json:"scope"`
 	// Events says whether the report went out as drift events.
@@ -293,9 +299,12 @@ func (r *Report) WriteText(w io.Writer) error {
 		for _, k := range l.Keys {
 			fmt.Fprintf(&b, "  %s", printable(k.Key))
 			if k.State == Mismatched {
-				fmt.Fprintf(&b, "  primary sha256:%.12s standby sha256:%.12s", k.PrimarySHA256, k.StandbySHA256)
+				fmt.Fprintf(&b, "  primary hmac:%.12s standby hmac:%.12s", k.PrimaryHMAC, k.StandbyHMAC)
 			}
 			b.WriteString("\n")
+		}
+		if l == &r.Mismatched {
+			fmt.Fprintf(&b, "  (hmac: HMAC-SHA256 of the value under key %s)\n", r.ValueHMACKey)
 		}
 		if n := l.Count - int64(len(l.Keys)); n > 0 {
 			fmt.Fprintf(&b, "  ... and %d more (--max-keys, or --json)\n", n)

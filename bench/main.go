@@ -11,6 +11,10 @@
 //	   the replication lag sampled every 50 ms during the burst.
 //	W3 steady: R revisions/s for D: replication lag p50/p99/max.
 //
+// etcdsync runs twice, unsigned and then signed (--signed, default on: a
+// log key ring on publish and apply), and W2 and W3 are printed side by
+// side with the signed/unsigned ratio (the target: within 5%).
+//
 // etcd's limit is the standby server's ingest rate with batched txns (128
 // puts, 8 in flight) and with single puts (64 clients). Peak RSS is VmHWM of
 // the `etcdsync publish` and `etcdsync apply` processes.
@@ -47,6 +51,7 @@ type options struct {
 	workDir      string
 	keep         bool
 	only         string
+	signed       bool
 	profileDir   string
 	keys         int
 	burst        int
@@ -74,7 +79,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.binDir, "bin", "bin", "`DIR` holding etcd, etcdctl and etcdsync binaries")
 	fs.StringVar(&o.workDir, "work", "", "`DIR` for data and logs (default: a new temporary directory, removed at the end)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs of every process)")
-	fs.StringVar(&o.only, "only", "both", "run `WHICH`: both, etcdsync or make-mirror")
+	fs.StringVar(&o.only, "only", "both", "run `WHICH`: both, etcdsync (unsigned, then signed with --signed) or make-mirror")
+	fs.BoolVar(&o.signed, "signed", true, "also run etcdsync with a log key ring (--log-key-file on publish and apply), right after the unsigned run, and compare W2 and W3")
 	fs.StringVar(&o.profileDir, "profile", "", "run the publisher and applier in process and write CPU profiles per workload to `DIR` (etcdsync only)")
 	fs.IntVar(&o.keys, "keys", 0, "W1 keys (default 100000, --quick 10000)")
 	fs.IntVar(&o.burst, "burst", 0, "W2 puts (default 50000, --quick 5000)")
@@ -125,7 +131,7 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--only %q: want both, etcdsync or make-mirror", o.only)
 	}
 	if o.profileDir != "" {
-		o.only = "etcdsync"
+		o.only, o.signed = "etcdsync", false
 	}
 	return o, nil
 }
@@ -206,6 +212,12 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			r = &etcdsyncInProcess{workDir: filepath.Join(o.workDir, "etcdsync"), log: slog.New(slog.NewTextHandler(logf, nil))}
 		}
 		results = append(results, runReplicator(ctx, o, r))
+		if o.signed && o.profileDir == "" && ctx.Err() == nil {
+			// Signed right after unsigned: the same sitting, as close in
+			// time as the two runs can be.
+			results = append(results, runReplicator(ctx, o, &etcdsyncProcs{bin: bin, workDir: filepath.Join(o.workDir, signedName),
+				applyArgs: o.applyArgs, publishArgs: o.publishArgs, signed: true}))
+		}
 	}
 	if o.only != "etcdsync" {
 		results = append(results, runReplicator(ctx, o, &makeMirror{bin: filepath.Join(binDir, "etcdctl"), workDir: filepath.Join(o.workDir, "make-mirror")}))
@@ -286,6 +298,9 @@ type result struct {
 
 	rss []namedBytes
 	cpu []string // per workload CPU breakdown
+	// replCPU and primaryCPU are the CPU time of the replicator's
+	// processes and of the primary etcd during W2 and W3.
+	replCPU, primaryCPU map[string]time.Duration
 }
 
 type namedBytes struct {
@@ -423,6 +438,7 @@ func runWorkloads(ctx context.Context, o options, r replicator, c *cluster, dir 
 	res.w2Lag = lp.finish(o.catchTimeout)
 	prof.stop()
 	res.cpu = append(res.cpu, cpu.report("W2", t2.Sub(bstart)))
+	res.replCPU, res.primaryCPU = map[string]time.Duration{"W2": cpu.lastReplicator}, map[string]time.Duration{"W2": cpu.lastPrimary}
 	progress("%s: peak RSS after W2: %s", name, peakRSS(r))
 	progress("%s: W2 standby complete %s after the burst started, %s after it ended; lag p50/p99/max %s",
 		name, fmtDur(res.w2Complete), fmtDur(res.w2After), res.w2Lag)
@@ -448,6 +464,7 @@ func runWorkloads(ctx context.Context, o options, r replicator, c *cluster, dir 
 	res.w3Lag = lp.finish(o.catchTimeout)
 	prof.stop()
 	res.cpu = append(res.cpu, cpu.report("W3", d))
+	res.replCPU["W3"], res.primaryCPU["W3"] = cpu.lastReplicator, cpu.lastPrimary
 	progress("%s: W3 lag p50/p99/max %s", name, res.w3Lag)
 	if err := r.Failed(); err != nil {
 		return err

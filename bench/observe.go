@@ -71,6 +71,9 @@ type cpuMeter struct {
 	procs []*proc
 	names []string
 	last  []time.Duration
+	// lastPrimary and lastReplicator are the CPU time the primary etcd
+	// and the replicator's processes used in the last report's workload.
+	lastPrimary, lastReplicator time.Duration
 }
 
 func newCPUMeter(c *cluster) *cpuMeter {
@@ -108,6 +111,7 @@ func (m *cpuMeter) track(r replicator) {
 
 func (m *cpuMeter) report(workload string, wall time.Duration) string {
 	now := m.sample()
+	m.lastPrimary, m.lastReplicator = 0, 0
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s (%s wall):", workload, fmtDur(wall))
 	for i := range now {
@@ -119,7 +123,15 @@ func (m *cpuMeter) report(workload string, wall time.Duration) string {
 		if i < len(m.last) {
 			prev = m.last[i]
 		}
-		fmt.Fprintf(&b, " %s %.1fs", name, (now[i] - prev).Seconds())
+		used := now[i] - prev
+		fmt.Fprintf(&b, " %s %.1fs", name, used.Seconds())
+		switch {
+		case i == 0:
+			m.lastPrimary = used
+		case i == 1:
+		case i < len(m.names):
+			m.lastReplicator += used
+		}
 	}
 	m.last = now
 	return b.String()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,15 +47,26 @@ func natsServer(dir string) (*server.Server, error) {
 }
 
 // etcdsyncProcs runs `etcdsync publish` and `etcdsync apply` as processes
-// against a JetStream server embedded in the benchmark process.
+// against a JetStream server embedded in the benchmark process. With
+// signed, both get a fresh log key ring (--log-key-file): every message is
+// signed by the publisher and verified by the applier.
 type etcdsyncProcs struct {
 	bin, workDir           string
 	applyArgs, publishArgs []string
+	signed                 bool
 	nats                   *server.Server
 	pub, app               *proc
 }
 
-func (e *etcdsyncProcs) Name() string { return "etcdsync" }
+// signedName names the signed etcdsync run in the report.
+const signedName = "etcdsync-signed"
+
+func (e *etcdsyncProcs) Name() string {
+	if e.signed {
+		return signedName
+	}
+	return "etcdsync"
+}
 
 func (e *etcdsyncProcs) Start(ctx context.Context, primary, standby string) error {
 	srv, err := natsServer(filepath.Join(e.workDir, "nats"))
@@ -62,14 +75,36 @@ func (e *etcdsyncProcs) Start(ctx context.Context, primary, standby string) erro
 	}
 	e.nats = srv
 	url := srv.ClientURL()
+	var keyArgs []string
+	if e.signed {
+		path, err := writeKeyRing(e.workDir)
+		if err != nil {
+			return err
+		}
+		keyArgs = []string{"--log-key-file", path}
+	}
 	e.pub, err = startProc("publisher", filepath.Join(e.workDir, "publish.log"), e.bin,
-		append([]string{"publish", "--etcd-endpoints", primary, "--nats-url", url}, e.publishArgs...)...)
+		append(append([]string{"publish", "--etcd-endpoints", primary, "--nats-url", url}, keyArgs...), e.publishArgs...)...)
 	if err != nil {
 		return err
 	}
 	e.app, err = startProc("applier", filepath.Join(e.workDir, "apply.log"), e.bin,
-		append([]string{"apply", "--etcd-endpoints", standby, "--nats-url", url}, e.applyArgs...)...)
+		append(append([]string{"apply", "--etcd-endpoints", standby, "--nats-url", url}, keyArgs...), e.applyArgs...)...)
 	return err
+}
+
+// writeKeyRing writes a key ring of one fresh random key into dir.
+func writeKeyRing(dir string) (string, error) {
+	key := make([]byte, streams.MinKeyBytes)
+	_, _ = rand.Read(key) // crypto/rand.Read never fails
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "log.key")
+	if err := os.WriteFile(path, []byte("bench:"+base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write log key ring: %w", err)
+	}
+	return path, nil
 }
 
 func (e *etcdsyncProcs) Procs() []*proc {

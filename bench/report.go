@@ -78,11 +78,14 @@ func share(rate, limit float64) string {
 
 // printReport prints the machine, the versions and one table.
 func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
-	var es, mm *result
+	var es, mm, signed *result
 	for _, r := range results {
-		if strings.HasPrefix(r.name, "etcdsync") {
+		switch {
+		case r.name == signedName:
+			signed = r
+		case strings.HasPrefix(r.name, "etcdsync"):
 			es = r
-		} else {
+		default:
 			mm = r
 		}
 	}
@@ -194,14 +197,20 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 	for _, nb := range es.rss {
 		fmt.Fprintf(w, "  peak RSS %-9s ≤ 150 MiB:          %s  %s\n", nb.name, mib(nb.bytes), check(nb.bytes <= 150<<20))
 	}
+	if signed != nil {
+		printSigned(w, o, es, signed)
+	}
 	fmt.Fprintf(w, "\nCPU seconds per process during each workload (2 cores are shared by everything):\n")
-	for _, r := range []*result{es, mm} {
+	for _, r := range []*result{es, signed, mm} {
+		if r == nil {
+			continue
+		}
 		for _, line := range r.cpu {
 			fmt.Fprintf(w, "  %-12s %s\n", strings.Fields(r.name)[0], line)
 		}
 	}
-	for _, r := range []*result{es, mm} {
-		if r.err != nil {
+	for _, r := range []*result{es, signed, mm} {
+		if r != nil && r.err != nil {
 			fmt.Fprintf(w, "\n%s FAILED: %v\n", r.name, r.err)
 		}
 	}
@@ -215,4 +224,60 @@ func failed(r *result) string {
 		return "failed"
 	}
 	return "n/a"
+}
+
+// printSigned prints the unsigned and the signed etcdsync runs side by
+// side: W2 and W3 with the signed/unsigned ratio, against the target of
+// at most 5% more (issue 10.2).
+func printSigned(w io.Writer, o options, es, signed *result) {
+	fmt.Fprintf(w, "\nsigned log (--log-key-file on publish and apply, HMAC-SHA256 per message) vs unsigned, run right after it:\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "workload\tetcdsync\tetcdsync signed\tsigned / unsigned\twithin 5%%\n")
+	fmt.Fprintf(tw, "--------\t--------\t--------------\t-----------------\t---------\n")
+	row := func(name string, u, s time.Duration, ok bool) {
+		if !ok {
+			fmt.Fprintf(tw, "%s\t%s\t%s\tn/a\t\n", name, failed(es), failed(signed))
+			return
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, fmtDur(u), fmtDur(s), costRatio(u, s), within(u, s, 0.05))
+	}
+	w2 := es.w2Complete > 0 && signed.w2Complete > 0
+	fmt.Fprintf(tw, "W2 burst %dk puts: the burst on the primary (not etcdsync's time)\t%s\t%s\t%s\t\n", o.burst/1000,
+		fmtDur(es.w2Primary), fmtDur(signed.w2Primary), costRatio(es.w2Primary, signed.w2Primary))
+	row("W2   standby holds every key, from burst start", es.w2Complete, signed.w2Complete, w2)
+	row("W2   standby holds every key, after burst end", es.w2After, signed.w2After, w2)
+	row("W2   lag p99 during the burst", es.w2Lag.pct(0.99), signed.w2Lag.pct(0.99), w2 && len(es.w2Lag.samples) > 0 && len(signed.w2Lag.samples) > 0)
+	w3 := len(es.w3Lag.samples) > 0 && len(signed.w3Lag.samples) > 0
+	row(fmt.Sprintf("W3 steady %d rev/s: lag p50", o.steadyRate), es.w3Lag.pct(0.5), signed.w3Lag.pct(0.5), w3)
+	row("W3   lag p99", es.w3Lag.pct(0.99), signed.w3Lag.pct(0.99), w3)
+	for _, wl := range []string{"W2", "W3"} {
+		u, s := es.replCPU[wl], signed.replCPU[wl]
+		row(wl+" CPU of publisher + applier", u, s, u > 0 && s > 0)
+		fmt.Fprintf(tw, "%s   CPU of the primary etcd (the same work: the machine's drift)\t%s\t%s\t%s\t\n", wl,
+			fmtDur(es.primaryCPU[wl]), fmtDur(signed.primaryCPU[wl]), costRatio(es.primaryCPU[wl], signed.primaryCPU[wl]))
+	}
+	fmt.Fprintf(tw, "W1 bootstrap (for reference)\t%s\t%s\t%s\t\n", fmtDur(es.w1), fmtDur(signed.w1), costRatio(es.w1, signed.w1))
+	tw.Flush()
+	fmt.Fprintf(w, "  (the two runs use fresh etcd servers each; \"from burst start\" includes the primary's own burst time; differences\n")
+	fmt.Fprintf(w, "   of a few ms in lag, and a CPU change the primary etcd shows too, are within this shared machine's noise)\n")
+}
+
+// costRatio returns signed/unsigned as a ratio and a percentage.
+func costRatio(unsigned, signed time.Duration) string {
+	if unsigned <= 0 || signed <= 0 {
+		return "n/a"
+	}
+	r := signed.Seconds() / unsigned.Seconds()
+	return fmt.Sprintf("%.2f× (%+.1f%%)", r, 100*(r-1))
+}
+
+// within says whether signed takes at most share more than unsigned.
+func within(unsigned, signed time.Duration, share float64) string {
+	if unsigned <= 0 || signed <= 0 {
+		return "n/a"
+	}
+	if signed.Seconds() <= unsigned.Seconds()*(1+share) {
+		return "met"
+	}
+	return "MISSED"
 }

@@ -166,7 +166,8 @@ func TestChartFilesAreTheSources(t *testing.T) {
 
 // TestChartLogKey: the log's MAC key ring comes from an existing Secret,
 // mounted read-only, into exactly the containers whose command takes
-// --log-key-file (the publisher signs, the applier verifies), and their
+// --log-key-file (the publisher signs, the applier verifies, the auditor
+// keys its value hashes), and their
 // whole environment still parses for the binary.
 func TestChartLogKey(t *testing.T) {
 	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {

@@ -2,6 +2,8 @@ package streams
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -430,5 +432,30 @@ func TestDecodeNewerVersion(t *testing.T) {
 	}
 	if _, _, err := a.Add(f); !errors.Is(err, ErrNewerFormat) || errors.Is(err, ErrCorrupt) {
 		t.Fatalf("record version 3: got %v, want ErrNewerFormat only", err)
+	}
+}
+
+// Value hashes are keyed: under the ring's signing key they are
+// HMAC-SHA256(key, domain || value), the same for every holder of the ring
+// and never the plain SHA-256; without a ring each hasher has a random key.
+func TestValueHasher(t *testing.T) {
+	value := []byte("hunter2")
+	plain := sha256.Sum256(value)
+	ring := testRing(t)
+	h := ring.ValueHasher()
+	m := hmac.New(sha256.New, bytes.Repeat([]byte{7}, 32))
+	m.Write([]byte("etcdsync value hash\x00"))
+	m.Write(value)
+	if got := h.Sum(value); !bytes.Equal(got[:], m.Sum(nil)) || got == plain {
+		t.Fatalf("keyed hash %x: want HMAC-SHA256 under the signing key %x, never SHA-256 %x", got, m.Sum(nil), plain)
+	}
+	if h.KeyID() != "log:k2026" || testRing(t).ValueHasher().Sum(value) != h.Sum(value) {
+		t.Fatalf("key ID %q, or two holders of the ring disagree", h.KeyID())
+	}
+	var none *KeyRing
+	r1, r2 := none.ValueHasher(), none.ValueHasher()
+	if r1.Sum(value) == plain || r1.Sum(value) != r1.Sum(value) || r1.Sum(value) == r2.Sum(value) ||
+		!strings.HasPrefix(r1.KeyID(), "random:") || r1.KeyID() == r2.KeyID() {
+		t.Fatalf("random hashers %q and %q: want distinct random keys, stable within one, never SHA-256", r1.KeyID(), r2.KeyID())
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -180,17 +182,43 @@ func (r *KeyRing) Verify(f Frame, prevSeq uint64) error {
 	return nil
 }
 
-// ValueHash returns a hash of a value that may leave the process (drift
-// events, reports): HMAC-SHA256 under the signing key when there is a ring,
-// so that a reader without the key cannot test guesses of a Secret against
-// it, and SHA-256 otherwise.
-func (r *KeyRing) ValueHash(value []byte) [32]byte {
-	var out [32]byte
-	if r == nil {
-		return sha256.Sum256(value)
+// valueHashDomain separates value hashes from frame MACs made with the
+// same key.
+const valueHashDomain = "etcdsync value hash\x00"
+
+// ValueHasher computes the keyed hash of a value that leaves the process
+// (drift reports and events): HMAC-SHA256 under a key, so that a reader
+// without the key cannot test guesses of a value (a Secret's password)
+// against it, as it could against a plain SHA-256. Two hashes compare only
+// when made under the same key (KeyID). Safe for concurrent use.
+type ValueHasher struct {
+	keyID string
+	key   []byte
+}
+
+// ValueHasher returns the hasher of the ring's signing key: its KeyID is
+// "log:<ID>", and every holder of the ring computes the same hashes. A nil
+// ring returns a hasher under a fresh random key, KeyID "random:<16 hex
+// digits>" (random too, not derived from the key): its hashes compare only
+// with the same hasher's.
+func (r *KeyRing) ValueHasher() *ValueHasher {
+	if r != nil {
+		return &ValueHasher{keyID: "log:" + r.keys[0].id, key: r.keys[0].key}
 	}
-	m := hmac.New(sha256.New, r.keys[0].key)
-	m.Write([]byte("etcdsync value hash\x00"))
+	key, id := make([]byte, MinKeyBytes), make([]byte, 8)
+	_, _ = rand.Read(key) // never fails (crypto/rand)
+	_, _ = rand.Read(id)
+	return &ValueHasher{keyID: "random:" + hex.EncodeToString(id), key: key}
+}
+
+// KeyID names the key of the hashes: "log:<key ID>" or "random:<id>".
+func (h *ValueHasher) KeyID() string { return h.keyID }
+
+// Sum returns HMAC-SHA256(key, "etcdsync value hash\x00" || value).
+func (h *ValueHasher) Sum(value []byte) [32]byte {
+	var out [32]byte
+	m := hmac.New(sha256.New, h.key)
+	m.Write([]byte(valueHashDomain))
 	m.Write(value)
 	copy(out[:], m.Sum(nil))
 	return out

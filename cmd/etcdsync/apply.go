@@ -94,7 +94,7 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.Bool(&o.reseed, "reseed", false, "re-seed from the stream's newest snapshot even when it is older than the checkpoint (rolls the standby back) instead of waiting for a refilling stream to reach the checkpoint; remove once re-seeded")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
 	o.elect.register(f, "standby")
-	o.logKey.register(f, "a message without a valid MAC for its position stops the applier before anything of its batch is written")
+	o.logKey.register(f, "a message without a valid MAC for its position stops the applier before anything of its batch is written", "")
 	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9091; empty: off)")
 	f.Duration(&o.readyMaxLag, "ready-max-lag", 30*time.Second, "/readyz answers 503 while the stream holds unapplied messages and the last applied revision was observed more than `DURATION` ago")

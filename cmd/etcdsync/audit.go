@@ -58,6 +58,7 @@ type auditOptions struct {
 	driftStream  string
 	driftMaxAge  time.Duration
 	metricsAddr  string
+	logKey       logKeyFlag
 	log          logFlags
 }
 
@@ -96,7 +97,7 @@ func auditFlags(o *auditOptions) *flagSet {
 			"Compares the standby etcd with the primary at one consistent point: the standby at its\n"+
 			"revision S, the primary at the source revision P of the applier's checkpoint at S, so\n"+
 			"writes in flight never show as drift. Reports keys missed (primary only), surplus\n"+
-			"(standby only) and mismatched (values differ, compared byte for byte; SHA-256 shown),\n"+
+			"(standby only) and mismatched (values differ, compared byte for byte; a keyed hash shown),\n"+
 			"within the scope the applier recorded in the standby next to its checkpoint (rules and\n"+
 			"the publisher's prefix). Scope options (--keyspace, --exclude-namespace, --prefix, ...)\n"+
 			"override it for the comparison; the report then lists every difference with the\n"+
@@ -128,6 +129,9 @@ func auditFlags(o *auditOptions) *flagSet {
 	f.Bool(&o.printRules, "print-rules", false, "print the scope in force (the applier's recorded scope, or these options and how they differ) and exit; reads the standby (and the primary, if given, for excluded namespaces)")
 	f.String(&o.driftStream, "drift-stream", def.DriftStream, "`NAME` of the stream holding drift events")
 	f.Duration(&o.driftMaxAge, "drift-max-age", def.DriftMaxAge, "keep drift events for `DURATION`")
+	o.logKey.register(f, "the value hashes of reports and drift events are HMAC-SHA256 under its signing key (value_hmac_key log:<ID>),\n"+
+		"comparable by every holder of the ring (the auditor reads no log message, so it verifies none)",
+		"under a random key of this process (hashes compare within its reports only)")
 	f.String(&o.metricsAddr, "metrics-addr", defaultAuditMetricsAddr, "serve /check, /metrics, /healthz and /readyz on `ADDR` without --once (empty: off)")
 	o.log.register(f, "info")
 	return f
@@ -193,6 +197,9 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg := o.config()
 	cfg.Logger = log
+	if cfg.LogKeys, err = o.logKey.load(cmd); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageErrorf(cmd, "%v", err)
 	}

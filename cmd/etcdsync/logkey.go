@@ -8,8 +8,13 @@ type logKeyFlag struct {
 	path string
 }
 
-func (l *logKeyFlag) register(f *flagSet, use string) {
-	f.String(&l.path, "log-key-file", "", "`FILE` of the log key ring, one ID:BASE64 key per line (at least 32 bytes; first signs, all verify): "+use+"; empty: an unauthenticated log")
+// register defines --log-key-file; use says what the command does with the
+// ring, empty what it does without one (default: "an unauthenticated log").
+func (l *logKeyFlag) register(f *flagSet, use, empty string) {
+	if empty == "" {
+		empty = "an unauthenticated log"
+	}
+	f.String(&l.path, "log-key-file", "", "`FILE` of the log key ring, one ID:BASE64 key per line (at least 32 bytes; first signs, all verify):\n"+use+";\nempty: "+empty)
 }
 
 // load reads the key ring; nil without --log-key-file. A bad file is a

@@ -27,6 +27,7 @@ type promoteOptions struct {
 	json          bool
 	force         bool
 	dryRun        bool
+	logKey        logKeyFlag
 	log           logFlags
 }
 
@@ -38,8 +39,11 @@ func promoteFlags(o *promoteOptions) *flagSet {
 			"With --bump-revision it raises the standby etcd's revision above the last source\n"+
 			"revision seen, so clients' old resourceVersions cannot land inside history they never saw.\n"+
 			"Without --nats-url (the stream is lost with the primary site) it fences at once.\n"+
-			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied or with a revision\n"+
-			"or snapshot half applied (the report says which and how much), refused or failed; 2 bad usage,\n"+
+			"With --log-key-file the messages at the end of the stream are MAC-checked: those that fail are never\n"+
+			"applied, so they count neither for draining nor for the stream's last revision, and are reported.\n"+
+			"Exit status: 0 promoted and drained, 1 promoted with messages left unapplied, with a revision\n"+
+			"or snapshot half applied, or with messages failing their MAC check at the stream's end (the report\n"+
+			"says which and how much), refused or failed; 2 bad usage,\n"+
 			"3 the standby etcd or NATS unreachable.")
 	registerSide(f, &o.standby, "standby")
 	registerApplierEtcd(f, &o.applierEtcd)
@@ -53,6 +57,9 @@ func promoteFlags(o *promoteOptions) *flagSet {
 	f.Bool(&o.json, "json", false, "print the report as JSON (and nothing else on stdout)")
 	f.Bool(&o.force, "force", false, "promote an etcd that holds no checkpoint (never a standby: perhaps the primary)")
 	f.Bool(&o.dryRun, "dry-run", false, "print what would happen and the cluster ID promoted; change nothing")
+	o.logKey.register(f, "the stream's last messages are MAC-checked; the drain target and the last source revision (--bump-revision)\n"+
+		"come from the newest one that verifies, and those that fail are reported (exit status 1; the standby is fenced regardless)",
+		"the stream's last message is trusted as it is")
 	o.log.register(f, "info")
 	return f
 }
@@ -77,6 +84,10 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	ring, err := o.logKey.load(cmd)
+	if err != nil {
+		return err
+	}
 	cli, err := o.standby.connect(ctx)
 	if err != nil {
 		return fmt.Errorf("standby %w", err)
@@ -96,10 +107,10 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		log.Warn("no --nats-url: fencing without draining; messages that reached the standby's stream but were not applied are unknown")
 	}
 	cfg := applier.PromoteConfig{Stream: o.stream, CheckpointKey: o.checkpointKey, DrainTimeout: o.drainTimeout,
-		BumpRevision: o.bumpRevision, BumpMax: int64(o.bumpMax), Force: o.force, DryRun: o.dryRun,
+		BumpRevision: o.bumpRevision, BumpMax: int64(o.bumpMax), Force: o.force, DryRun: o.dryRun, LogKeys: ring,
 		Progress: func(done, total int64) { log.Info("bumping standby revision", "done", done, "total", total) }}
 	rep, err := applier.Promote(ctx, cfg, cli, js)
-	if err != nil && !errors.Is(err, applier.ErrNotDrained) && !errors.Is(err, applier.ErrInconsistent) {
+	if err != nil && !errors.Is(err, applier.ErrNotDrained) && !errors.Is(err, applier.ErrInconsistent) && !errors.Is(err, streams.ErrUnauthenticated) {
 		if errors.Is(err, applier.ErrNoCheckpoint) {
 			return fmt.Errorf("%w; refusing to promote an etcd no applier ever wrote to (is it the primary?); --force promotes it anyway", err)
 		}
@@ -155,6 +166,9 @@ func printPromoteDryRun(w io.Writer, out promoteOutput, o promoteOptions) {
 	if rep.Inconsistent != "" {
 		fmt.Fprintf(w, "  WARNING          %s\n", rep.Inconsistent)
 	}
+	if rep.Unauthenticated != "" {
+		fmt.Fprintf(w, "  UNAUTHENTICATED  %s\n", rep.Unauthenticated)
+	}
 	switch {
 	case o.nats.url == "":
 		fmt.Fprintf(w, "  would fence      at once, without draining (no --nats-url: unapplied messages unknown)\n")
@@ -181,6 +195,9 @@ func printPromote(w io.Writer, out promoteOutput) {
 	fmt.Fprintf(w, "  cluster          %s (the primary whose copy is promoted)\n", rep.ClusterID)
 	if rep.Inconsistent != "" {
 		fmt.Fprintf(w, "  WARNING          %s\n", rep.Inconsistent)
+	}
+	if rep.Unauthenticated != "" {
+		fmt.Fprintf(w, "  UNAUTHENTICATED  %s\n", rep.Unauthenticated)
 	}
 	fmt.Fprintf(w, "  final position   generation %d, source revision %d, stream seq %d (%s)\n", ck.Position.Generation, ck.Position.Revision, ck.Position.Seq, ck.Position)
 	fmt.Fprintf(w, "  source time      %s: anything the primary committed after it is not on the standby\n", rep.DataLossSince.UTC().Format(time.RFC3339Nano))

@@ -59,7 +59,7 @@ func publishFlags(o *publishOptions) *flagSet {
 	f.Duration(&o.snapEvery, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
 		"publish a snapshot every `DURATION` (0: off), so retention can drop old messages while a complete base stays; must be below --max-age")
 	o.elect.register(f, "primary")
-	o.logKey.register(f, "every message is signed for its stream position")
+	o.logKey.register(f, "every message is signed for its stream position", "")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9090; empty: off)")
 	o.log.register(f, "info")
 	return f

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,6 +35,7 @@ type statusOptions struct {
 	driftStream   string
 	maxLag        time.Duration
 	json          bool
+	logKey        logKeyFlag
 	log           logFlags
 }
 
@@ -42,7 +44,10 @@ func statusFlags(o *statusOptions) *flagSet {
 		"Shows the pipeline as the standby sees it: the log stream (first/last sequence, bytes,\n"+
 			"generation, newest snapshot, the publisher's last revision), the applier's checkpoint\n"+
 			"and the lag in messages, revisions and seconds.\n"+
-			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping/refilling), 2 bad usage,\n"+
+			"With --log-key-file the MACs of the log messages it reads (the last one, the newest snapshot) are\n"+
+			"checked: one that fails is reported and nothing is taken from it.\n"+
+			"Exit status: 0 healthy, 1 lagging beyond --max-lag (or promoted/bootstrapping/refilling), or a\n"+
+			"message read fails its MAC check; 2 bad usage,\n"+
 			"3 could not read (or, without --nats-url, the stream and so the lag were not checked).")
 	registerSide(f, &o.standby, "standby")
 	registerApplierEtcd(f, &o.applierEtcd)
@@ -53,6 +58,9 @@ func statusFlags(o *statusOptions) *flagSet {
 	f.String(&o.driftStream, "drift-stream", streams.DefaultDriftStream, "`NAME` of the stream holding the auditor's drift events (the last audit is shown)")
 	f.Duration(&o.maxLag, "max-lag", 30*time.Second, "exit 1 when the standby is behind by more than `DURATION`")
 	f.Bool(&o.json, "json", false, "print JSON instead of a table")
+	o.logKey.register(f, "the MACs of the log's last message (the publisher's position) and of the newest snapshot are checked;\n"+
+		"one that fails (forged, altered, replayed or unsigned) is reported, nothing is taken from it, and status exits 1",
+		"the log's messages are trusted as they are (the table says so)")
 	o.log.register(f, "warn")
 	return f
 }
@@ -74,6 +82,10 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	ring, err := o.logKey.load(cmd)
+	if err != nil {
+		return err
+	}
 	cli, err := o.standby.connect(ctx)
 	if err != nil {
 		return &statusError{fmt.Errorf("standby %w", err)}
@@ -90,7 +102,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return &statusError{err}
 		}
 	}
-	st, err := applier.ReadStatus(ctx, cli, js, o.stream, o.site, o.checkpointKey)
+	st, err := applier.ReadVerifiedStatus(ctx, cli, js, o.stream, o.site, o.checkpointKey, ring)
 	if err != nil {
 		return &statusError{err}
 	}
@@ -107,6 +119,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else {
 		printStatus(stdout, st)
 		printLastAudit(stdout, out.LastAudit)
+	}
+	if s := st.Stream; s != nil && len(s.Unauthenticated) > 0 {
+		return fmt.Errorf("the log holds messages that fail their MAC check: %s: %w", strings.Join(s.Unauthenticated, "; "), streams.ErrUnauthenticated)
 	}
 	if st.State != "following" || st.LagSeconds > o.maxLag.Seconds() {
 		return errLagging
@@ -163,7 +178,20 @@ func printStatus(w io.Writer, st applier.Status) {
 	} else {
 		fmt.Fprintf(w, "stream %s\n", s.Name)
 		fmt.Fprintf(w, "  sequences      %d..%d (%d messages, %d bytes)\n", s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes)
-		fmt.Fprintf(w, "  publisher at   generation %d, revision %d\n", s.Generation, s.Revision)
+		switch {
+		case !s.Authenticated:
+			fmt.Fprintf(w, "  MACs           NOT CHECKED (no --log-key-file): the positions below are trusted as they are\n")
+		case len(s.Unauthenticated) == 0:
+			fmt.Fprintf(w, "  MACs           verified (the last message and the newest snapshot)\n")
+		}
+		for _, u := range s.Unauthenticated {
+			fmt.Fprintf(w, "  UNAUTHENTICATED %s: not trusted\n", u)
+		}
+		if s.Generation == 0 && len(s.Unauthenticated) > 0 {
+			fmt.Fprintf(w, "  publisher at   unknown (the log's last message is not authenticated)\n")
+		} else {
+			fmt.Fprintf(w, "  publisher at   generation %d, revision %d\n", s.Generation, s.Revision)
+		}
 		if n := s.NewestSnapshot; n != nil {
 			fmt.Fprintf(w, "  newest snapshot seq %d, generation %d, revision %d, stored %s\n", n.Seq, n.Generation, n.Revision, n.Stored.UTC().Format(time.RFC3339))
 		} else {

@@ -19,7 +19,8 @@
 // lines starting with '#' are comments (inside find/replace only at their
 // end, where they separate blocks). The source tree
 // is never modified: the mutated file reaches the compiler through
-// `go test -overlay`. A mutant that does not compile, or whose find text is
+// `go test -overlay` (and GOFLAGS=-overlay=..., so that a test that builds
+// the binary with `go build` builds the mutant). A mutant that does not compile, or whose find text is
 // missing or ambiguous, is an error (the description is stale), not a kill.
 //
 // Usage, from the repository root:
@@ -211,6 +212,9 @@ func runOne(root, tmp string, m mutant, timeout time.Duration) (verdict, detail 
 	args := append([]string{"test", "-count=1", "-vet=off", "-overlay", ofile}, m.test...)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = dir
+	// Tests that build the binary themselves (go build in a test) see the
+	// mutant too.
+	cmd.Env = append(os.Environ(), "GOFLAGS="+strings.TrimSpace(os.Getenv("GOFLAGS")+" -overlay="+ofile))
 	out, err := cmd.CombinedOutput()
 	switch {
 	case ctx.Err() != nil:
