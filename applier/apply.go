@@ -518,16 +518,49 @@ func (a *Applier) flush(ctx context.Context) error {
 // applier first proves, with an empty transaction under the compare, that
 // the checkpoint is still its own; the checkpoint advances in the
 // transaction after it (a crash in between re-applies the same value from
-// the checkpoint).
+// the checkpoint). An applier paused between that proof and its put can
+// find, when the put lands, that another applier wrote the checkpoint in
+// between: the put then came after the other's writes, so it is undone
+// (the key's state just before it restored, unless the key changed again
+// since) and ErrConflict returned.
 func (a *Applier) putUnguarded(ctx context.Context, op clientv3.Op, seq uint64) error {
 	if _, err := a.commit(ctx, nil, seq); err != nil {
 		return err
 	}
-	if _, err := a.etcd.Do(ctx, op); err != nil {
+	resp, err := a.etcd.Do(ctx, op)
+	if err != nil {
 		return fmt.Errorf("apply put of key %q up to seq %d without the checkpoint compare: %w", op.KeyBytes(), seq, err)
 	}
 	a.metrics.unguardedPuts.Inc()
-	return nil
+	rev := resp.Put().Header.Revision
+	ck, err := a.etcd.Get(ctx, a.cfg.checkpointKey(), clientv3.WithRev(rev))
+	if err != nil {
+		return fmt.Errorf("check the checkpoint at the unguarded put of key %q (standby revision %d): %w", op.KeyBytes(), rev, err)
+	}
+	if len(ck.Kvs) == 1 && ck.Kvs[0].ModRevision == a.ckRev {
+		return nil // still ours when the put landed: ordered before any other applier's writes
+	}
+	if err := a.undoPut(ctx, op.KeyBytes(), rev); err != nil {
+		a.log.Error("a put written after another applier took over could not be undone: the standby may hold a stale value until the next write of the key or an audit repair",
+			"key", string(op.KeyBytes()), "standby_revision", rev, "err", err)
+	}
+	return fmt.Errorf("unguarded put of key %q landed at standby revision %d after the checkpoint %s left mod revision %d: %w",
+		op.KeyBytes(), rev, a.cfg.checkpointKey(), a.ckRev, ErrConflict)
+}
+
+// undoPut restores key to its state before the put at standby revision
+// rev, unless the key was written again since.
+func (a *Applier) undoPut(ctx context.Context, key []byte, rev int64) error {
+	prev, err := a.etcd.Get(ctx, string(key), clientv3.WithRev(rev-1))
+	if err != nil {
+		return err
+	}
+	restore := clientv3.OpDelete(string(key))
+	if len(prev.Kvs) == 1 {
+		restore = clientv3.OpPut(string(key), string(prev.Kvs[0].Value), clientv3.WithLease(clientv3.LeaseID(prev.Kvs[0].Lease)))
+	}
+	_, err = a.etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(key)), "=", rev)).Then(restore).Commit()
+	return err
 }
 
 // commit writes ops under the checkpoint compare and returns the standby

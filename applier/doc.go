@@ -44,8 +44,13 @@
 //     the primary took has no room for a compare) is written as a plain
 //     put, right after an empty transaction under the compare proves the
 //     checkpoint is still the applier's, and counted in
-//     etcdsync_applier_unguarded_puts_total (that proof is the fence for
-//     this one put). An operation the
+//     etcdsync_applier_unguarded_puts_total. Fencing holds for it too: the
+//     applier reads the checkpoint at the put's revision, and a put that
+//     landed after another applier wrote the checkpoint is undone (the key
+//     restored to its state before it, unless written again since) and the
+//     session ends with ErrConflict. A plain put within one byte of the
+//     limit may still not fit: etcd's request IDs are a byte longer on
+//     some members than on others. An operation the
 //     standby refuses even alone stops the applier with a *TooLargeError
 //     (ErrTooLarge) naming the key, the request size and the limit, never
 //     retried; the checkpoint records it (Stopped) for status and
