@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -154,9 +155,13 @@ const (
 )
 
 // withKeepAlive returns cfg with gRPC keepalive pings (also while no call
-// is in flight) and a silent zap logger.
+// is in flight), no client-side bound on request size (the client's 2 MiB
+// default would refuse values a standby with a larger --max-request-bytes
+// takes, and read as the standby refusing them: etcd bounds requests
+// itself) and a silent zap logger.
 func withKeepAlive(cfg clientv3.Config) clientv3.Config {
 	cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout, cfg.PermitWithoutStream = etcdKeepAliveTime, etcdKeepAliveTimeout, true
+	cfg.MaxCallSendMsgSize = math.MaxInt32
 	cfg.Logger = zap.NewNop()
 	return cfg
 }

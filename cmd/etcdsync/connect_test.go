@@ -10,6 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdsync/etcdsync/internal/embedded"
 )
 
 // freezer is a TCP proxy whose connections can be frozen: bytes stop
@@ -111,5 +113,25 @@ func TestEtcdClientSurvivesHalfOpenConnection(t *testing.T) {
 	t.Logf("put over the frozen connection returned after %s: %v", time.Since(start).Round(time.Second), err)
 	if _, err := cli.Put(ctx, "/after-freeze", "v"); err != nil {
 		t.Fatalf("put after the frozen connection was given up: %v", err)
+	}
+}
+
+// TestEtcdClientSendsUpToServerLimit: the clients etcdsync dials leave the
+// request bound to etcd, so a 3 MiB value reaches an etcd whose
+// --max-request-bytes is 4 MiB (the client's own 2 MiB default would
+// refuse it and read as the standby refusing it).
+func TestEtcdClientSendsUpToServerLimit(t *testing.T) {
+	e, err := embedded.StartEtcd(embedded.EtcdConfig{Dir: t.TempDir(), MaxRequestBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := dialEtcd(context.Background(), clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: connectTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(context.Background(), "/big", strings.Repeat("v", 3<<20)); err != nil {
+		t.Fatalf("3 MiB put to an etcd that takes 4 MiB: %v", err)
 	}
 }
