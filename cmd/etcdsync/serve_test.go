@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/etcdsync/etcdsync/applier"
@@ -217,4 +220,36 @@ func goRun(t *testing.T, fn func(context.Context) error) (stop func()) {
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// TestPublishReadyzWhenStoreFull: publish's /readyz fails, saying why,
+// while the stream does not acknowledge its writes (a JetStream store too
+// small for what the primary writes).
+func TestPublishReadyzWhenStoreFull(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		JetStreamMaxStore: 512 << 10, JetStreamMaxMemory: 1 << 20, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	primary, pcli := startEtcd(t)
+	addr := freeAddr(t)
+	runBackground(t, "publish", "--etcd-endpoints", primary.Endpoint, "--nats-url", s.ClientURL(), "--metrics-addr", addr, "--leader-elect=false")
+	eventually(t, 20*time.Second, "/readyz to answer ready", func() bool {
+		code, _ := httpGet("http://" + addr + "/readyz")
+		return code == http.StatusOK
+	})
+	for i := 0; i < 16; i++ {
+		if _, err := pcli.Put(context.Background(), fmt.Sprintf("/big/%02d", i), strings.Repeat("v", 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "/readyz to say the publisher is not publishing", func() bool {
+		code, body := httpGet("http://" + addr + "/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "not publishing")
+	})
 }
