@@ -458,6 +458,7 @@ func (a *Applier) flush(ctx context.Context) error {
 	ck := a.work
 	ck.AppliedAt = time.Now()
 	ck.Stopped = nil // whatever stopped an earlier session is past
+	ck.InFlight = nil
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		ck.Snapshot = &s
@@ -491,6 +492,21 @@ func (a *Applier) flush(ctx context.Context) error {
 		}
 	}
 	if alone {
+		// Until the checkpoint follows the operation, the standby may hold
+		// it ahead of the checkpoint: say so in the checkpoint first, for
+		// status and promote (a snapshot in progress says it itself).
+		if ck.Snapshot == nil {
+			pre := a.ck
+			pre.InFlight = &InFlight{Seq: ck.Position.Seq, Key: a.txn.keys[0]}
+			if ck.Partial != nil {
+				pre.InFlight.Seq = ck.Partial.Seq
+			}
+			r, err := a.commit(ctx, []clientv3.Op{clientv3.OpPut(key, pre.encode())}, ck.Position.Seq)
+			if err != nil {
+				return err
+			}
+			a.ckRev, a.ck = r, pre
+		}
 		_, err := a.commit(ctx, a.txn.ops, ck.Position.Seq)
 		if tooLarge(err) && a.txn.ops[0].IsPut() {
 			err = a.putUnguarded(ctx, a.txn.ops[0], ck.Position.Seq)

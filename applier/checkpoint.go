@@ -30,6 +30,20 @@ type Checkpoint struct {
 	Promoted bool `json:"promoted,omitempty"`
 	// Stopped says why the applier stopped (see Stop); nil while it runs.
 	Stopped *Stop `json:"stopped,omitempty"`
+	// InFlight is set while an operation too large to go with the
+	// checkpoint is written alone: until the checkpoint that follows it,
+	// the standby may hold that write of the next record. Only reported
+	// (status, promote); resuming ignores it.
+	InFlight *InFlight `json:"in_flight,omitempty"`
+}
+
+// InFlight names the write an alone operation may have made ahead of the
+// checkpoint.
+type InFlight struct {
+	// Seq is the stream sequence of the record's last message.
+	Seq uint64 `json:"seq"`
+	// Key is the key written.
+	Key string `json:"key"`
 }
 
 // SnapshotState tracks a snapshot being applied.

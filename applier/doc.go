@@ -48,7 +48,10 @@
 //     applier reads the checkpoint at the put's revision, and a put that
 //     landed after another applier wrote the checkpoint is undone (the key
 //     restored to its state before it, unless written again since) and the
-//     session ends with ErrConflict. A plain put within one byte of the
+//     session ends with ErrConflict. Before any operation is written
+//     alone, the checkpoint records it as in flight (InFlight), so status
+//     and promote report the next revision as possibly half applied until
+//     the checkpoint follows. A plain put within one byte of the
 //     limit may still not fit: etcd's request IDs are a byte longer on
 //     some members than on others. An operation the
 //     standby refuses even alone stops the applier with a *TooLargeError

@@ -27,6 +27,10 @@ type HalfApplied struct {
 	EventsApplied int `json:"events_applied"`
 	// Events is the record's number of events (0: unknown).
 	Events int `json:"events,omitempty"`
+	// InFlightKey, when set, is a key of the record an operation written
+	// alone may have put on the standby ahead of the checkpoint (the
+	// applier stopped between that write and the checkpoint after it).
+	InFlightKey string `json:"in_flight_key,omitempty"`
 }
 
 // String says which revision is half applied and how much of it.
@@ -39,6 +43,10 @@ func (h *HalfApplied) String() string {
 	if h.Events != 0 {
 		of = fmt.Sprintf(" of its %d", h.Events)
 	}
+	if h.InFlightKey != "" {
+		return fmt.Sprintf("%s (stream seq %d) may be half applied: the first %d%s events are on the standby, and its write of key %q may be too; the rest are not",
+			rev, h.Seq, h.EventsApplied, of, h.InFlightKey)
+	}
 	return fmt.Sprintf("%s (stream seq %d) is half applied: the first %d%s events are on the standby, the rest are not",
 		rev, h.Seq, h.EventsApplied, of)
 }
@@ -49,10 +57,20 @@ func (h *HalfApplied) String() string {
 // what cannot be read stays unknown).
 func halfApplied(ctx context.Context, stream jetstream.Stream, ck *Checkpoint) *HalfApplied {
 	p := ck.Partial
+	if in := ck.InFlight; in != nil && ck.Snapshot == nil {
+		q := Partial{Seq: in.Seq}
+		if p != nil && p.Seq == in.Seq {
+			q.Events = p.Events
+		}
+		p = &q
+	}
 	if p == nil || ck.Snapshot != nil {
 		return nil
 	}
 	h := &HalfApplied{AfterRevision: ck.Position.Revision, Seq: p.Seq, EventsApplied: p.Events}
+	if ck.InFlight != nil {
+		h.InFlightKey = ck.InFlight.Key
+	}
 	if stream == nil {
 		return h
 	}

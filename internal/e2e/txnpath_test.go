@@ -17,6 +17,7 @@ import (
 	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/internal/embedded"
 	"github.com/etcdsync/etcdsync/internal/testenv"
+	"github.com/etcdsync/etcdsync/streams"
 )
 
 // kubeWrite writes key the way kube-apiserver creates an object: a
@@ -334,5 +335,111 @@ func TestUnguardedPutAfterTakeoverUndone(t *testing.T) {
 	}, "standby holds %s, deleted on the primary: written by an applier after another took over", key)
 	if d := diff(dump(t, p.primary.Client, rawRules(t)), dump(t, p.standby.Client, rawRules(t))); d != "" {
 		t.Errorf("standby differs from the primary:\n%s", d)
+	}
+}
+
+// afterKV calls after (once) right after the first write of a value over
+// 1 MiB succeeds, plain or in a transaction: an applier's operation
+// written alone, before the checkpoint that follows it.
+type afterKV struct {
+	clientv3.KV
+	once  sync.Once
+	after func()
+}
+
+func isBig(op clientv3.Op) bool { return op.IsPut() && len(op.ValueBytes()) > 1<<20 }
+
+func (k *afterKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	r, err := k.KV.Do(ctx, op)
+	if err == nil && isBig(op) {
+		k.once.Do(k.after)
+	}
+	return r, err
+}
+
+func (k *afterKV) Txn(ctx context.Context) clientv3.Txn { return &afterTxn{Txn: k.KV.Txn(ctx), kv: k} }
+
+type afterTxn struct {
+	clientv3.Txn
+	kv  *afterKV
+	big bool
+}
+
+func (t *afterTxn) If(c ...clientv3.Cmp) clientv3.Txn  { t.Txn = t.Txn.If(c...); return t }
+func (t *afterTxn) Else(o ...clientv3.Op) clientv3.Txn { t.Txn = t.Txn.Else(o...); return t }
+func (t *afterTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	for _, o := range ops {
+		t.big = t.big || isBig(o)
+	}
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+
+func (t *afterTxn) Commit() (*clientv3.TxnResponse, error) {
+	r, err := t.Txn.Commit()
+	if err == nil && r.Succeeded && t.big {
+		t.kv.once.Do(t.kv.after)
+	}
+	return r, err
+}
+
+// A primary transaction [k near the request limit, j small]: the applier
+// writes k alone, and a promote that fences it before the checkpoint
+// follows finds the standby holding k of that revision and not j. Promote
+// reports the revision as possibly half applied, naming k (the checkpoint
+// said so before k was written), instead of a consistent position.
+func TestPromoteAfterAloneOpReportsHalfApplied(t *testing.T) {
+	const k, j = "/registry/secrets/a/big", "/registry/secrets/a/j"
+	ctx := context.Background()
+	p := newPipeline(t)
+	pair := func(ctx context.Context, cli *clientv3.Client, key, v string) error {
+		_, err := cli.Txn(ctx).Then(clientv3.OpPut(key, v), clientv3.OpPut(j, "x")).Commit()
+		return err
+	}
+	n := largestValue(t, p.primary.Client, k, pair) - 1
+	if _, err := p.primary.Client.Delete(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	p.startPublisher(p.publisherConfig())
+	cliA, err := clientv3.New(clientv3.Config{Endpoints: p.standby.Endpoints(), MaxCallSendMsgSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cliA.Close() })
+	var rep applier.PromoteReport
+	var perr error
+	promoted := make(chan struct{})
+	akv := &afterKV{KV: cliA.KV, after: func() {
+		defer close(promoted)
+		rep, perr = applier.Promote(ctx, applier.PromoteConfig{Stream: streams.DefaultStream, DrainTimeout: time.Second}, p.standby.Client, nil)
+	}}
+	cliA.KV = akv
+	ap, err := applier.New(rawApplierConfig(p), cliA, p.conn(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, ap.Run)
+	put(t, p.primary.Client, "/registry/secrets/a/before", "x")
+	p.waitConverged(rawRules(t), 30*time.Second)
+	if err := pair(ctx, p.primary.Client, k, strings.Repeat("v", n)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-promoted:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the applier never wrote the large value")
+	}
+	if !errors.Is(perr, applier.ErrInconsistent) {
+		t.Errorf("promote returned %v, want ErrInconsistent (its exit status says the standby is not a copy at one revision)", perr)
+	}
+	got := dump(t, p.standby.Client, rawRules(t))
+	_, hasK := got[k]
+	_, hasJ := got[j]
+	if !hasK || hasJ {
+		t.Fatalf("standby: k present %v, j present %v; the test wants k written alone and fenced before j", hasK, hasJ)
+	}
+	if rep.HalfApplied == nil || rep.HalfApplied.InFlightKey != k || !strings.Contains(rep.Inconsistent, k) {
+		t.Errorf("promote reports position %s, half applied %+v, inconsistent %q: want the revision reported as possibly half applied, naming %s",
+			rep.Checkpoint.Position, rep.HalfApplied, rep.Inconsistent, k)
 	}
 }
