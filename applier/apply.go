@@ -119,10 +119,15 @@ func (a *Applier) budget() budget {
 // error the applier's state must be re-read from the standby (Run does).
 func (a *Applier) ApplyBatch(ctx context.Context, msgs []Msg) error {
 	recs, err := a.decode(msgs)
-	if err != nil {
-		return err
+	if err == nil {
+		err = a.checkBatch(recs)
 	}
-	if err := a.checkBatch(recs); err != nil {
+	if errors.Is(err, streams.ErrCorrupt) || errors.Is(err, streams.ErrNewerFormat) {
+		// Nothing of the batch is written; the checkpoint says why the
+		// applier stopped, for status and readiness.
+		return a.stop(ctx, err)
+	}
+	if err != nil {
 		return err
 	}
 	for i := range recs {

@@ -312,7 +312,7 @@ func TestPlantedSecretsNeverShown(t *testing.T) {
 		"--nats-listen", freeAddr(t), "--nats-listen-users-file", usersFile, "--nats-store-key-file", storeKeyFile,
 		"--log-key-file", keyFile, "--log-level", "debug")
 	eventually(t, 30*time.Second, "the publisher with an embedded server", func() bool {
-		return strings.Contains(emb.stderr.String(), "campaigning for leadership")
+		return strings.Contains(emb.stderr.String(), "snapshot published")
 	})
 
 	for _, c := range []*process{emb, au, ap, pub} {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/internal/testenv"
 	"github.com/etcdsync/etcdsync/publisher"
 	"github.com/etcdsync/etcdsync/streams"
@@ -66,6 +67,14 @@ func TestNewerFormatStopsApplierAndPublisher(t *testing.T) {
 	}
 	if d := diff(before, dump(t, p.standby.Client, rawRules(t))); d != "" {
 		t.Errorf("standby changed:\n%s", d)
+	}
+	cfg := rawApplierConfig(p)
+	st, err := applier.ReadStatus(ctx, p.standby.Client, nil, cfg.Stream, cfg.Site, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != "stopped" || st.Checkpoint == nil || st.Checkpoint.Stopped == nil || !strings.Contains(st.Checkpoint.Stopped.Reason, "upgrade the applier") {
+		t.Errorf("status: state %q, checkpoint %+v: want stopped, saying to upgrade the applier", st.State, st.Checkpoint)
 	}
 
 	_, pr2 := p.startPublisher(p.publisherConfig())
