@@ -1,11 +1,18 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,4 +187,155 @@ func waitStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
 		return err == nil
 	}, "log stream created")
 	return s
+}
+
+// dropProxy passes a NATS client connection through to the server and
+// drops exactly one client message when armed: the first HPUB on subject
+// whose headers carry the armed revision. Everything else passes intact.
+type dropProxy struct {
+	t       *testing.T
+	ln      net.Listener
+	server  string
+	subject string
+	target  atomic.Int64 // revision whose next publish is dropped (0: none)
+	dropped atomic.Int64
+}
+
+func newDropProxy(t *testing.T, serverURL, subject string) *dropProxy {
+	t.Helper()
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dropProxy{t: t, ln: ln, server: u.Host, subject: subject}
+	var conns sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		conns.Wait()
+	})
+	conns.Add(1)
+	go func() {
+		defer conns.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", d.server)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			open = append(open, c, s)
+			mu.Unlock()
+			conns.Add(2)
+			go func() { defer conns.Done(); _, _ = io.Copy(c, s); c.Close() }()
+			go func() { defer conns.Done(); d.clientToServer(c, s); s.Close() }()
+		}
+	}()
+	return d
+}
+
+func (d *dropProxy) URL() string { return "nats://" + d.ln.Addr().String() }
+
+// dropRevision arms the proxy: the next publish of rev is lost.
+func (d *dropProxy) dropRevision(rev int64) { d.target.Store(rev) }
+
+// clientToServer copies the client's protocol to the server frame by frame:
+// a control line, and for PUB and HPUB the payload its sizes announce.
+func (d *dropProxy) clientToServer(c, s net.Conn) {
+	r := bufio.NewReaderSize(c, 64<<10)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		f := strings.Fields(string(line))
+		var payload []byte
+		if len(f) > 0 && (strings.EqualFold(f[0], "PUB") || strings.EqualFold(f[0], "HPUB")) {
+			n, err := strconv.Atoi(f[len(f)-1])
+			if err != nil {
+				return
+			}
+			payload = make([]byte, n+2) // the payload and its CRLF
+			if _, err := io.ReadFull(r, payload); err != nil {
+				return
+			}
+			if rev := d.target.Load(); rev != 0 && strings.EqualFold(f[0], "HPUB") && len(f) >= 4 && f[1] == d.subject {
+				hdrLen, _ := strconv.Atoi(f[len(f)-2])
+				if hdrLen <= n && bytes.Contains(payload[:hdrLen], []byte(streams.HeaderRevision+": "+strconv.FormatInt(rev, 10)+"\r\n")) &&
+					d.target.CompareAndSwap(rev, 0) {
+					d.dropped.Add(1)
+					continue
+				}
+			}
+		}
+		if _, err := s.Write(append(line, payload...)); err != nil {
+			return
+		}
+	}
+}
+
+// One publish lost on its way to the server (a connection that dropped
+// a write, a server that lost it) never leaves a hole: every message is
+// chained to the stream sequence before it, so the publishes after the
+// lost one are rejected, the session restarts from the stream's tail and
+// publishes the lost revision again. The standby ends up with every write.
+func TestLostPublishLeavesNoHole(t *testing.T) {
+	p := newPipeline(t)
+	proxy := newDropProxy(t, p.js.URL, streams.Subjects{Site: streams.DefaultSite}.Revision())
+	nc, err := nats.Connect(proxy.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	cfg := p.publisherConfig()
+	cfg.AckTimeout = 2 * time.Second
+	pub, err := publisher.New(cfg, p.primary.Client, nc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.runs = append(p.runs, start(t, pub.Run))
+	rev := put(t, p.primary.Client, "/hole/a", "1")
+	testenvEventually(t, func() bool { return pub.Published().Revision >= rev }, "revision published")
+	// The stream holds a snapshot before the applier starts: it asks for
+	// none, which could carry the lost write past a hole.
+	p.startApplier(rawApplierConfig(p))
+
+	proxy.dropRevision(rev + 1)
+	if got := put(t, p.primary.Client, "/hole/lost", "carried by the lost publish"); got != rev+1 {
+		t.Fatalf("primary wrote revision %d, want %d", got, rev+1)
+	}
+	for i := 0; i < 5; i++ {
+		put(t, p.primary.Client, "/hole/k"+strconv.Itoa(i), "v")
+	}
+	testenvEventually(t, func() bool { return proxy.dropped.Load() == 1 }, "the publish of the armed revision dropped")
+	// The log itself holds the lost revision, published again.
+	s := logStream(t, p)
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		for seq := uint64(1); seq <= lastSeq(t, s); seq++ {
+			m, err := s.GetMsg(context.Background(), seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Header.Get(streams.HeaderKind) == streams.KindRevision.String() && m.Header.Get(streams.HeaderRevision) == strconv.FormatInt(rev+1, 10) {
+				return true
+			}
+		}
+		return false
+	}, "no record of revision %d in the log: a hole between revisions %d and %d", rev+1, rev, rev+2)
+	p.waitConverged(rawRules(t), 30*time.Second)
+	checkLogStrictlyIncreasing(t, p)
 }
