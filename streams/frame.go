@@ -46,11 +46,11 @@ func AppendFrame(dst []byte, f Frame, ring *KeyRing, prevSeq uint64) []byte {
 	dst = binary.AppendUvarint(dst, uint64(f.Part))
 	dst = binary.AppendUvarint(dst, uint64(f.Parts))
 	if ring != nil {
-		k := ring.keys[0]
+		k := &ring.keys[0]
 		dst = append(dst, byte(len(k.id)))
 		dst = append(dst, k.id...)
 		dst = append(dst, f.Payload...)
-		dst = append(dst, frameMAC(k.key, dst[start:], prevSeq)...)
+		dst = k.appendMAC(dst, dst[start:], prevSeq)
 	} else {
 		dst = append(dst, f.Payload...)
 	}

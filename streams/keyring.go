@@ -11,8 +11,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"strings"
+	"sync"
 )
 
 // ErrUnauthenticated is wrapped by every MAC failure: a message without a
@@ -37,6 +39,13 @@ const macDomain = "etcdsync log frame v2\x00"
 type logKey struct {
 	id  string
 	key []byte
+	// macs holds HMAC states keyed with key, reused across messages: a
+	// reset HMAC starts from its keyed state without hashing the key again.
+	macs *sync.Pool
+}
+
+func newLogKey(id string, key []byte) logKey {
+	return logKey{id: id, key: key, macs: &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
 }
 
 // KeyRing holds the log keys shared by both sites: the first key signs,
@@ -83,7 +92,7 @@ func ParseKeyRing(b []byte) (*KeyRing, error) {
 			return nil, fmt.Errorf("key ring line %d (key %q): %d bytes of key, want at least %d (e.g. head -c 32 /dev/urandom | base64)", n, id, len(key), MinKeyBytes)
 		}
 		seen[id] = true
-		r.keys = append(r.keys, logKey{id: id, key: key})
+		r.keys = append(r.keys, newLogKey(id, key))
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("key ring: %w", err)
@@ -140,25 +149,28 @@ func (r *KeyRing) IDs() []string {
 	return ids
 }
 
-func (r *KeyRing) lookup(id string) []byte {
-	for _, k := range r.keys {
-		if k.id == id {
-			return k.key
+func (r *KeyRing) lookup(id string) *logKey {
+	for i := range r.keys {
+		if r.keys[i].id == id {
+			return &r.keys[i]
 		}
 	}
 	return nil
 }
 
-// frameMAC computes the MAC of a frame's covered bytes at its position: the
-// stream sequence of the message before it.
-func frameMAC(key, covered []byte, prevSeq uint64) []byte {
-	m := hmac.New(sha256.New, key)
+// appendMAC appends to dst the MAC of a frame's covered bytes at its
+// position: the stream sequence of the message before it.
+func (k *logKey) appendMAC(dst, covered []byte, prevSeq uint64) []byte {
+	m := k.macs.Get().(hash.Hash)
+	m.Reset()
 	m.Write([]byte(macDomain))
 	var seq [8]byte
 	binary.BigEndian.PutUint64(seq[:], prevSeq)
 	m.Write(seq[:])
 	m.Write(covered)
-	return m.Sum(nil)
+	dst = m.Sum(dst)
+	k.macs.Put(m)
+	return dst
 }
 
 // Verify checks f's MAC against the ring for a message stored right after
@@ -175,7 +187,8 @@ func (r *KeyRing) Verify(f Frame, prevSeq uint64) error {
 	if key == nil {
 		return fmt.Errorf("%w: %s frame signed with key %q, which the key ring does not hold (have %q)", ErrUnauthenticated, f.Kind, f.KeyID, r.IDs())
 	}
-	if !hmac.Equal(frameMAC(key, f.covered, prevSeq), f.MAC) {
+	var mac [MACSize]byte
+	if !hmac.Equal(key.appendMAC(mac[:0], f.covered, prevSeq), f.MAC) {
 		return fmt.Errorf("%w: MAC of %s frame (key %q) does not match its bytes at this position (after seq %d): forged, altered or replayed",
 			ErrUnauthenticated, f.Kind, f.KeyID, prevSeq)
 	}
