@@ -190,7 +190,6 @@ binary itself (POD_NAMESPACE).
 {{- end }}
 {{- end }}
 
-<<<<<<< HEAD
 {{/*
 The log key ring is required in both roles: the publisher signs, the
 applier verifies. An unauthenticated log must be asked for.
@@ -201,10 +200,7 @@ applier verifies. An unauthenticated log must be asked for.
 {{- end -}}
 {{- end }}
 
-{{/* The log's MAC key ring, for the commands that write or read the log (publish, apply). */}}
-=======
 {{/* The log's MAC key ring, for the commands that take it (publish, apply; audit for keyed value hashes, status and promote run in the auditor's pod). */}}
->>>>>>> security
 {{- define "etcdsync.logKeyEnv" -}}
 {{- with .Values.logKey.existingSecret }}
 - name: ETCDSYNC_LOG_KEY_FILE
