@@ -57,6 +57,12 @@ type PromoteReport struct {
 	Unapplied uint64 `json:"unapplied_messages"`
 	// Drained reports whether the applier caught up before the fence.
 	Drained bool `json:"drained"`
+	// AlreadyPromoted reports that an earlier run fenced the standby:
+	// nothing was fenced now, Checkpoint is the one that run fenced, and
+	// only what that run may have left undone (the revision bump here, the
+	// stream step in the command) is done again. Promote's error then
+	// wraps ErrPromoted.
+	AlreadyPromoted bool `json:"already_promoted,omitempty"`
 	// DataLossSince is the source time of the last applied revision:
 	// anything the primary committed after it is not on the standby.
 	DataLossSince time.Time `json:"data_loss_since"`
@@ -142,6 +148,9 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 			return rep, err
 		}
 	}
+	if ck.Promoted {
+		return rep.promotedEarlier(ctx, standby, ck, cfg)
+	}
 	if cfg.DryRun {
 		return rep.dryRun(ctx, standby, ck, js != nil, cfg)
 	}
@@ -226,11 +235,37 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 	return rep, errors.Join(errs...)
 }
 
+// promotedEarlier completes the report of a standby an earlier run fenced
+// (ck is its promoted checkpoint): a re-run after a failure past the fence
+// reports the same position, and finishes the revision bump if asked and
+// the standby's revision has not passed the target yet (not in a dry
+// run). Its error wraps ErrPromoted unless the bump fails.
+func (rep *PromoteReport) promotedEarlier(ctx context.Context, standby *clientv3.Client, ck Checkpoint, cfg PromoteConfig) (PromoteReport, error) {
+	resp, err := standby.Get(ctx, cfg.CheckpointKey, clientv3.WithCountOnly())
+	if err != nil {
+		return *rep, fmt.Errorf("promote: read standby revision: %w", err)
+	}
+	rep.AlreadyPromoted, rep.DryRun, rep.Checkpoint, rep.StandbyRevision = true, cfg.DryRun, ck, resp.Header.Revision
+	rep.DataLossSince = ck.SourceTime
+	if rep.StreamLastSeq > ck.Position.Seq {
+		rep.Unapplied = rep.StreamLastSeq - ck.Position.Seq
+	}
+	if target := max(ck.Position.Revision, rep.StreamLastRevision); cfg.BumpRevision && rep.StandbyRevision <= target {
+		if cfg.DryRun {
+			rep.Bumped = target + 1 - rep.StandbyRevision
+		} else {
+			n, rev, err := bumpRevision(ctx, standby, target, cfg)
+			rep.Bumped, rep.StandbyRevision = n, max(rev, rep.StandbyRevision)
+			if err != nil {
+				return *rep, err
+			}
+		}
+	}
+	return *rep, fmt.Errorf("promote: standby already promoted at %s: %w", ck.Position, ErrPromoted)
+}
+
 // dryRun completes the report of a dry run from the checkpoint ck.
 func (rep *PromoteReport) dryRun(ctx context.Context, standby *clientv3.Client, ck Checkpoint, streamRead bool, cfg PromoteConfig) (PromoteReport, error) {
-	if ck.Promoted {
-		return *rep, fmt.Errorf("promote: standby already promoted at %s: %w", ck.Position, ErrPromoted)
-	}
 	resp, err := standby.Get(ctx, cfg.CheckpointKey, clientv3.WithCountOnly())
 	if err != nil {
 		return *rep, fmt.Errorf("promote: read standby revision: %w", err)

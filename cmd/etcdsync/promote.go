@@ -110,35 +110,61 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		BumpRevision: o.bumpRevision, BumpMax: int64(o.bumpMax), Force: o.force, DryRun: o.dryRun, LogKeys: ring,
 		Progress: func(done, total int64) { log.Info("bumping standby revision", "done", done, "total", total) }}
 	rep, err := applier.Promote(ctx, cfg, cli, js)
-	if err != nil && !errors.Is(err, applier.ErrNotDrained) && !errors.Is(err, applier.ErrInconsistent) && !errors.Is(err, streams.ErrUnauthenticated) {
+	if errors.Is(err, applier.ErrPromoted) && rep.AlreadyPromoted {
+		// A re-run: the fence holds; finish what an earlier run left.
+		log.Warn("the standby was promoted by an earlier run: the applier is fenced already; completing the steps after the fence",
+			"position", rep.Checkpoint.Position.String())
+		err = nil
+	} else if err != nil && !errors.Is(err, applier.ErrNotDrained) && !errors.Is(err, applier.ErrInconsistent) && !errors.Is(err, streams.ErrUnauthenticated) {
 		if errors.Is(err, applier.ErrNoCheckpoint) {
 			return fmt.Errorf("%w; refusing to promote an etcd no applier ever wrote to (is it the primary?); --force promotes it anyway", err)
 		}
 		return err
 	}
 	out := promoteOutput{PromoteReport: rep}
+	// The stream step: the standby's mirror becomes the new primary's
+	// writable log. The data-loss report is printed before it is tried
+	// (as text) or together with its outcome (--json): a failure here
+	// loses nothing, and a re-run completes it.
+	var mirror bool
 	if js != nil {
-		// The standby's mirror becomes the new primary's writable log.
-		if s, serr := js.Stream(ctx, o.stream); serr == nil && s.CachedInfo().Config.Mirror != nil {
-			if !o.dryRun {
-				if _, serr := streams.PromoteMirror(ctx, js, o.stream, o.newSite); serr != nil {
-					return serr
-				}
-				log.Info("mirror stream promoted to a writable log", "stream", o.stream, "site", o.newSite)
-			}
+		s, serr := js.Stream(ctx, o.stream)
+		if serr != nil {
+			serr = fmt.Errorf("promote: look up stream %s for the stream step: %w (the standby is fenced; re-run promote to complete)", o.stream, serr)
+			out.StreamError, err = serr.Error(), errors.Join(err, serr)
+		} else if mirror = s.CachedInfo().Config.Mirror != nil; mirror {
 			out.WritableStream = &writableStream{Stream: o.stream, Subjects: "etcdsync." + o.newSite + ".log.>", Site: o.newSite}
 		}
 	}
-	if o.json {
+	promoteStream := func() error {
+		if !mirror || o.dryRun {
+			return nil
+		}
+		if _, serr := streams.PromoteMirror(ctx, js, o.stream, o.newSite); serr != nil {
+			out.WritableStream = nil
+			serr = fmt.Errorf("promote: the standby is fenced, but mirror stream %s is still a mirror: %w; re-run promote to complete the stream step", o.stream, serr)
+			out.StreamError = serr.Error()
+			return serr
+		}
+		log.Info("mirror stream promoted to a writable log", "stream", o.stream, "site", o.newSite)
+		return nil
+	}
+	switch {
+	case o.json:
+		err = errors.Join(err, promoteStream())
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if jerr := enc.Encode(out); jerr != nil {
-			return jerr
+			return errors.Join(err, jerr)
 		}
-	} else if o.dryRun {
+	case o.dryRun:
 		printPromoteDryRun(stdout, out, o)
-	} else {
+	default:
 		printPromote(stdout, out)
+		if serr := promoteStream(); serr != nil {
+			return errors.Join(err, serr)
+		}
+		printWritableStream(stdout, out)
 	}
 	return err
 }
@@ -149,6 +175,9 @@ type promoteOutput struct {
 	// WritableStream is set when the standby's mirror stream became (or,
 	// in a dry run, would become) the new primary's writable log.
 	WritableStream *writableStream `json:"writable_stream,omitempty"`
+	// StreamError says why the stream step failed (the standby is fenced;
+	// a re-run completes the step).
+	StreamError string `json:"stream_error,omitempty"`
 }
 
 // writableStream is a mirror stream promoted to a writable log.
@@ -170,6 +199,8 @@ func printPromoteDryRun(w io.Writer, out promoteOutput, o promoteOptions) {
 		fmt.Fprintf(w, "  UNAUTHENTICATED  %s\n", rep.Unauthenticated)
 	}
 	switch {
+	case rep.AlreadyPromoted:
+		fmt.Fprintf(w, "  already fenced   by an earlier promote: nothing to fence\n")
 	case o.nats.url == "":
 		fmt.Fprintf(w, "  would fence      at once, without draining (no --nats-url: unapplied messages unknown)\n")
 	case rep.Drained:
@@ -186,12 +217,24 @@ func printPromoteDryRun(w io.Writer, out promoteOutput, o promoteOptions) {
 	}
 }
 
-func printPromote(w io.Writer, out promoteOutput) {
-	rep, ck := out.PromoteReport, out.Checkpoint
+// printWritableStream prints the outcome of the stream step.
+func printWritableStream(w io.Writer, out promoteOutput) {
 	if ws := out.WritableStream; ws != nil {
 		fmt.Fprintf(w, "stream %s is now writable on %s: start `etcdsync publish --site %s` here\n", ws.Stream, ws.Subjects, ws.Site)
+	} else if out.AlreadyPromoted && out.StreamError == "" {
+		fmt.Fprintf(w, "no mirror stream left to make writable: the stream step is done\n")
 	}
-	fmt.Fprintf(w, "standby promoted: the applier is fenced and will not write again\n")
+	fmt.Fprintf(w, "next: point DNS at the standby, enable its controllers (garbage collector), restart long-lived clients\n")
+}
+
+// printPromote prints the data-loss report of a promotion.
+func printPromote(w io.Writer, out promoteOutput) {
+	rep, ck := out.PromoteReport, out.Checkpoint
+	if rep.AlreadyPromoted {
+		fmt.Fprintf(w, "standby already promoted by an earlier run: the applier is fenced and will not write again\n")
+	} else {
+		fmt.Fprintf(w, "standby promoted: the applier is fenced and will not write again\n")
+	}
 	fmt.Fprintf(w, "  cluster          %s (the primary whose copy is promoted)\n", rep.ClusterID)
 	if rep.Inconsistent != "" {
 		fmt.Fprintf(w, "  WARNING          %s\n", rep.Inconsistent)
@@ -209,5 +252,4 @@ func printPromote(w io.Writer, out promoteOutput) {
 	} else {
 		fmt.Fprintf(w, "  standby revision %d\n", rep.StandbyRevision)
 	}
-	fmt.Fprintf(w, "next: point DNS at the standby, enable its controllers (garbage collector), restart long-lived clients\n")
 }

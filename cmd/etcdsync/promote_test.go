@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -176,5 +177,93 @@ func TestPromoteCannotMislead(t *testing.T) {
 	}
 	if rep.DryRun || !rep.Checkpoint.Promoted || rep.ClusterID != cluster || rep.WritableStream == nil || rep.WritableStream.Subjects != "etcdsync.standby.log.>" {
 		t.Fatalf("promote --json report: %+v", rep)
+	}
+}
+
+// TestPromoteRerunCompletesStreamStep: a promotion that fences the
+// standby and then fails to make its mirror stream writable (here: an
+// identity NATS does not let update streams) still prints the data-loss
+// report, says to re-run, and a re-run skips the fence (the checkpoint is
+// promoted already) and completes the stream step instead of refusing
+// with "already promoted". A third run has nothing left to do.
+func TestPromoteRerunCompletesStreamStep(t *testing.T) {
+	primary, pcli := startEtcd(t)
+	standby, scli := startEtcd(t)
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoSigs: true, NoLog: true, Users: []*server.User{
+			{Username: "admin", Password: "admin-pw"},
+			{Username: "ops", Password: "ops-pw", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.UPDATE.>"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{">"}}}},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	host := strings.TrimPrefix(ns.ClientURL(), "nats://")
+	admin, ops := "nats://admin:admin-pw@"+host, "nats://ops:ops-pw@"+host
+	ctx := context.Background()
+	nc, err := nats.Connect(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runBackground(t, "publish", "--etcd-endpoints", primary.Endpoint, "--nats-url", admin)
+	eventually(t, 20*time.Second, "the mirror", func() bool {
+		_, err := streams.EnsureMirror(ctx, js, streams.MirrorConfig{Name: "MIRROR", Origin: streams.DefaultStream})
+		return err == nil
+	})
+	runBackground(t, "apply", "--etcd-endpoints", standby.Endpoint, "--nats-url", admin, "--stream", "MIRROR")
+	if _, err := pcli.Put(ctx, "/registry/configmaps/app/a", "a"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the key on the standby", func() bool {
+		resp, err := scli.Get(ctx, "/registry/configmaps/app/a")
+		return err == nil && len(resp.Kvs) == 1
+	})
+	promote := []string{"promote", "--standby-endpoints", standby.Endpoint, "--stream", "MIRROR", "--drain-timeout", "5s", "--nats-url"}
+	isMirror := func() bool {
+		s, err := js.Stream(ctx, "MIRROR")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config.Mirror != nil
+	}
+
+	// The stream step fails after the fence: the report is printed anyway.
+	code, out, stderr := runCmd(t, append(promote, ops)...)
+	if code == exitOK || !strings.Contains(out, "standby promoted") || !strings.Contains(out, "final position") ||
+		!strings.Contains(out, "source time") || !strings.Contains(stderr, "re-run promote") {
+		t.Fatalf("promote whose stream step fails: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	ck, _, err := applier.ReadCheckpoint(ctx, scli, "/etcdsync/checkpoint/MIRROR")
+	if err != nil || !ck.Promoted || !isMirror() {
+		t.Fatalf("after the failed stream step: checkpoint promoted=%v (%v), stream still a mirror=%v", ck.Promoted, err, isMirror())
+	}
+
+	// The re-run completes the stream step at the same position.
+	code, out, stderr = runCmd(t, append(promote, admin)...)
+	if code != exitOK || !strings.Contains(out, "already promoted by an earlier run") || !strings.Contains(out, "is now writable") ||
+		!strings.Contains(out, ck.Position.String()) {
+		t.Fatalf("re-run of promote: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	if isMirror() {
+		t.Fatal("after the re-run the stream is still a mirror")
+	}
+
+	// A third run, as JSON: nothing left, the same position reported.
+	code, out, stderr = runCmd(t, append(promote, admin, "--json")...)
+	var rep promoteOutput
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != exitOK || !rep.AlreadyPromoted ||
+		rep.Checkpoint.Position != ck.Position || rep.WritableStream != nil || rep.StreamError != "" {
+		t.Fatalf("third promote --json: exit %d (%v)\n%s%s", code, err, out, stderr)
 	}
 }
