@@ -87,7 +87,12 @@ func TestMirrorTakesWhatItsOriginTook(t *testing.T) {
 			// message through and stall on the next.
 			subj := streams.Subjects{Site: cfg.Site}.Revision()
 			for _, size := range []int{12 << 20, 10, 12 << 20, 10} {
-				if _, err := natsA.js.Publish(ctx, subj, make([]byte, size)); err != nil {
+				// A minute, not the client's default of a few seconds: a
+				// 12 MiB message under -race on a busy machine takes longer.
+				pctx, cancel := context.WithTimeout(ctx, time.Minute)
+				_, err := natsA.js.Publish(pctx, subj, make([]byte, size))
+				cancel()
+				if err != nil {
 					t.Fatalf("origin refused a %d-byte message: %v", size, err)
 				}
 			}
