@@ -518,7 +518,7 @@ func (a *Applier) session(ctx context.Context) error {
 				return nil // cancelled
 			}
 			select {
-			case msgs <- Msg{Seq: md.Sequence.Stream, Data: m.Data()}:
+			case msgs <- Msg{Seq: md.Sequence.Stream, Subject: m.Subject(), Data: m.Data()}:
 			case <-gctx.Done():
 				return nil
 			}

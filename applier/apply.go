@@ -16,6 +16,8 @@ import (
 type Msg struct {
 	// Seq is the message's stream sequence.
 	Seq uint64
+	// Subject is the subject the message was published on (its MAC covers it).
+	Subject string
 	// Data is the message body (one frame).
 	Data []byte
 }
@@ -155,7 +157,7 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		}
 		// Mirrors keep the origin's sequences, so the message before this
 		// one is m.Seq-1 on both sites.
-		if err := a.cfg.LogKeys.Verify(f, m.Seq-1); err != nil {
+		if err := a.cfg.LogKeys.Verify(f, m.Subject, m.Seq-1); err != nil {
 			a.metrics.unauthenticated.Inc()
 			return nil, fmt.Errorf("message at seq %d: %w", m.Seq, err)
 		}

@@ -65,7 +65,7 @@ func (a *testApplier) msgs(recs ...streams.Record) []Msg {
 	for i := range recs {
 		r := &recs[i]
 		r.ClusterID, r.Generation, r.Time = testCluster, testGeneration, time.Now()
-		frames, err := streams.SplitRecord(r, streams.DefaultMaxMsgSize, nil, 0)
+		frames, err := streams.SplitRecord(r, streams.DefaultMaxMsgSize, nil, "etcdsync.primary.log.rev", 0)
 		if err != nil || len(frames) != 1 {
 			a.t.Fatalf("encode record: %d frames, %v", len(frames), err)
 		}

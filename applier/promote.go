@@ -323,16 +323,18 @@ func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream
 		f, ferr := streams.DecodeFrame(m.Data)
 		if ring != nil {
 			if ferr == nil {
-				ferr = ring.Verify(f, seq-1)
+				ferr = ring.Verify(f, m.Subject, seq-1)
 			}
 			if ferr != nil {
 				bad, firstBad, lowBad = bad+1, ferr, seq
 				continue
 			}
 		}
-		var rev int64
-		if _, err := fmt.Sscan(m.Header.Get(streams.HeaderRevision), &rev); err == nil {
-			rep.StreamLastRevision = rev
+		if ferr == nil {
+			// From the authenticated record, not the message headers.
+			if h, err := streams.RecordHeader(ctx, s, m, f, ring); err == nil {
+				rep.StreamLastRevision = h.Revision
+			}
 		}
 		rep.drainTo, found = seq, true
 		if ferr == nil && f.Part < f.Parts-1 {

@@ -166,7 +166,7 @@ func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name st
 		return fmt.Errorf("find newest snapshot: %w", err)
 	}
 	if f, err := streams.DecodeFrame(m.Data); err == nil {
-		if err := ring.Verify(f, m.Sequence-1); err != nil {
+		if err := ring.Verify(f, m.Subject, m.Sequence-1); err != nil {
 			s.Unauthenticated = append(s.Unauthenticated, fmt.Sprintf("newest snapshot-begin at seq %d: %v", m.Sequence, err))
 			return nil
 		}

@@ -18,11 +18,13 @@ var ErrFenced = errors.New("publisher fenced: another publisher wrote a newer ep
 // standby site's copy of another site's log): a publisher never writes to
 // it, and only promote converts a mirror into a writable stream. It is not
 // retried.
-var ErrMirrorStream = errors.New("log stream is a mirror")
+var ErrMirrorStream = streams.ErrMirror
 
 // Config configures a Publisher.
 type Config struct {
-	// Stream describes the log stream; the publisher creates or updates it.
+	// Stream describes the log stream. The publisher creates it if it is
+	// missing; an existing stream's settings are the operator's (see
+	// streams.OpenLogStream).
 	Stream streams.LogConfig
 	// Prefix limits what is published to keys with this prefix ("" = all).
 	Prefix string

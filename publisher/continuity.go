@@ -187,7 +187,7 @@ func (p *Publisher) lastWitness(ctx context.Context, stream jetstream.Stream, ta
 		if err != nil {
 			return witness{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
 		}
-		if p.cfg.LogKeys.Verify(f, seq-1) != nil {
+		if p.cfg.LogKeys.Verify(f, msg.Subject, seq-1) != nil {
 			return witness{}, nil // what fails its MAC proves nothing
 		}
 		if uint64(f.Part) >= seq {
@@ -227,7 +227,7 @@ func (p *Publisher) readRecord(ctx context.Context, stream jetstream.Stream, fir
 			if part, err = streams.DecodeFrame(msg.Data); err != nil {
 				return streams.Record{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
 			}
-			if err := p.cfg.LogKeys.Verify(part, seq-1); err != nil {
+			if err := p.cfg.LogKeys.Verify(part, msg.Subject, seq-1); err != nil {
 				return streams.Record{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
 			}
 		}

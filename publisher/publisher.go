@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,9 @@ type Publisher struct {
 	snapshotDone atomic.Int64
 	// forceReason, when set, makes the next session start a new generation.
 	forceReason string
+	// warnedStream is the last difference between the stream's settings
+	// and the publish flags that was logged (logged again only if it changes).
+	warnedStream string
 	// failing is why the last session ended, until the stream acknowledges
 	// a write again (nil: writes are acknowledged); see Ready.
 	failing atomic.Pointer[string]
@@ -154,12 +158,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 // session runs one publishing session: read the tail, write an epoch,
 // publish a snapshot if continuity is lost, then follow the watch.
 func (p *Publisher) session(ctx context.Context) error {
-	if err := p.refuseMirror(ctx); err != nil {
-		return err
-	}
-	stream, err := streams.EnsureLogStream(ctx, p.js, p.cfg.Stream)
+	stream, differs, err := streams.OpenLogStream(ctx, p.js, p.cfg.Stream, p.cfg.MaxMessageBytes)
 	if err != nil {
 		return err
+	}
+	if d := strings.Join(differs, ", "); d != "" && d != p.warnedStream {
+		p.warnedStream = d
+		p.log.Warn("the log stream's settings differ from the publish flags; the stream's are kept (change them with etcdsync streams init)",
+			"stream", p.cfg.Stream.Name, "differs", d)
 	}
 	tail, err := streams.ReadVerifiedTail(ctx, stream, p.subj, p.cfg.LogKeys)
 	untrustedTail := errors.Is(err, streams.ErrCorrupt)
@@ -307,32 +313,6 @@ func (p *Publisher) session(ctx context.Context) error {
 		p.forceReason = ReasonContinuity + ": source compacted past the stream's revision"
 	}
 	return err
-}
-
-// refuseMirror returns an error wrapping ErrMirrorStream when the log
-// stream exists and is a mirror: pointed at the standby site's NATS, a
-// publisher would otherwise turn the mirror into a writable stream and
-// replication would stop with every status looking healthy.
-func (p *Publisher) refuseMirror(ctx context.Context) error {
-	s, err := p.js.Stream(ctx, p.cfg.Stream.Name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("look up stream %s: %w", p.cfg.Stream.Name, err)
-	}
-	m := s.CachedInfo().Config.Mirror
-	if m == nil {
-		return nil
-	}
-	origin := m.Name
-	if m.Domain != "" {
-		origin += " in domain " + m.Domain
-	} else if m.External != nil && m.External.APIPrefix != "" {
-		origin += " via " + m.External.APIPrefix
-	}
-	return fmt.Errorf("stream %s is a mirror of %s, not a log this publisher may write (is --nats-url the standby site's? only promote converts a mirror): %w",
-		p.cfg.Stream.Name, origin, ErrMirrorStream)
 }
 
 // stallAfter is the number of progress intervals a session waits for any

@@ -32,7 +32,7 @@ func (p *Publisher) lastSnapshotTime(ctx context.Context, stream jetstream.Strea
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read the newest %s at seq %d: %w", subject, msg.Sequence, err)
 	}
-	if p.cfg.LogKeys.Verify(f, msg.Sequence-1) != nil {
+	if p.cfg.LogKeys.Verify(f, msg.Subject, msg.Sequence-1) != nil {
 		return time.Time{}, nil // a snapshot that fails its MAC is no base
 	}
 	var a streams.Assembler

@@ -12,9 +12,11 @@ import (
 type Role string
 
 const (
-	// RolePublisher may append to the log (etcdsync.<site>.log.>), manage the
-	// log stream, create the drift stream, and answer snapshot requests. It
-	// cannot publish drift events.
+	// RolePublisher may append to the log (etcdsync.<site>.log.>), create
+	// the log stream and the drift stream, and answer snapshot requests. It
+	// cannot publish drift events, nor change a stream's configuration (a
+	// RePublish into the drift subjects, a purge by limits): that is
+	// `etcdsync streams init`'s, run with an admin identity.
 	RolePublisher Role = "publisher"
 	// RoleReader (appliers, auditors, status, promote of an embedded log)
 	// may read the log and the drift stream, create and delete consumers of
@@ -104,7 +106,7 @@ func (a Access) Permissions(role Role) *server.Permissions {
 	switch role {
 	case RolePublisher:
 		pub := []string{subj.LogWildcard(), jsAPI + "INFO",
-			jsAPI + "STREAM.CREATE." + a.Stream, jsAPI + "STREAM.UPDATE." + a.Stream,
+			jsAPI + "STREAM.CREATE." + a.Stream,
 			jsAPI + "STREAM.CREATE." + a.DriftStream, jsAPI + "STREAM.INFO." + a.DriftStream}
 		pub = append(pub, streamRead(jsAPI, a.Stream)...)
 		return &server.Permissions{

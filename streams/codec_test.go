@@ -81,7 +81,7 @@ func TestDecodeRecordErrors(t *testing.T) {
 func TestSplitAndAssemble(t *testing.T) {
 	big := sampleRecord()
 	big.Events[0].Value = bytes.Repeat([]byte("x"), 1400<<10) // 1.4 MiB value
-	frames, err := SplitRecord(&big, 512<<10, nil, 0)
+	frames, err := SplitRecord(&big, 512<<10, nil, testSubject, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestSplitAndAssemble(t *testing.T) {
 func TestAssemblerRejectsOutOfOrder(t *testing.T) {
 	big := sampleRecord()
 	big.Events[0].Value = bytes.Repeat([]byte("x"), 300<<10)
-	frames, err := SplitRecord(&big, 128<<10, nil, 0)
+	frames, err := SplitRecord(&big, 128<<10, nil, testSubject, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestDecodeFrameDetectsEveryBitFlip(t *testing.T) {
 		name string
 		ring *KeyRing
 	}{{"unsigned", nil}, {"signed", ring}} {
-		frames, err := SplitRecord(&r, 1<<20, tc.ring, 41)
+		frames, err := SplitRecord(&r, 1<<20, tc.ring, testSubject, 41)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +168,7 @@ func TestDecodeFrameDetectsEveryBitFlip(t *testing.T) {
 func TestAssemblerChecksRecordKind(t *testing.T) {
 	r := sampleRecord()
 	payload := AppendRecord(nil, &r)
-	fb := AppendFrame(nil, Frame{Kind: KindEpoch, Part: 0, Parts: 1, Payload: payload}, nil, 0)
+	fb := AppendFrame(nil, Frame{Kind: KindEpoch, Part: 0, Parts: 1, Payload: payload}, nil, testSubject, 0)
 	f, err := DecodeFrame(fb)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +199,7 @@ func recrc(b []byte) []byte {
 func TestFrameMAC(t *testing.T) {
 	ring := testRing(t)
 	r := sampleRecord()
-	frames, err := SplitRecord(&r, 1<<20, ring, 41)
+	frames, err := SplitRecord(&r, 1<<20, ring, testSubject, 41)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,24 +210,24 @@ func TestFrameMAC(t *testing.T) {
 	if f.KeyID != "k2026" {
 		t.Fatalf("signed by %q, want the ring's first key", f.KeyID)
 	}
-	if err := ring.Verify(f, 41); err != nil {
+	if err := ring.Verify(f, testSubject, 41); err != nil {
 		t.Fatalf("genuine frame: %v", err)
 	}
 	// The previous key verifies what it signed (rotation).
 	older, _ := ParseKeyRing([]byte("old-1:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 40))))
-	oldFrames, _ := SplitRecord(&r, 1<<20, older, 7)
+	oldFrames, _ := SplitRecord(&r, 1<<20, older, testSubject, 7)
 	of, _ := DecodeFrame(oldFrames[0])
-	if err := ring.Verify(of, 7); err != nil {
+	if err := ring.Verify(of, testSubject, 7); err != nil {
 		t.Fatalf("frame signed by a second key of the ring: %v", err)
 	}
 
-	unsigned, _ := SplitRecord(&r, 1<<20, nil, 41)
+	unsigned, _ := SplitRecord(&r, 1<<20, nil, testSubject, 41)
 	uf, _ := DecodeFrame(unsigned[0])
-	if err := (*KeyRing)(nil).Verify(uf, 41); err != nil {
+	if err := (*KeyRing)(nil).Verify(uf, testSubject, 41); err != nil {
 		t.Fatalf("no ring: %v", err)
 	}
 	other, _ := ParseKeyRing([]byte("k2026:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{8}, 32))))
-	forgedFrames, _ := SplitRecord(&r, 1<<20, other, 41)
+	forgedFrames, _ := SplitRecord(&r, 1<<20, other, testSubject, 41)
 	forged, _ := DecodeFrame(forgedFrames[0])
 	// An altered payload with a recomputed CRC.
 	altered := append([]byte{}, frames[0]...)
@@ -236,26 +236,33 @@ func TestFrameMAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unknownFrames, _ := SplitRecord(&r, 1<<20, mustRing(t, "nope:"+base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), 41)
+	unknownFrames, _ := SplitRecord(&r, 1<<20, mustRing(t, "nope:"+base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))), testSubject, 41)
 	unknown, _ := DecodeFrame(unknownFrames[0])
 	for _, tc := range []struct {
 		name    string
 		f       Frame
+		subject string
 		prev    uint64
 		wantMsg string
 	}{
-		{"unsigned", uf, 41, "carries no MAC"},
-		{"forged with another key of the same ID", forged, 41, "does not match"},
-		{"altered payload", af, 41, "does not match"},
-		{"replayed at another position", f, 42, "does not match"},
-		{"unknown key", unknown, 41, `key "nope"`},
+		{"unsigned", uf, testSubject, 41, "carries no MAC"},
+		{"forged with another key of the same ID", forged, testSubject, 41, "does not match"},
+		{"altered payload", af, testSubject, 41, "does not match"},
+		{"replayed at another position", f, testSubject, 42, "does not match"},
+		{"replayed into another site's log", f, Subjects{Site: "other"}.Revision(), 41, "does not match"},
+		{"replayed as another record kind", f, Subjects{Site: DefaultSite}.SnapshotChunk(), 41, "does not match"},
+		{"unknown key", unknown, testSubject, 41, `key "nope"`},
 	} {
-		err := ring.Verify(tc.f, tc.prev)
+		err := ring.Verify(tc.f, tc.subject, tc.prev)
 		if !errors.Is(err, ErrUnauthenticated) || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.wantMsg) {
 			t.Errorf("%s: err = %v, want ErrUnauthenticated mentioning %q", tc.name, err, tc.wantMsg)
 		}
 	}
 }
+
+// testSubject is the subject test frames are signed for: revisions of the
+// default site's log.
+var testSubject = Subjects{Site: DefaultSite}.Revision()
 
 func mustRing(t testing.TB, s string) *KeyRing {
 	t.Helper()
@@ -331,9 +338,9 @@ func TestPositionStringParse(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	r := sampleRecord()
 	ring := testRing(f)
-	frames, _ := SplitRecord(&r, 1<<20, nil, 0)
+	frames, _ := SplitRecord(&r, 1<<20, nil, testSubject, 0)
 	f.Add(frames[0], uint64(0))
-	signed, _ := SplitRecord(&r, 1<<20, ring, 5)
+	signed, _ := SplitRecord(&r, 1<<20, ring, testSubject, 5)
 	f.Add(signed[0], uint64(5))
 	f.Add(AppendRecord(nil, &r), uint64(0))
 	f.Add([]byte("ES\x02\x01\x00\x01\x01\x00\x00\x00\x00"), uint64(0))
@@ -343,7 +350,7 @@ func FuzzDecode(f *testing.F) {
 			_, _, _ = a.Add(fr)
 			// A frame that verifies must be exactly one the publisher
 			// signed at that position.
-			if ring.Verify(fr, prev) == nil && !(prev == 5 && bytes.Equal(b, signed[0])) {
+			if ring.Verify(fr, testSubject, prev) == nil && !(prev == 5 && bytes.Equal(b, signed[0])) {
 				t.Fatalf("a mutated frame verified at prev seq %d", prev)
 			}
 		} else if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNewerFormat) {
@@ -352,7 +359,7 @@ func FuzzDecode(f *testing.F) {
 		// The same bytes as a payload behind a valid CRC reach the record
 		// decoder and the assembler.
 		var a Assembler
-		if fr, err := DecodeFrame(AppendFrame(nil, Frame{Kind: KindRevision, Parts: 1, Payload: b}, nil, 0)); err != nil {
+		if fr, err := DecodeFrame(AppendFrame(nil, Frame{Kind: KindRevision, Parts: 1, Payload: b}, nil, testSubject, 0)); err != nil {
 			t.Fatalf("re-framed payload: %v", err)
 		} else if _, _, err := a.Add(fr); err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNewerFormat) {
 			t.Fatalf("assembler error does not wrap ErrCorrupt: %v", err)
@@ -365,7 +372,7 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		// What decodes re-encodes to the same record, split in parts.
-		parts, err := SplitRecord(&rec, 4096, ring, prev)
+		parts, err := SplitRecord(&rec, 4096, ring, testSubject, prev)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -375,7 +382,7 @@ func FuzzDecode(f *testing.F) {
 			if err != nil {
 				t.Fatalf("part %d: %v", i, err)
 			}
-			if err := ring.Verify(fr, prev+uint64(i)); err != nil {
+			if err := ring.Verify(fr, testSubject, prev+uint64(i)); err != nil {
 				t.Fatalf("part %d: %v", i, err)
 			}
 			again, done, err := asm.Add(fr)
@@ -406,7 +413,7 @@ func asVersion(frame []byte, v byte) []byte {
 // corrupt.
 func TestDecodeNewerVersion(t *testing.T) {
 	r := sampleRecord()
-	frames, err := SplitRecord(&r, 1<<20, nil, 0)
+	frames, err := SplitRecord(&r, 1<<20, nil, testSubject, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +433,7 @@ func TestDecodeNewerVersion(t *testing.T) {
 	rec := AppendRecord(nil, &r)
 	rec[0] = recordVersion + 1
 	var a Assembler
-	f, err := DecodeFrame(AppendFrame(nil, Frame{Kind: KindRevision, Parts: 1, Payload: rec}, nil, 0))
+	f, err := DecodeFrame(AppendFrame(nil, Frame{Kind: KindRevision, Parts: 1, Payload: rec}, nil, testSubject, 0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,11 +37,21 @@
 // anything of the header is trusted; a frame's kind must equal its
 // record's. The MAC is HMAC-SHA256, under the key the key ID names, of
 //
-//	"etcdsync log frame v2\x00" || uint64 big endian: stream sequence of the message before this one || frame bytes before the MAC
+//	"etcdsync log frame v2\x00" || uint64 big endian: stream sequence of the message before this one
+//	|| uvarint length, subject the message is published on || frame bytes before the MAC
 //
-// so a message verifies only at the position it was published at: forged,
-// altered and replayed messages fail. Mirrors keep the origin's sequences,
-// so the standby checks the same MAC. The key ring (KeyRing, --log-key-file)
+// so a message verifies only at the place it was published at: its
+// position and its subject, which names the site and the record kind.
+// Forged, altered and replayed messages fail, and so does a genuine
+// message of another site's log signed with the same key (the reverse
+// direction after a failover) copied into this one. Mirrors keep the
+// origin's sequences and subjects, so the standby checks the same MAC.
+// The stream's name is not covered (a mirror may be named differently):
+// two deployments that share a site name must not share a key.
+// Readers take a record's cluster, generation and revision from the
+// verified record, never from the message headers (Header* in
+// headers.go, for people and tools reading the stream), which no MAC
+// covers. The key ring (KeyRing, --log-key-file)
 // holds one key per line, "ID:BASE64", at least 32 bytes each; the first
 // signs and all verify, so keys rotate without downtime. A consumer with a
 // ring rejects unsigned frames (ErrUnauthenticated); without one it reads

@@ -34,9 +34,10 @@ type Frame struct {
 }
 
 // AppendFrame appends the encoding of f to dst. With a non-nil ring the
-// frame is signed by the ring's first key for the position right after
-// stream sequence prevSeq; f.KeyID and f.MAC are ignored.
-func AppendFrame(dst []byte, f Frame, ring *KeyRing, prevSeq uint64) []byte {
+// frame is signed by the ring's first key for its place in the log: the
+// subject it is published on, right after stream sequence prevSeq; f.KeyID
+// and f.MAC are ignored.
+func AppendFrame(dst []byte, f Frame, ring *KeyRing, subject string, prevSeq uint64) []byte {
 	start := len(dst)
 	var flags byte
 	if ring != nil {
@@ -50,7 +51,7 @@ func AppendFrame(dst []byte, f Frame, ring *KeyRing, prevSeq uint64) []byte {
 		dst = append(dst, byte(len(k.id)))
 		dst = append(dst, k.id...)
 		dst = append(dst, f.Payload...)
-		dst = k.appendMAC(dst, dst[start:], prevSeq)
+		dst = k.appendMAC(dst, dst[start:], subject, prevSeq)
 	} else {
 		dst = append(dst, f.Payload...)
 	}
@@ -130,10 +131,10 @@ func DecodeFrame(b []byte) (Frame, error) {
 }
 
 // SplitRecord encodes r and splits it into frames whose encoding is at most
-// maxMsg bytes. With a non-nil ring every frame is signed, frame i for the
-// position after stream sequence prevSeq+i (the frames are published
-// consecutively). It returns the encoded frames in part order.
-func SplitRecord(r *Record, maxMsg int, ring *KeyRing, prevSeq uint64) ([][]byte, error) {
+// maxMsg bytes. With a non-nil ring every frame is signed for subject,
+// frame i for the position after stream sequence prevSeq+i (the frames are
+// published consecutively). It returns the encoded frames in part order.
+func SplitRecord(r *Record, maxMsg int, ring *KeyRing, subject string, prevSeq uint64) ([][]byte, error) {
 	if maxMsg <= frameOverhead+1 {
 		return nil, fmt.Errorf("split record: message size %d is too small", maxMsg)
 	}
@@ -147,7 +148,7 @@ func SplitRecord(r *Record, maxMsg int, ring *KeyRing, prevSeq uint64) ([][]byte
 	for i := 0; i < parts; i++ {
 		end := min((i+1)*size, len(payload))
 		chunk := payload[i*size : end]
-		out = append(out, AppendFrame(make([]byte, 0, len(chunk)+frameOverhead), Frame{Kind: r.Kind, Part: i, Parts: parts, Payload: chunk}, ring, prevSeq+uint64(i)))
+		out = append(out, AppendFrame(make([]byte, 0, len(chunk)+frameOverhead), Frame{Kind: r.Kind, Part: i, Parts: parts, Payload: chunk}, ring, subject, prevSeq+uint64(i)))
 	}
 	return out, nil
 }

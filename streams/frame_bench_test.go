@@ -24,12 +24,12 @@ func BenchmarkFrame(b *testing.B) {
 		b.Run(name+"/encode", func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				if _, err := SplitRecord(rec, 1<<20, ring, uint64(i)); err != nil {
+				if _, err := SplitRecord(rec, 1<<20, ring, testSubject, uint64(i)); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
-		msg, err := SplitRecord(rec, 1<<20, ring, 41)
+		msg, err := SplitRecord(rec, 1<<20, ring, testSubject, 41)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -40,7 +40,7 @@ func BenchmarkFrame(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := ring.Verify(f, 41); err != nil {
+				if err := ring.Verify(f, testSubject, 41); err != nil {
 					b.Fatal(err)
 				}
 				if _, err := DecodeRecord(f.Payload); err != nil {

@@ -36,7 +36,7 @@ func goldenRecord() Record {
 func TestGoldenFrame(t *testing.T) {
 	r := goldenRecord()
 	ring := testRing(t)
-	frames, err := SplitRecord(&r, 1<<20, ring, 123456)
+	frames, err := SplitRecord(&r, 1<<20, ring, testSubject, 123456)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestGoldenFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ring.Verify(f, 123456); err != nil {
+	if err := ring.Verify(f, testSubject, 123456); err != nil {
 		t.Fatal(err)
 	}
 	var a Assembler

@@ -52,7 +52,7 @@ const HeaderRoom = 1 << 10
 // ring every message is signed for its position: the first follows stream
 // sequence prevSeq, each next one the message before it.
 func NewMsgs(subj Subjects, r *Record, maxMsg int, ring *KeyRing, prevSeq uint64) ([]*nats.Msg, error) {
-	frames, err := SplitRecord(r, maxMsg-HeaderRoom, ring, prevSeq)
+	frames, err := SplitRecord(r, maxMsg-HeaderRoom, ring, subj.ForKind(r.Kind), prevSeq)
 	if err != nil {
 		return nil, err
 	}

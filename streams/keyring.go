@@ -159,24 +159,29 @@ func (r *KeyRing) lookup(id string) *logKey {
 }
 
 // appendMAC appends to dst the MAC of a frame's covered bytes at its
-// position: the stream sequence of the message before it.
-func (k *logKey) appendMAC(dst, covered []byte, prevSeq uint64) []byte {
+// place in the log: the subject it is published on (which names the site
+// and the record kind) and the stream sequence of the message before it.
+func (k *logKey) appendMAC(dst, covered []byte, subject string, prevSeq uint64) []byte {
 	m := k.macs.Get().(hash.Hash)
 	m.Reset()
-	m.Write([]byte(macDomain))
-	var seq [8]byte
-	binary.BigEndian.PutUint64(seq[:], prevSeq)
-	m.Write(seq[:])
+	var hdr [len(macDomain) + 8 + binary.MaxVarintLen64]byte
+	b := append(hdr[:0], macDomain...)
+	b = binary.BigEndian.AppendUint64(b, prevSeq)
+	b = binary.AppendUvarint(b, uint64(len(subject)))
+	m.Write(b)
+	m.Write([]byte(subject))
 	m.Write(covered)
 	dst = m.Sum(dst)
 	k.macs.Put(m)
 	return dst
 }
 
-// Verify checks f's MAC against the ring for a message stored right after
-// stream sequence prevSeq. A nil ring accepts every frame. Errors wrap
-// ErrUnauthenticated and name the key ID, never the key.
-func (r *KeyRing) Verify(f Frame, prevSeq uint64) error {
+// Verify checks f's MAC against the ring for a message stored on subject
+// right after stream sequence prevSeq: a frame copied to another subject
+// (another site's log, another record kind) or another position fails. A
+// nil ring accepts every frame. Errors wrap ErrUnauthenticated and name the
+// key ID, never the key.
+func (r *KeyRing) Verify(f Frame, subject string, prevSeq uint64) error {
 	if r == nil {
 		return nil
 	}
@@ -188,9 +193,9 @@ func (r *KeyRing) Verify(f Frame, prevSeq uint64) error {
 		return fmt.Errorf("%w: %s frame signed with key %q, which the key ring does not hold (have %q)", ErrUnauthenticated, f.Kind, f.KeyID, r.IDs())
 	}
 	var mac [MACSize]byte
-	if !hmac.Equal(key.appendMAC(mac[:0], f.covered, prevSeq), f.MAC) {
-		return fmt.Errorf("%w: MAC of %s frame (key %q) does not match its bytes at this position (after seq %d): forged, altered or replayed",
-			ErrUnauthenticated, f.Kind, f.KeyID, prevSeq)
+	if !hmac.Equal(key.appendMAC(mac[:0], f.covered, subject, prevSeq), f.MAC) {
+		return fmt.Errorf("%w: MAC of %s frame (key %q) does not match its bytes at this place (subject %s, after seq %d): forged, altered, or replayed from another position or log",
+			ErrUnauthenticated, f.Kind, f.KeyID, subject, prevSeq)
 	}
 	return nil
 }

@@ -97,7 +97,8 @@ type LogConfig struct {
 	MaxMsgs int64
 	// MaxMsgSize is the largest message the stream accepts. Default DefaultMaxMsgSize.
 	MaxMsgSize int32
-	// Duplicates is the Nats-Msg-Id deduplication window. Default 2 minutes.
+	// Duplicates is the Nats-Msg-Id deduplication window. Default 2
+	// minutes; never longer than MaxAge.
 	Duplicates time.Duration
 }
 
@@ -146,6 +147,11 @@ func (c LogConfig) StreamConfig() jetstream.StreamConfig {
 	if maxMsgs == 0 {
 		maxMsgs = -1
 	}
+	// JetStream refuses a duplicate window longer than the stream's max age.
+	dup := c.Duplicates
+	if c.MaxAge > 0 && dup > c.MaxAge {
+		dup = c.MaxAge
+	}
 	return jetstream.StreamConfig{
 		Name:        c.Name,
 		Description: "etcdsync log of site " + c.Site,
@@ -158,6 +164,6 @@ func (c LogConfig) StreamConfig() jetstream.StreamConfig {
 		MaxMsgs:     maxMsgs,
 		MaxMsgSize:  c.MaxMsgSize,
 		Discard:     jetstream.DiscardOld,
-		Duplicates:  c.Duplicates,
+		Duplicates:  dup,
 	}
 }

@@ -170,24 +170,45 @@ func appendBytes(dst, b []byte) []byte {
 // byte strings, five one-byte varints and an empty previous hash.
 const minEventSize = 9
 
+// DecodeRecordHeader decodes only the fixed fields at the start of an
+// encoded record (kind, cluster ID, generation, revision) from b, which may
+// be the first part of a record split across messages. Errors wrap
+// ErrCorrupt, or ErrNewerFormat for a later record version.
+func DecodeRecordHeader(b []byte) (Record, error) {
+	d := decoder{b: b}
+	var r Record
+	if err := d.header(&r); err != nil {
+		return Record{}, err
+	}
+	return r, nil
+}
+
+// header decodes the fields every record starts with.
+func (d *decoder) header(r *Record) error {
+	if v := d.byte("record version"); d.err == nil && v > recordVersion {
+		return fmt.Errorf("%w (record version %d; this etcdsync reads version %d)", ErrNewerFormat, v, recordVersion)
+	} else if d.err == nil && v != recordVersion {
+		return fmt.Errorf("%w: unsupported record version %d", ErrCorrupt, v)
+	}
+	r.Kind = Kind(d.byte("kind"))
+	if d.err == nil && !r.Kind.valid() {
+		return fmt.Errorf("%w: unknown record kind %d", ErrCorrupt, uint8(r.Kind))
+	}
+	r.ClusterID = d.uvarint("cluster id")
+	r.Generation = d.uvarint("generation")
+	r.Revision = d.varint("revision")
+	return d.err
+}
+
 // DecodeRecord decodes a record encoded by AppendRecord. Byte slices of the
 // result alias b. Errors wrap ErrCorrupt, or are ErrNewerFormat for a
 // record of a later version.
 func DecodeRecord(b []byte) (Record, error) {
 	d := decoder{b: b}
 	var r Record
-	if v := d.byte("record version"); d.err == nil && v > recordVersion {
-		return Record{}, fmt.Errorf("%w (record version %d; this etcdsync reads version %d)", ErrNewerFormat, v, recordVersion)
-	} else if d.err == nil && v != recordVersion {
-		return Record{}, fmt.Errorf("%w: unsupported record version %d", ErrCorrupt, v)
+	if err := d.header(&r); err != nil {
+		return Record{}, err
 	}
-	r.Kind = Kind(d.byte("kind"))
-	if d.err == nil && !r.Kind.valid() {
-		return Record{}, fmt.Errorf("%w: unknown record kind %d", ErrCorrupt, uint8(r.Kind))
-	}
-	r.ClusterID = d.uvarint("cluster id")
-	r.Generation = d.uvarint("generation")
-	r.Revision = d.varint("revision")
 	if t := d.varint("time"); t != 0 {
 		r.Time = time.Unix(0, t)
 	}

@@ -4,22 +4,104 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// ErrMirror is wrapped by the error of an operation that would write to,
+// or reconfigure as a log, a stream that is a mirror: only promote converts
+// a mirror.
+var ErrMirror = errors.New("log stream is a mirror")
+
 // EnsureLogStream creates the log stream described by cfg, or updates an
-// existing one to it. It returns the stream handle.
+// existing one to it (what `etcdsync streams init` does, with an
+// identity allowed to). It refuses a stream that is a mirror. It returns
+// the stream handle.
 func EnsureLogStream(ctx context.Context, js jetstream.JetStream, cfg LogConfig) (jetstream.Stream, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if s, err := js.Stream(ctx, cfg.Name); err == nil {
+		if err := refuseMirror(s); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
 	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg.StreamConfig())
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 	}
 	return s, nil
+}
+
+// OpenLogStream is how a publisher gets its log stream: it creates the
+// stream described by cfg if it is missing, and otherwise changes nothing.
+// An existing stream belongs to the operator (`etcdsync streams init`, or
+// NATS tooling): a stream that is a mirror is refused (ErrMirror), so is
+// one that does not take the log's subjects or messages of maxMsg bytes;
+// each limit that differs from cfg is returned in differs ("max age 168h0m0s
+// (publish flags: 0s)") for the caller to warn about. A publisher needs no
+// right to update streams.
+func OpenLogStream(ctx context.Context, js jetstream.JetStream, cfg LogConfig, maxMsg int) (s jetstream.Stream, differs []string, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	want := cfg.StreamConfig()
+	s, err = js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			s, err = js.Stream(ctx, cfg.Name) // created by another publisher meanwhile
+		} else if err != nil {
+			return nil, nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
+	}
+	if err := refuseMirror(s); err != nil {
+		return nil, nil, err
+	}
+	have := s.CachedInfo().Config
+	if !slices.Contains(have.Subjects, want.Subjects[0]) {
+		return nil, nil, fmt.Errorf("stream %s takes subjects %q, not the log's %s: is --site right? (etcdsync streams init sets them)", cfg.Name, have.Subjects, want.Subjects[0])
+	}
+	if have.MaxMsgSize > 0 && int64(have.MaxMsgSize) < int64(maxMsg) {
+		return nil, nil, fmt.Errorf("stream %s takes messages of at most %d bytes, below the %d bytes the publisher writes: lower --max-message-bytes or raise the stream's max message size", cfg.Name, have.MaxMsgSize, maxMsg)
+	}
+	note := func(what string, have, want any) {
+		if have != want {
+			differs = append(differs, fmt.Sprintf("%s %v (publish flags: %v)", what, have, want))
+		}
+	}
+	note("replicas", have.Replicas, want.Replicas)
+	note("max age", have.MaxAge, want.MaxAge)
+	note("max bytes", have.MaxBytes, want.MaxBytes)
+	note("max messages", have.MaxMsgs, want.MaxMsgs)
+	note("max message size", have.MaxMsgSize, want.MaxMsgSize)
+	note("duplicate window", have.Duplicates, want.Duplicates)
+	return s, differs, nil
+}
+
+// refuseMirror returns an error wrapping ErrMirror, naming the stream and
+// its origin, when s is a mirror.
+func refuseMirror(s jetstream.Stream) error {
+	c := s.CachedInfo().Config
+	m := c.Mirror
+	if m == nil {
+		return nil
+	}
+	origin := m.Name
+	if m.Domain != "" {
+		origin += " in domain " + m.Domain
+	} else if m.External != nil && m.External.APIPrefix != "" {
+		origin += " via " + m.External.APIPrefix
+	}
+	return fmt.Errorf("stream %s is a mirror of %s, not a log to write or reconfigure (is --nats-url the standby site's? only promote converts a mirror): %w",
+		c.Name, origin, ErrMirror)
 }
 
 // JetStream error codes that mean an expected-sequence check failed: the

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -59,22 +57,17 @@ func ReadVerifiedTail(ctx context.Context, stream jetstream.Stream, subj Subject
 	if err != nil {
 		return untrusted, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
 	}
-	if err := ring.Verify(f, msg.Sequence-1); err != nil {
+	if err := ring.Verify(f, msg.Subject, msg.Sequence-1); err != nil {
 		return untrusted, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
 	}
-	t := Tail{Seq: msg.Sequence, StreamLastSeq: max(info.State.LastSeq, msg.Sequence), Kind: f.Kind}
-	if t.ClusterID, err = strconv.ParseUint(msg.Header.Get(HeaderCluster), 16, 64); err != nil {
-		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s: %w", msg.Sequence, HeaderCluster, err)
+	// Cluster, generation and revision come from the authenticated record,
+	// never from the message headers, which no MAC covers.
+	h, err := RecordHeader(ctx, stream, msg, f, ring)
+	if err != nil {
+		return untrusted, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
 	}
-	if t.Generation, err = strconv.ParseUint(msg.Header.Get(HeaderGeneration), 10, 64); err != nil {
-		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s: %w", msg.Sequence, HeaderGeneration, err)
-	}
-	if t.Revision, err = strconv.ParseInt(msg.Header.Get(HeaderRevision), 10, 64); err != nil {
-		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s: %w", msg.Sequence, HeaderRevision, err)
-	}
-	if part := msg.Header.Get(HeaderPart); part != strings.TrimSpace(fmt.Sprintf("%d/%d", f.Part, f.Parts)) {
-		return Tail{}, fmt.Errorf("read stream tail at seq %d: header %s %q disagrees with frame part %d/%d", msg.Sequence, HeaderPart, part, f.Part, f.Parts)
-	}
+	t := Tail{Seq: msg.Sequence, StreamLastSeq: untrusted.StreamLastSeq, Kind: f.Kind,
+		ClusterID: h.ClusterID, Generation: h.Generation, Revision: h.Revision}
 	last := f.Part == f.Parts-1
 	switch f.Kind {
 	case KindRevision, KindSnapshotEnd:
@@ -88,4 +81,43 @@ func ReadVerifiedTail(ctx context.Context, stream jetstream.Stream, subj Subject
 		t.Complete = false
 	}
 	return t, nil
+}
+
+// RecordHeader returns the fixed fields (kind, cluster ID, generation,
+// revision) of the record that msg, whose frame f has been verified, is a
+// part of. For a later part it reads and verifies the record's first part,
+// which holds them. Errors wrap ErrCorrupt or ErrUnauthenticated.
+func RecordHeader(ctx context.Context, stream jetstream.Stream, msg *jetstream.RawStreamMsg, f Frame, ring *KeyRing) (Record, error) {
+	first, seq := f, msg.Sequence
+	if f.Part > 0 {
+		if uint64(f.Part) >= seq {
+			return Record{}, fmt.Errorf("%w: part %d of %d at seq %d cannot start before seq 1", ErrCorrupt, f.Part, f.Parts, seq)
+		}
+		seq -= uint64(f.Part)
+		m, err := stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return Record{}, fmt.Errorf("%w: the first part of the %s record ending at seq %d (seq %d) is gone from the stream", ErrCorrupt, f.Kind, msg.Sequence, seq)
+		}
+		if err != nil {
+			return Record{}, fmt.Errorf("read the first part at seq %d: %w", seq, err)
+		}
+		if first, err = DecodeFrame(m.Data); err != nil {
+			return Record{}, fmt.Errorf("first part at seq %d: %w", seq, err)
+		}
+		if err := ring.Verify(first, m.Subject, seq-1); err != nil {
+			return Record{}, fmt.Errorf("first part at seq %d: %w", seq, err)
+		}
+		if first.Kind != f.Kind || first.Part != 0 || first.Parts != f.Parts {
+			return Record{}, fmt.Errorf("%w: seq %d holds %s part %d of %d, not the first of the %s record of %d parts ending at seq %d",
+				ErrCorrupt, seq, first.Kind, first.Part, first.Parts, f.Kind, f.Parts, msg.Sequence)
+		}
+	}
+	r, err := DecodeRecordHeader(first.Payload)
+	if err != nil {
+		return Record{}, fmt.Errorf("record at seq %d: %w", seq, err)
+	}
+	if r.Kind != f.Kind {
+		return Record{}, fmt.Errorf("%w: %s frame at seq %d holds a %s record", ErrCorrupt, f.Kind, seq, r.Kind)
+	}
+	return r, nil
 }

@@ -262,11 +262,18 @@ func readSecret(flag, path string) (string, error) {
 func redactURL(s string) string {
 	parts := strings.Split(s, ",")
 	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = url.User("redacted")
-			parts[i] = u.String()
-		} else if err != nil && strings.Contains(p, "@") {
-			parts[i] = "<unparsable url with credentials>"
+		// By hand, not with url.Parse: "user:pass@host:port" (no scheme)
+		// parses as scheme "user" with no user information, and a
+		// password with a '/' or a bad escape does not parse at all.
+		lead, rest := "", p
+		if j := strings.Index(p, "://"); j >= 0 {
+			lead, rest = p[:j+3], p[j+3:]
+		} else {
+			trimmed := strings.TrimLeft(p, " ")
+			lead, rest = p[:len(p)-len(trimmed)], trimmed
+		}
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			parts[i] = lead + "redacted" + rest[at:]
 		}
 	}
 	return strings.Join(parts, ",")

@@ -34,12 +34,13 @@ func keyLine(id string, fill byte) string {
 }
 
 // A client with write access to the stream but no log key cannot write into
-// the standby: a forged record, an altered copy of a real record and a real
-// record replayed at a later sequence are each rejected before anything is
-// written, with an error naming the sequence, and the standby is unchanged
-// key by key.
+// the standby: a forged record, an altered copy of a real record, a real
+// record replayed at a later sequence, and a genuine record of another
+// site's log signed with the same key for this very position are each
+// rejected before anything is written, with an error naming the sequence,
+// and the standby is unchanged key by key.
 func TestUnauthenticatedMessagesNeverReachStandby(t *testing.T) {
-	for _, attack := range []string{"forged", "unsigned", "altered", "replayed"} {
+	for _, attack := range []string{"forged", "unsigned", "altered", "replayed", "another-log"} {
 		t.Run(attack, func(t *testing.T) {
 			p := newPipeline(t)
 			ring := keyRing(t, keyLine("k1", 1))
@@ -82,7 +83,7 @@ func TestUnauthenticatedMessagesNeverReachStandby(t *testing.T) {
 			tail := info.State.LastSeq
 			var body []byte
 			switch attack {
-			case "forged", "unsigned":
+			case "forged", "unsigned", "another-log":
 				// A revision right after the tail that writes an admin
 				// binding, signed with a key of the right ID but the wrong
 				// bytes, or not signed at all.
@@ -96,10 +97,16 @@ func TestUnauthenticatedMessagesNeverReachStandby(t *testing.T) {
 					Revision: rec.Revision + 1, Time: time.Now(), Events: []streams.Event{{Type: streams.EventPut,
 						Key: []byte("/app/injected-admin"), Value: []byte("pwned"), CreateRevision: rec.Revision + 1, ModRevision: rec.Revision + 1, Version: 1}}}
 				var signer *streams.KeyRing
-				if attack == "forged" {
+				subject := streams.Subjects{Site: streams.DefaultSite}.Revision()
+				switch attack {
+				case "forged":
 					signer = keyRing(t, keyLine("k1", 2))
+				case "another-log":
+					// What the publisher of another site (the reverse
+					// direction after a failover) signs with the same key.
+					signer, subject = ring, streams.Subjects{Site: "other"}.Revision()
 				}
-				frames, err := streams.SplitRecord(&evil, 1<<20, signer, tail)
+				frames, err := streams.SplitRecord(&evil, 1<<20, signer, subject, tail)
 				if err != nil {
 					t.Fatal(err)
 				}

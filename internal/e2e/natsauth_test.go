@@ -279,6 +279,23 @@ func TestNATSAuthLeastPrivilege(t *testing.T) {
 		t.Error("publisher: a drift event was acknowledged")
 	}
 	pub.denied("publish", auditor.SummarySubject(streams.DefaultSite))
+	// Nor reconfigure the log stream (streams init's, with an admin
+	// identity): a RePublish would copy the log onto the drift subjects,
+	// where consumers take it for drift events, and a lower limit would
+	// purge the log.
+	for what, change := range map[string]func(c *jetstream.StreamConfig){
+		"republish the log onto the drift subjects": func(c *jetstream.StreamConfig) {
+			c.RePublish = &jetstream.RePublish{Source: ">", Destination: subj.Drift() + ".>"}
+		},
+		"cut the log to one message": func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 },
+	} {
+		c := info.Config
+		change(&c)
+		if _, err := pub.js.UpdateStream(shortCtx(t), c); err == nil {
+			t.Errorf("publisher could %s", what)
+		}
+	}
+	pub.denied("publish", "$JS.API.STREAM.UPDATE."+streams.DefaultStream)
 
 	// The log holds exactly what the publisher wrote, and replication goes on.
 	put(t, p.primary.Client, "/registry/configmaps/app/after", "x")
@@ -324,7 +341,7 @@ func TestNATSAuthLeafLink(t *testing.T) {
 	}
 	t.Cleanup(func() { primary.Shutdown(); primary.WaitForShutdown() })
 	pub := mustConnectAs(t, "publisher", primary.ClientURL(), nats.UserInfo("publisher", "publisher-secret"))
-	logStream, err := streams.EnsureLogStream(ctx, pub.js, streams.DefaultLogConfig())
+	logStream, _, err := streams.OpenLogStream(ctx, pub.js, streams.DefaultLogConfig(), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

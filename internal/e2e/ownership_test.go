@@ -44,3 +44,61 @@ func TestPublisherRefusesMirrorStream(t *testing.T) {
 		t.Fatalf("the mirror was changed: mirror %+v, %d messages", info.Config.Mirror, info.State.Msgs)
 	}
 }
+
+// The log stream's limits are the operator's: a publisher whose flags say
+// otherwise (here the defaults: no max age, no max bytes, one replica of
+// the default duplicate window) creates a missing stream but never changes
+// an existing one, session after session; and `streams init --role
+// primary`'s EnsureLogStream refuses a mirror as the publisher does.
+func TestPublisherKeepsOperatorLimits(t *testing.T) {
+	p := newPipeline(t)
+	ctx := context.Background()
+	cfg := streams.DefaultLogConfig()
+	cfg.MaxAge, cfg.MaxBytes, cfg.MaxMsgs = 7*24*time.Hour, 1<<30, 1_000_000
+	if _, err := streams.EnsureLogStream(ctx, p.js.JS, cfg); err != nil {
+		t.Fatal(err)
+	}
+	put(t, p.primary.Client, "/o/a", "1")
+	pub, run := p.startPublisher(p.publisherConfig())
+	testenvEventually(t, func() bool { return pub.Published().Revision > 0 }, "first publish")
+	if err := run.stop(); err != nil {
+		t.Fatal(err)
+	}
+	p.startPublisher(p.publisherConfig()) // a second session
+	put(t, p.primary.Client, "/o/b", "2")
+	testenvEventually(t, func() bool {
+		s, err := p.js.JS.Stream(ctx, streams.DefaultStream)
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(ctx)
+		return err == nil && info.State.Msgs >= 4
+	}, "the second session to publish")
+	s, err := p.js.JS.Stream(ctx, streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := info.Config; c.MaxAge != cfg.MaxAge || c.MaxBytes != cfg.MaxBytes || c.MaxMsgs != cfg.MaxMsgs {
+		t.Fatalf("the publisher changed the operator's limits: max age %s, max bytes %d, max msgs %d; want %s, %d, %d",
+			c.MaxAge, c.MaxBytes, c.MaxMsgs, cfg.MaxAge, cfg.MaxBytes, cfg.MaxMsgs)
+	}
+
+	if _, err := p.js.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "ORIGIN", Subjects: []string{"origin.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.js.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "MIRROR", Mirror: &jetstream.StreamSource{Name: "ORIGIN"}}); err != nil {
+		t.Fatal(err)
+	}
+	mcfg := streams.DefaultLogConfig()
+	mcfg.Name = "MIRROR"
+	if _, err := streams.EnsureLogStream(ctx, p.js.JS, mcfg); !errors.Is(err, streams.ErrMirror) || !strings.Contains(err.Error(), "ORIGIN") {
+		t.Fatalf("EnsureLogStream on a mirror: %v, want ErrMirror naming ORIGIN", err)
+	}
+	if m, err := p.js.JS.Stream(ctx, "MIRROR"); err != nil || m.CachedInfo().Config.Mirror == nil {
+		t.Fatalf("the mirror was changed: %v", err)
+	}
+}
