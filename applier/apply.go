@@ -169,7 +169,8 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 		}
 		if a.asm.Pending() && f.Kind == streams.KindEpoch {
 			// A publisher died half-way through a record; its successor's
-			// epoch abandons the fragment (it starts a new generation).
+			// epoch abandons the fragment (the successor publishes the
+			// record again whole, or starts a new generation).
 			a.log.Warn("incomplete record abandoned by a new publisher epoch", "seq", m.Seq)
 			a.asm.Reset()
 		}

@@ -194,6 +194,12 @@ func (p *Publisher) lastWitness(ctx context.Context, stream jetstream.Stream, ta
 			return witness{}, fmt.Errorf("read the log at seq %d: part %d of %d cannot start before seq 1", seq, f.Part, f.Parts)
 		}
 		first := seq - uint64(f.Part)
+		if seq == tail.Seq && f.Part < f.Parts-1 {
+			// The tail is a record whose publisher died before its last
+			// part: it proves nothing (the successor publishes it again).
+			seq = first - 1
+			continue
+		}
 		rec, err := p.readRecord(ctx, stream, first, f, seq)
 		if errors.Is(err, streams.ErrUnauthenticated) {
 			return witness{}, nil

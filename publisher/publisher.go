@@ -194,8 +194,8 @@ func (p *Publisher) session(ctx context.Context) error {
 		reason = fmt.Sprintf("%s: the message at the stream tail (seq %d) is unreadable or fails its MAC check", ReasonContinuity, tail.Seq)
 	case tail.ClusterID != clusterID:
 		reason = fmt.Sprintf("%s: source cluster changed from %x to %x", ReasonContinuity, tail.ClusterID, clusterID)
-	case !tail.Complete:
-		reason = fmt.Sprintf("%s: incomplete %s record at the stream tail (seq %d)", ReasonContinuity, tail.Kind, tail.Seq)
+	case !tail.Complete && tail.Kind == streams.KindEpoch:
+		reason = fmt.Sprintf("%s: the stream ends in the epoch of a generation that never published its snapshot (seq %d)", ReasonContinuity, tail.Seq)
 	case curRev < tail.Revision:
 		reason = fmt.Sprintf("%s: source revision %d is behind the stream's %d (restored etcd?)", ReasonContinuity, curRev, tail.Revision)
 	}
@@ -223,6 +223,12 @@ func (p *Publisher) session(ctx context.Context) error {
 		}
 	}
 	gen, resumeRev := tail.Generation, tail.Revision
+	// A predecessor that died half-way through a record leaves the log
+	// continuous: an unfinished revision is published again whole (the
+	// tail's revision is the one before it), an unfinished snapshot is
+	// taken again at its own revision, both in the same generation, so a
+	// standby that follows the log applies no snapshot because of it.
+	resnap := reason == "" && !tail.Complete && tail.Kind != streams.KindRevision
 	switch {
 	case tail.Seq == 0 || untrustedTail:
 		// A first start (or a recreated stream, or a tail that cannot be
@@ -281,6 +287,9 @@ func (p *Publisher) session(ctx context.Context) error {
 		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen}
 		if reason == "" {
 			pub.w, pub.lastSnap = proof, lastSnap
+			if !tail.Complete && tail.Kind == streams.KindRevision {
+				pub.redo = tail.Revision + 1
+			}
 		}
 		pr := &prover{clusterID: clusterID, seen: curRev, interrupted: interrupted}
 		from := resumeRev + 1
@@ -291,6 +300,14 @@ func (p *Publisher) session(ctx context.Context) error {
 				return err
 			}
 			from = rev + 1
+		case resnap:
+			p.log.Info("taking the unfinished snapshot at the stream's tail again", "revision", resumeRev, "seq", tail.Seq)
+			if _, err := p.snapshot(gctx, pub, ReasonResumed, resumeRev); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) {
+					return fmt.Errorf("%w: %w", err, errNewGeneration)
+				}
+				return err
+			}
 		case p.cfg.SnapshotInterval > 0 && time.Since(lastSnap) >= p.cfg.SnapshotInterval:
 			// Overdue (the sessions before this one ended sooner than
 			// the interval): take it now, at the tail's revision, its
@@ -402,6 +419,11 @@ type sender struct {
 	w witness
 	// lastSnap is when the newest snapshot of the generation started.
 	lastSnap time.Time
+	// redo is the revision whose record a predecessor left unfinished at
+	// the stream's tail (0: none). Its parts already in the stream carry
+	// the same message IDs, which the stream would take for duplicates
+	// (another publisher's writes): this session's copy gets IDs of its own.
+	redo int64
 }
 
 // send publishes rec asynchronously; it blocks while the window is full.
@@ -410,6 +432,12 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 	msgs, err := streams.NewMsgs(s.p.subj, rec, s.p.cfg.MaxMessageBytes, s.p.cfg.LogKeys, s.last)
 	if err != nil {
 		return err
+	}
+	if s.redo != 0 && rec.Kind == streams.KindRevision && rec.Revision == s.redo {
+		for _, m := range msgs {
+			m.Header.Set(nats.MsgIdHdr, m.Header.Get(nats.MsgIdHdr)+":redo-"+strconv.FormatUint(s.epochSeq, 10))
+		}
+		s.redo = 0
 	}
 	pos := streams.Position{ClusterID: s.clusterID, Generation: s.gen, Revision: rec.Revision, Part: len(msgs) - 1}
 	for i, m := range msgs {

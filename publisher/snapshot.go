@@ -176,13 +176,17 @@ const (
 	ReasonContinuity = "continuity"
 	ReasonPeriodic   = "periodic"
 	ReasonRequested  = "requested"
+	// ReasonResumed: the stream ends in a snapshot whose publisher died
+	// before its end; its successor takes it again at the same revision,
+	// in the same generation.
+	ReasonResumed = "resumed"
 )
 
 // reasonLabel maps a reason text ("continuity: ...") to its label.
 func reasonLabel(reason string) string {
 	label, _, _ := strings.Cut(reason, ":")
 	switch label {
-	case ReasonFirstStart, ReasonContinuity, ReasonPeriodic, ReasonRequested:
+	case ReasonFirstStart, ReasonContinuity, ReasonPeriodic, ReasonRequested, ReasonResumed:
 		return label
 	}
 	return "other"

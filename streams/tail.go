@@ -19,7 +19,8 @@ type Tail struct {
 	Kind          Kind
 	ClusterID     uint64
 	Generation    uint64
-	// Revision is the last source revision whose record is complete in the log.
+	// Revision is the last source revision whose record is complete in the
+	// log; for an unfinished snapshot, the snapshot's revision.
 	Revision int64
 	// Complete reports whether the log ends at a record boundary from which
 	// the same generation can continue. False for an empty log, a record whose
@@ -70,11 +71,13 @@ func ReadVerifiedTail(ctx context.Context, stream jetstream.Stream, subj Subject
 		ClusterID: h.ClusterID, Generation: h.Generation, Revision: h.Revision}
 	last := f.Part == f.Parts-1
 	switch f.Kind {
-	case KindRevision, KindSnapshotEnd:
+	case KindRevision:
 		t.Complete = last
 		if !last {
 			t.Revision-- // the tail revision itself is incomplete
 		}
+	case KindSnapshotEnd:
+		t.Complete = last
 	case KindEpoch:
 		t.Complete = t.Revision > 0
 	default:
