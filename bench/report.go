@@ -267,9 +267,17 @@ func printPair(w io.Writer, o options, p pair) {
 		}
 		fmt.Fprintln(tw)
 	}
+	// dur prints what r measured, or why there is nothing (a run that
+	// failed before it).
+	dur := func(r *result, d time.Duration) string {
+		if d <= 0 {
+			return failed(r)
+		}
+		return fmtDur(d)
+	}
 	w2 := a.w2Complete > 0 && b.w2Complete > 0
 	fmt.Fprintf(tw, "W2 burst %dk puts: the burst on the primary (not etcdsync's time)\t%s\t%s\t%s\n", o.burst/1000,
-		fmtDur(a.w2Primary), fmtDur(b.w2Primary), costRatio(a.w2Primary, b.w2Primary))
+		dur(a, a.w2Primary), dur(b, b.w2Primary), costRatio(a.w2Primary, b.w2Primary))
 	row("W2   standby holds every key, from burst start", a.w2Complete, b.w2Complete, w2)
 	row("W2   standby holds every key, after burst end", a.w2After, b.w2After, w2)
 	row("W2   lag p99 during the burst", a.w2Lag.pct(0.99), b.w2Lag.pct(0.99), w2 && len(a.w2Lag.samples) > 0 && len(b.w2Lag.samples) > 0)
@@ -280,9 +288,9 @@ func printPair(w io.Writer, o options, p pair) {
 		x, y := a.replCPU[wl], b.replCPU[wl]
 		row(wl+" CPU of publisher + applier", x, y, x > 0 && y > 0)
 		fmt.Fprintf(tw, "%s   CPU of the primary etcd (the same work: the machine's drift)\t%s\t%s\t%s\n", wl,
-			fmtDur(a.primaryCPU[wl]), fmtDur(b.primaryCPU[wl]), costRatio(a.primaryCPU[wl], b.primaryCPU[wl]))
+			dur(a, a.primaryCPU[wl]), dur(b, b.primaryCPU[wl]), costRatio(a.primaryCPU[wl], b.primaryCPU[wl]))
 	}
-	fmt.Fprintf(tw, "W1 bootstrap (for reference)\t%s\t%s\t%s\n", fmtDur(a.w1), fmtDur(b.w1), costRatio(a.w1, b.w1))
+	fmt.Fprintf(tw, "W1 bootstrap (for reference)\t%s\t%s\t%s\n", dur(a, a.w1), dur(b, b.w1), costRatio(a.w1, b.w1))
 	tw.Flush()
 	fmt.Fprintf(w, "  (the two runs use fresh etcd servers each; \"from burst start\" includes the primary's own burst time; differences\n")
 	fmt.Fprintf(w, "   of a few ms in lag, and a CPU change the primary etcd shows too, are within this shared machine's noise)\n")
