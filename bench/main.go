@@ -13,7 +13,10 @@
 //
 // etcdsync runs twice, unsigned and then signed (--signed, default on: a
 // log key ring on publish and apply), and W2 and W3 are printed side by
-// side with the signed/unsigned ratio (the target: within 5%).
+// side with the signed/unsigned ratio (the target: within 5%). With --r3
+// (default on) it runs once more, unsigned, its log stream at 3 replicas
+// on a three-server NATS cluster, and W2 and W3 are printed beside the
+// single-server run with the R3/R1 ratio.
 //
 // etcd's limit is the standby server's ingest rate with batched txns (128
 // puts, 8 in flight) and with single puts (64 clients). Peak RSS is VmHWM of
@@ -52,6 +55,7 @@ type options struct {
 	keep         bool
 	only         string
 	signed       bool
+	r3           bool
 	profileDir   string
 	keys         int
 	burst        int
@@ -79,8 +83,9 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.binDir, "bin", "bin", "`DIR` holding etcd, etcdctl and etcdsync binaries")
 	fs.StringVar(&o.workDir, "work", "", "`DIR` for data and logs (default: a new temporary directory, removed at the end)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs of every process)")
-	fs.StringVar(&o.only, "only", "both", "run `WHICH`: both, etcdsync (unsigned, then signed with --signed) or make-mirror")
+	fs.StringVar(&o.only, "only", "both", "run `WHICH`: both, etcdsync (unsigned, then signed with --signed, then R3 with --r3) or make-mirror")
 	fs.BoolVar(&o.signed, "signed", true, "also run etcdsync with a log key ring (--log-key-file on publish and apply), right after the unsigned run, and compare W2 and W3")
+	fs.BoolVar(&o.r3, "r3", true, "also run etcdsync with its log stream at 3 replicas (--stream-replicas 3) on a three-server NATS cluster in this process, after the other etcdsync runs, and compare W2 and W3 with the single-server run")
 	fs.StringVar(&o.profileDir, "profile", "", "run the publisher and applier in process and write CPU profiles per workload to `DIR` (etcdsync only)")
 	fs.IntVar(&o.keys, "keys", 0, "W1 keys (default 100000, --quick 10000)")
 	fs.IntVar(&o.burst, "burst", 0, "W2 puts (default 50000, --quick 5000)")
@@ -131,7 +136,7 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("--only %q: want both, etcdsync or make-mirror", o.only)
 	}
 	if o.profileDir != "" {
-		o.only, o.signed = "etcdsync", false
+		o.only, o.signed, o.r3 = "etcdsync", false, false
 	}
 	return o, nil
 }
@@ -217,6 +222,10 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			// time as the two runs can be.
 			results = append(results, runReplicator(ctx, o, &etcdsyncProcs{bin: bin, workDir: filepath.Join(o.workDir, signedName),
 				applyArgs: o.applyArgs, publishArgs: o.publishArgs, signed: true}))
+		}
+		if o.r3 && o.profileDir == "" && ctx.Err() == nil {
+			results = append(results, runReplicator(ctx, o, &etcdsyncProcs{bin: bin, workDir: filepath.Join(o.workDir, r3Name),
+				applyArgs: o.applyArgs, publishArgs: o.publishArgs, replicas: 3}))
 		}
 	}
 	if o.only != "etcdsync" {

@@ -7,12 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/etcdsync/etcdsync/applier"
@@ -46,35 +51,136 @@ func natsServer(dir string) (*server.Server, error) {
 	return streams.StartServer(cfg)
 }
 
+// natsCluster starts n fresh clustered JetStream servers (in the
+// benchmark process, routes on loopback), each with its store under
+// dir/n<i>, and returns them once the cluster's JetStream answers.
+func natsCluster(dir string, n int) ([]*server.Server, error) {
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("wipe %s: %w", dir, err)
+	}
+	routePorts := make([]int, n)
+	var routes []*url.URL
+	for i := range routePorts {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		routePorts[i] = p
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	def := streams.DefaultServerConfig()
+	var srvs []*server.Server
+	for i, rp := range routePorts {
+		s, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("n%d", i), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: filepath.Join(dir, fmt.Sprintf("n%d", i)),
+			MaxPayload: def.MaxPayload, SyncInterval: def.SyncInterval,
+			Cluster: server.ClusterOpts{Name: "bench", Host: "127.0.0.1", Port: rp},
+			Routes:  routes, NoSigs: true, NoLog: true,
+		})
+		if err != nil {
+			stopNATS(srvs)
+			return nil, fmt.Errorf("start nats n%d: %w", i, err)
+		}
+		go s.Start()
+		srvs = append(srvs, s)
+		if !s.ReadyForConnections(10 * time.Second) {
+			stopNATS(srvs)
+			return nil, fmt.Errorf("start nats n%d: not ready after 10s", i)
+		}
+	}
+	// The meta group elects a leader before the JetStream API answers.
+	nc, err := nats.Connect(srvs[0].ClientURL())
+	if err != nil {
+		stopNATS(srvs)
+		return nil, fmt.Errorf("connect nats: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		stopNATS(srvs)
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return srvs, nil
+		}
+		if time.Now().After(deadline) {
+			stopNATS(srvs)
+			return nil, fmt.Errorf("nats cluster: jetstream not ready after 30s: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func stopNATS(srvs []*server.Server) {
+	for _, s := range srvs {
+		s.Shutdown()
+		s.WaitForShutdown()
+	}
+}
+
 // etcdsyncProcs runs `etcdsync publish` and `etcdsync apply` as processes
 // against a JetStream server embedded in the benchmark process. With
 // signed, both get a fresh log key ring (--log-key-file): every message is
-// signed by the publisher and verified by the applier.
+// signed by the publisher and verified by the applier. With replicas 3,
+// the server is a cluster of three (all in the benchmark process), the log
+// stream has three replicas (--stream-replicas 3) and both processes are
+// given the three client URLs (--nats-url, comma-separated).
 type etcdsyncProcs struct {
 	bin, workDir           string
 	applyArgs, publishArgs []string
 	signed                 bool
-	nats                   *server.Server
+	replicas               int // 0 or 1: one server
+	nats                   []*server.Server
 	pub, app               *proc
 }
 
-// signedName names the signed etcdsync run in the report.
-const signedName = "etcdsync-signed"
+// signedName and r3Name name the signed and the R3 etcdsync runs in the
+// report.
+const (
+	signedName = "etcdsync-signed"
+	r3Name     = "etcdsync-r3"
+)
 
 func (e *etcdsyncProcs) Name() string {
-	if e.signed {
+	switch {
+	case e.signed:
 		return signedName
+	case e.replicas == 3:
+		return r3Name
+	case e.replicas > 1:
+		return fmt.Sprintf("etcdsync-r%d", e.replicas)
 	}
 	return "etcdsync"
 }
 
 func (e *etcdsyncProcs) Start(ctx context.Context, primary, standby string) error {
-	srv, err := natsServer(filepath.Join(e.workDir, "nats"))
-	if err != nil {
-		return err
+	var replicaArgs []string
+	if e.replicas > 1 {
+		srvs, err := natsCluster(filepath.Join(e.workDir, "nats"), e.replicas)
+		if err != nil {
+			return err
+		}
+		e.nats = srvs
+		replicaArgs = []string{"--stream-replicas", strconv.Itoa(e.replicas)}
+	} else {
+		srv, err := natsServer(filepath.Join(e.workDir, "nats"))
+		if err != nil {
+			return err
+		}
+		e.nats = []*server.Server{srv}
 	}
-	e.nats = srv
-	url := srv.ClientURL()
+	var urls []string
+	for _, s := range e.nats {
+		urls = append(urls, s.ClientURL())
+	}
+	natsURL := strings.Join(urls, ",")
+	var err error
 	var keyArgs []string
 	if e.signed {
 		path, err := writeKeyRing(e.workDir)
@@ -84,12 +190,12 @@ func (e *etcdsyncProcs) Start(ctx context.Context, primary, standby string) erro
 		keyArgs = []string{"--log-key-file", path}
 	}
 	e.pub, err = startProc("publisher", filepath.Join(e.workDir, "publish.log"), e.bin,
-		append(append([]string{"publish", "--etcd-endpoints", primary, "--nats-url", url}, keyArgs...), e.publishArgs...)...)
+		append(append(append([]string{"publish", "--etcd-endpoints", primary, "--nats-url", natsURL}, keyArgs...), replicaArgs...), e.publishArgs...)...)
 	if err != nil {
 		return err
 	}
 	e.app, err = startProc("applier", filepath.Join(e.workDir, "apply.log"), e.bin,
-		append(append([]string{"apply", "--etcd-endpoints", standby, "--nats-url", url}, keyArgs...), e.applyArgs...)...)
+		append(append([]string{"apply", "--etcd-endpoints", standby, "--nats-url", natsURL}, keyArgs...), e.applyArgs...)...)
 	return err
 }
 
@@ -130,10 +236,7 @@ func (e *etcdsyncProcs) Stop() {
 	for _, p := range e.Procs() {
 		p.stop()
 	}
-	if e.nats != nil {
-		e.nats.Shutdown()
-		e.nats.WaitForShutdown()
-	}
+	stopNATS(e.nats)
 }
 
 // etcdsyncInProcess runs the publisher and the applier in the benchmark

@@ -78,11 +78,13 @@ func share(rate, limit float64) string {
 
 // printReport prints the machine, the versions and one table.
 func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
-	var es, mm, signed *result
+	var es, mm, signed, r3 *result
 	for _, r := range results {
 		switch {
 		case r.name == signedName:
 			signed = r
+		case r.name == r3Name:
+			r3 = r
 		case strings.HasPrefix(r.name, "etcdsync"):
 			es = r
 		default:
@@ -105,7 +107,8 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 	if len(o.standbyArgs)+len(o.applyArgs)+len(o.publishArgs) > 0 || o.etcdsyncBin != "" {
 		fmt.Fprintf(w, "EXPERIMENT: standby etcd %q, apply %q, publish %q, etcdsync binary %q\n", o.standbyArgs, o.applyArgs, o.publishArgs, o.etcdsyncBin)
 	}
-	fmt.Fprintf(w, "setup:    two single-member etcd processes (default flags, fsync on), NATS JetStream embedded in the bench process (file store);\n")
+	fmt.Fprintf(w, "setup:    two single-member etcd processes (default flags, fsync on), NATS JetStream embedded in the bench process (file store;\n")
+	fmt.Fprintf(w, "          one server, and for %s three clustered servers with the log stream at 3 replicas);\n", r3Name)
 	if o.profileDir != "" {
 		fmt.Fprintf(w, "          publisher and applier IN the bench process (--profile: RSS not measured)\n")
 	} else {
@@ -198,10 +201,16 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 		fmt.Fprintf(w, "  peak RSS %-9s ≤ 150 MiB:          %s  %s\n", nb.name, mib(nb.bytes), check(nb.bytes <= 150<<20))
 	}
 	if signed != nil {
-		printSigned(w, o, es, signed)
+		fmt.Fprintf(w, "\nsigned log (--log-key-file on publish and apply, HMAC-SHA256 per message) vs unsigned, run right after it:\n")
+		printPair(w, o, pair{a: es, b: signed, aName: "etcdsync", bName: "etcdsync signed", ratio: "signed / unsigned", within: 0.05})
+	}
+	if r3 != nil {
+		fmt.Fprintf(w, "\nlog stream at 3 replicas (--stream-replicas 3) on a three-server NATS cluster vs 1 replica on one server, run after it\n")
+		fmt.Fprintf(w, "(the three servers run in the bench process, on the same 2 shared cores as everything else; publish and apply get all three URLs):\n")
+		printPair(w, o, pair{a: es, b: r3, aName: "etcdsync R1", bName: "etcdsync R3", ratio: "R3 / R1"})
 	}
 	fmt.Fprintf(w, "\nCPU seconds per process during each workload (2 cores are shared by everything):\n")
-	for _, r := range []*result{es, signed, mm} {
+	for _, r := range []*result{es, signed, r3, mm} {
 		if r == nil {
 			continue
 		}
@@ -209,7 +218,7 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 			fmt.Fprintf(w, "  %-12s %s\n", strings.Fields(r.name)[0], line)
 		}
 	}
-	for _, r := range []*result{es, signed, mm} {
+	for _, r := range []*result{es, signed, r3, mm} {
 		if r != nil && r.err != nil {
 			fmt.Fprintf(w, "\n%s FAILED: %v\n", r.name, r.err)
 		}
@@ -226,48 +235,73 @@ func failed(r *result) string {
 	return "n/a"
 }
 
-// printSigned prints the unsigned and the signed etcdsync runs side by
-// side: W2 and W3 with the signed/unsigned ratio, against the target of
-// at most 5% more (issue 10.2).
-func printSigned(w io.Writer, o options, es, signed *result) {
-	fmt.Fprintf(w, "\nsigned log (--log-key-file on publish and apply, HMAC-SHA256 per message) vs unsigned, run right after it:\n")
+// pair is two etcdsync runs compared side by side: b against a, with the
+// target that b costs at most within more (0: no target).
+type pair struct {
+	a, b         *result
+	aName, bName string
+	ratio        string
+	within       float64
+}
+
+// printPair prints two etcdsync runs side by side: W2 and W3 with the
+// b/a ratio (for signed vs unsigned, against the target of at most 5%
+// more, issue 10.2; for R3 vs R1, issue 13).
+func printPair(w io.Writer, o options, p pair) {
+	a, b := p.a, p.b
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "workload\tetcdsync\tetcdsync signed\tsigned / unsigned\twithin 5%%\n")
-	fmt.Fprintf(tw, "--------\t--------\t--------------\t-----------------\t---------\n")
-	row := func(name string, u, s time.Duration, ok bool) {
+	target, rule := "", ""
+	if p.within > 0 {
+		target, rule = fmt.Sprintf("\twithin %.0f%%", 100*p.within), "\t---------"
+	}
+	fmt.Fprintf(tw, "workload\t%s\t%s\t%s%s\n", p.aName, p.bName, p.ratio, target)
+	fmt.Fprintf(tw, "--------\t%s\t%s\t%s%s\n", strings.Repeat("-", len(p.aName)), strings.Repeat("-", len(p.bName)), strings.Repeat("-", len(p.ratio)), rule)
+	row := func(name string, x, y time.Duration, ok bool) {
 		if !ok {
-			fmt.Fprintf(tw, "%s\t%s\t%s\tn/a\t\n", name, failed(es), failed(signed))
+			fmt.Fprintf(tw, "%s\t%s\t%s\tn/a\n", name, failed(a), failed(b))
 			return
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, fmtDur(u), fmtDur(s), costRatio(u, s), within(u, s, 0.05))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s", name, fmtDur(x), fmtDur(y), costRatio(x, y))
+		if p.within > 0 {
+			fmt.Fprintf(tw, "\t%s", within(x, y, p.within))
+		}
+		fmt.Fprintln(tw)
 	}
-	w2 := es.w2Complete > 0 && signed.w2Complete > 0
-	fmt.Fprintf(tw, "W2 burst %dk puts: the burst on the primary (not etcdsync's time)\t%s\t%s\t%s\t\n", o.burst/1000,
-		fmtDur(es.w2Primary), fmtDur(signed.w2Primary), costRatio(es.w2Primary, signed.w2Primary))
-	row("W2   standby holds every key, from burst start", es.w2Complete, signed.w2Complete, w2)
-	row("W2   standby holds every key, after burst end", es.w2After, signed.w2After, w2)
-	row("W2   lag p99 during the burst", es.w2Lag.pct(0.99), signed.w2Lag.pct(0.99), w2 && len(es.w2Lag.samples) > 0 && len(signed.w2Lag.samples) > 0)
-	w3 := len(es.w3Lag.samples) > 0 && len(signed.w3Lag.samples) > 0
-	row(fmt.Sprintf("W3 steady %d rev/s: lag p50", o.steadyRate), es.w3Lag.pct(0.5), signed.w3Lag.pct(0.5), w3)
-	row("W3   lag p99", es.w3Lag.pct(0.99), signed.w3Lag.pct(0.99), w3)
+	// dur prints what r measured, or why there is nothing (a run that
+	// failed before it).
+	dur := func(r *result, d time.Duration) string {
+		if d <= 0 {
+			return failed(r)
+		}
+		return fmtDur(d)
+	}
+	w2 := a.w2Complete > 0 && b.w2Complete > 0
+	fmt.Fprintf(tw, "W2 burst %dk puts: the burst on the primary (not etcdsync's time)\t%s\t%s\t%s\n", o.burst/1000,
+		dur(a, a.w2Primary), dur(b, b.w2Primary), costRatio(a.w2Primary, b.w2Primary))
+	row("W2   standby holds every key, from burst start", a.w2Complete, b.w2Complete, w2)
+	row("W2   standby holds every key, after burst end", a.w2After, b.w2After, w2)
+	row("W2   lag p99 during the burst", a.w2Lag.pct(0.99), b.w2Lag.pct(0.99), w2 && len(a.w2Lag.samples) > 0 && len(b.w2Lag.samples) > 0)
+	w3 := len(a.w3Lag.samples) > 0 && len(b.w3Lag.samples) > 0
+	row(fmt.Sprintf("W3 steady %d rev/s: lag p50", o.steadyRate), a.w3Lag.pct(0.5), b.w3Lag.pct(0.5), w3)
+	row("W3   lag p99", a.w3Lag.pct(0.99), b.w3Lag.pct(0.99), w3)
 	for _, wl := range []string{"W2", "W3"} {
-		u, s := es.replCPU[wl], signed.replCPU[wl]
-		row(wl+" CPU of publisher + applier", u, s, u > 0 && s > 0)
-		fmt.Fprintf(tw, "%s   CPU of the primary etcd (the same work: the machine's drift)\t%s\t%s\t%s\t\n", wl,
-			fmtDur(es.primaryCPU[wl]), fmtDur(signed.primaryCPU[wl]), costRatio(es.primaryCPU[wl], signed.primaryCPU[wl]))
+		x, y := a.replCPU[wl], b.replCPU[wl]
+		row(wl+" CPU of publisher + applier", x, y, x > 0 && y > 0)
+		fmt.Fprintf(tw, "%s   CPU of the primary etcd (the same work: the machine's drift)\t%s\t%s\t%s\n", wl,
+			dur(a, a.primaryCPU[wl]), dur(b, b.primaryCPU[wl]), costRatio(a.primaryCPU[wl], b.primaryCPU[wl]))
 	}
-	fmt.Fprintf(tw, "W1 bootstrap (for reference)\t%s\t%s\t%s\t\n", fmtDur(es.w1), fmtDur(signed.w1), costRatio(es.w1, signed.w1))
+	fmt.Fprintf(tw, "W1 bootstrap (for reference)\t%s\t%s\t%s\n", dur(a, a.w1), dur(b, b.w1), costRatio(a.w1, b.w1))
 	tw.Flush()
 	fmt.Fprintf(w, "  (the two runs use fresh etcd servers each; \"from burst start\" includes the primary's own burst time; differences\n")
 	fmt.Fprintf(w, "   of a few ms in lag, and a CPU change the primary etcd shows too, are within this shared machine's noise)\n")
 }
 
-// costRatio returns signed/unsigned as a ratio and a percentage.
-func costRatio(unsigned, signed time.Duration) string {
-	if unsigned <= 0 || signed <= 0 {
+// costRatio returns b/a as a ratio and a percentage.
+func costRatio(a, b time.Duration) string {
+	if a <= 0 || b <= 0 {
 		return "n/a"
 	}
-	r := signed.Seconds() / unsigned.Seconds()
+	r := b.Seconds() / a.Seconds()
 	return fmt.Sprintf("%.2f× (%+.1f%%)", r, 100*(r-1))
 }
 
