@@ -30,10 +30,15 @@
 //     itself (the watch then fails with ErrCompacted).
 //   - Fencing: every session starts by writing an epoch marker with
 //     ExpectLastSequence(tail); every data message carries
-//     ExpectLastSequenceForSubject(epoch, epoch subject). Once another
-//     publisher has written a newer epoch, this one's writes are rejected and
-//     Run returns ErrFenced. A write acknowledged as a duplicate (the newer
-//     publisher stored the same record first) also means ErrFenced: a
+//     ExpectLastSequence(the message before it). Once another publisher has
+//     written a newer epoch, the stream's last sequence has moved, this
+//     one's writes are rejected and Run returns ErrFenced (the rejection is
+//     told from a lost publish by reading the epoch subject). No data
+//     message carries a per-subject expectation: a replicated stream
+//     refuses a second one on the same subject while the first is in its
+//     raft pipeline, so it would reject every pipelined message at R3. A
+//     write acknowledged as a duplicate (the newer publisher stored the
+//     same record first) also means ErrFenced: a
 //     session never repeats a record of its own, because it starts exactly
 //     at the tail its epoch fenced.
 //   - A publisher never writes to a mirror: when the log stream exists and

@@ -445,9 +445,12 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 		// stream's only writer, so it knows the sequence each message must
 		// follow. A message lost in a reconnect then fails every later one
 		// instead of leaving a hole, and the session restarts from the tail.
-		fut, err := s.p.js.PublishMsgAsync(m,
-			jetstream.WithExpectLastSequence(s.last),
-			jetstream.WithExpectLastSequenceForSubject(s.epochSeq, s.p.subj.Epoch()))
+		// The chain is also the fence: a newer epoch marker moves the
+		// stream's last sequence. (No per-subject expectation on the epoch
+		// subject: a replicated stream refuses a second message with the
+		// same per-subject check while the first is still being proposed,
+		// which would reject every pipelined message on an R3 stream.)
+		fut, err := s.p.js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(s.last))
 		if err != nil {
 			return fmt.Errorf("publish %s record at revision %d: %w", rec.Kind, rec.Revision, err)
 		}
