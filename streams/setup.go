@@ -23,16 +23,22 @@ func EnsureLogStream(ctx context.Context, js jetstream.JetStream, cfg LogConfig)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if s, err := js.Stream(ctx, cfg.Name); err == nil {
-		if err := refuseMirror(s); err != nil {
-			return nil, err
+	s, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		// Created with the create permission alone (the publisher's).
+		if s, err = js.CreateStream(ctx, cfg.StreamConfig()); err != nil {
+			return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}
-	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return s, nil
+	case err != nil:
 		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
 	}
-	s, err := js.CreateOrUpdateStream(ctx, cfg.StreamConfig())
-	if err != nil {
-		return nil, fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+	if err := refuseMirror(s); err != nil {
+		return nil, err
+	}
+	if s, err = js.UpdateStream(ctx, cfg.StreamConfig()); err != nil {
+		return nil, fmt.Errorf("update stream %s (an identity allowed to update streams, such as the admin, changes an existing one): %w", cfg.Name, err)
 	}
 	return s, nil
 }

@@ -52,10 +52,10 @@ func publishFlags(o *publishOptions) *flagSet {
 	o.listen.register(f)
 	f.String(&o.site, "site", streams.DefaultSite, "`NAME` of this site in subjects (etcdsync.<NAME>.log.>)")
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
-	f.Int(&o.replicas, "stream-replicas", 1, "`N` replicas of the log stream (1 embedded, 3 in a NATS cluster)")
+	f.Int(&o.replicas, "stream-replicas", 1, "`N` replicas of the log stream (1 embedded, 3 in a NATS cluster), when the publisher creates it; an existing stream keeps its own (see streams init)")
 	f.String(&o.prefix, "prefix", "", "publish only keys under `PREFIX` (empty: every key)")
-	f.Duration(&o.maxAge, "max-age", 0, "drop log messages older than `DURATION` (0: keep forever; snapshots keep a complete base)")
-	f.Bytes(&o.maxBytes, "max-bytes", 0, "cap the log stream at `SIZE` (e.g. 10GiB; 0: unlimited); oldest messages go first")
+	f.Duration(&o.maxAge, "max-age", 0, "drop log messages older than `DURATION` (0: keep forever; snapshots keep a complete base), when the publisher creates the stream")
+	f.Bytes(&o.maxBytes, "max-bytes", 0, "cap the log stream at `SIZE` (e.g. 10GiB; 0: unlimited; oldest messages go first), when the publisher creates it")
 	f.Duration(&o.snapEvery, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
 		"publish a snapshot every `DURATION` (0: off), so retention can drop old messages while a complete base stays; must be below --max-age")
 	o.elect.register(f, "primary")
