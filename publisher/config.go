@@ -20,6 +20,12 @@ var ErrFenced = errors.New("publisher fenced: another publisher wrote a newer ep
 // retried.
 var ErrMirrorStream = streams.ErrMirror
 
+// ErrRetention is returned by Run when the existing log stream's max age
+// is not longer than the snapshot interval: the stream would lose its last
+// complete snapshot, and a standby with a gap could not re-seed. It is not
+// retried.
+var ErrRetention = errors.New("log stream retention cannot hold a complete snapshot")
+
 // Config configures a Publisher.
 type Config struct {
 	// Stream describes the log stream. The publisher creates it if it is

@@ -126,7 +126,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrFenced) || errors.Is(err, ErrMirrorStream) {
+		if errors.Is(err, ErrFenced) || errors.Is(err, ErrMirrorStream) || errors.Is(err, ErrRetention) {
 			return err
 		}
 		if errors.Is(err, streams.ErrNewerFormat) {
@@ -161,6 +161,10 @@ func (p *Publisher) session(ctx context.Context) error {
 	stream, differs, err := streams.OpenLogStream(ctx, p.js, p.cfg.Stream, p.cfg.MaxMessageBytes)
 	if err != nil {
 		return err
+	}
+	if age := stream.CachedInfo().Config.MaxAge; age > 0 && (p.cfg.SnapshotInterval == 0 || p.cfg.SnapshotInterval >= age) {
+		return fmt.Errorf("stream %s keeps messages for %s, not longer than the snapshot interval %s: it would lose its last complete snapshot; raise its max age (etcdsync streams init) or lower --snapshot-interval: %w",
+			p.cfg.Stream.Name, age, p.cfg.SnapshotInterval, ErrRetention)
 	}
 	if d := strings.Join(differs, ", "); d != "" && d != p.warnedStream {
 		p.warnedStream = d

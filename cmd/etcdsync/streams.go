@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/etcdsync/etcdsync/publisher"
 	"github.com/etcdsync/etcdsync/streams"
 )
 
@@ -20,6 +21,7 @@ type streamsOptions struct {
 	replicas     int
 	maxAge       time.Duration
 	maxBytes     int64
+	snapInterval time.Duration
 	log          logFlags
 }
 
@@ -40,6 +42,8 @@ func streamsFlags(o *streamsOptions) *flagSet {
 	f.Int(&o.replicas, "stream-replicas", 1, "`N` replicas (1 on a single server, 3 in a NATS cluster)")
 	f.Duration(&o.maxAge, "max-age", 0, "drop messages older than `DURATION` (0: keep forever)")
 	f.Bytes(&o.maxBytes, "max-bytes", 0, "cap the stream at `SIZE` (0: unlimited)")
+	f.Duration(&o.snapInterval, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
+		"the publisher's --snapshot-interval: a --max-age at or below it is refused, since the stream would lose its last complete snapshot (`DURATION`)")
 	o.log.register(f, "info")
 	return f
 }
@@ -55,6 +59,9 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var o streamsOptions
 	if err := streamsFlags(&o).parse(args[1:], stdout); err != nil {
 		return err
+	}
+	if o.maxAge > 0 && (o.snapInterval <= 0 || o.maxAge <= o.snapInterval) {
+		return usageErrorf(cmd, "--max-age %s: must be above the publisher's snapshot interval %s (--snapshot-interval), or the stream loses its last complete snapshot and a standby with a gap cannot re-seed", o.maxAge, o.snapInterval)
 	}
 	if o.nats.url == "" {
 		return usageErrorf(cmd, "--nats-url is required")

@@ -27,4 +27,16 @@ func TestStreamsInit(t *testing.T) {
 			t.Fatalf("%q: exit %d, want %d", args, code, exitUsage)
 		}
 	}
+	// A max age at or below the snapshot interval would lose the last
+	// complete snapshot, on either site: refused with the numbers.
+	for _, role := range []string{"primary", "standby"} {
+		code, _, stderr := runCmd(t, "streams", "init", "--role", role, "--nats-url", js.URL, "--stream", "SHORT", "--max-age", "1h")
+		if code != exitUsage || !strings.Contains(stderr, "1h0m0s") || !strings.Contains(stderr, "4h0m0s") {
+			t.Fatalf("--role %s --max-age 1h: exit %d %q, want a usage error naming 1h0m0s and the 4h0m0s snapshot interval", role, code, stderr)
+		}
+	}
+	if code, _, stderr := runCmd(t, "streams", "init", "--role", "primary", "--nats-url", js.URL, "--stream", "SHORT", "--site", "dc2",
+		"--max-age", "1h", "--snapshot-interval", "30m"); code != exitOK {
+		t.Fatalf("--max-age 1h --snapshot-interval 30m: exit %d %s", code, stderr)
+	}
 }

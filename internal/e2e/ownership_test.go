@@ -102,3 +102,23 @@ func TestPublisherKeepsOperatorLimits(t *testing.T) {
 		t.Fatalf("the mirror was changed: %v", err)
 	}
 }
+
+// A log stream that keeps messages for no longer than the snapshot interval
+// loses its last complete snapshot between two of them, and a standby with
+// a gap could not re-seed: the publisher refuses it, with the numbers, and
+// does not retry.
+func TestPublisherRefusesRetentionBelowSnapshotInterval(t *testing.T) {
+	p := newPipeline(t)
+	cfg := streams.DefaultLogConfig()
+	cfg.MaxAge = time.Hour
+	if _, err := streams.EnsureLogStream(context.Background(), p.js.JS, cfg); err != nil {
+		t.Fatal(err)
+	}
+	pcfg := p.publisherConfig()
+	pcfg.SnapshotInterval = 4 * time.Hour
+	_, r := p.startPublisher(pcfg)
+	err := r.wait(t, 10*time.Second, "publisher on a stream of too short a max age")
+	if !errors.Is(err, publisher.ErrRetention) || !strings.Contains(err.Error(), "1h0m0s") || !strings.Contains(err.Error(), "4h0m0s") {
+		t.Fatalf("publisher returned %v, want ErrRetention naming 1h0m0s and 4h0m0s", err)
+	}
+}
