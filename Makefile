@@ -24,6 +24,8 @@ release:
 # material (deploy/ is its own module: Kubernetes types, kustomize, rules).
 test:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	# Memory bounds are measured without the race detector, which multiplies them.
+	$(GO) test -count=1 -run 'TestAuditMemory' ./auditor
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
 	$(GO) run ./internal/mutants -check
 	$(GO) run ./internal/mutants -quick
