@@ -221,6 +221,13 @@ func (a *Applier) checkBatch(recs []record) error {
 			}
 			pos.Revision, pos.Seq = max(pos.Revision, r.Revision), r.seq
 		case streams.KindSnapshotBegin:
+			hist := Checkpoint{Position: pos}
+			if cur != nil {
+				hist.Snapshot = &SnapshotState{ClusterID: cur.clusterID, Generation: cur.gen, Revision: cur.rev}
+			}
+			if !reseed && hist.olderGeneration(&r.Record) {
+				return nil // ErrNoBase from applyRecord
+			}
 			if !reseed && cur == nil && pos.Seq != 0 && pos.ClusterID == r.ClusterID && pos.Generation == r.Generation && r.Revision <= pos.Revision {
 				continue // a periodic snapshot the standby is past
 			}

@@ -96,6 +96,19 @@ func (ck *Checkpoint) olderThan(snap *streams.Record) bool {
 	return snap.Generation < gen || (snap.Generation == gen && snap.Revision < rev)
 }
 
+// olderGeneration reports whether r belongs to the source cluster the
+// standby follows but to a generation before the one it holds (or is
+// applying a snapshot of): an earlier history, such as genuine messages of
+// a recreated stream replayed at their old sequences. Applying its
+// snapshot would roll the standby back.
+func (ck *Checkpoint) olderGeneration(r *streams.Record) bool {
+	if ck.Position.Seq == 0 && ck.Snapshot == nil {
+		return false
+	}
+	cluster, gen, _ := ck.history()
+	return r.ClusterID == cluster && r.Generation < gen
+}
+
 // firstBase returns the standby revision when the bootstrap's first snapshot began.
 func (s *SnapshotState) firstBase() int64 {
 	if s.FirstBaseRevision != 0 {

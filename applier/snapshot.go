@@ -17,6 +17,12 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 		return err
 	}
 	w := &a.work
+	if !a.reseed && w.olderGeneration(&r.Record) {
+		// Never applied mid-session: Reset decides, and without
+		// Config.Reseed it waits rather than roll the standby back.
+		return fmt.Errorf("snapshot of generation %d at seq %d is older than the standby's history (%s): %w",
+			r.Generation, r.seq, w.Position, ErrNoBase)
+	}
 	if !a.reseed && w.Snapshot == nil && w.Position.Seq != 0 && w.Position.ClusterID == r.ClusterID && w.Position.Generation == r.Generation &&
 		r.Revision <= w.Position.Revision {
 		// A periodic snapshot of the history the standby follows, at or
