@@ -10,7 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/url"
+	neturl "net/url"
 	"os"
 	"slices"
 	"strings"
@@ -257,26 +257,27 @@ func readSecret(flag, path string) (string, error) {
 	return line, nil
 }
 
-// redactURL returns the NATS URLs in s with any user information replaced
-// by "redacted", for logs and errors.
+// redactURL returns s, one NATS URL or a comma-separated list of them,
+// with any user information replaced by "redacted", for logs and errors.
+// It works on the text, not on parsed URLs: "user:pass@host:port" (no
+// scheme) parses as scheme "user" with no user information, and a
+// password with a '/', a bad escape or a ',' (which would split the list
+// in the middle of the password) does not parse at all. Everything before
+// the last '@' that follows a "://" (or the start) is user information:
+// some host names may be redacted with it, never a password shown.
 func redactURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		// By hand, not with url.Parse: "user:pass@host:port" (no scheme)
-		// parses as scheme "user" with no user information, and a
-		// password with a '/' or a bad escape does not parse at all.
-		lead, rest := "", p
-		if j := strings.Index(p, "://"); j >= 0 {
-			lead, rest = p[:j+3], p[j+3:]
-		} else {
-			trimmed := strings.TrimLeft(p, " ")
-			lead, rest = p[:len(p)-len(trimmed)], trimmed
-		}
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			parts[i] = lead + "redacted" + rest[at:]
+	segs := strings.Split(s, "://")
+	for i, seg := range segs {
+		if at := strings.LastIndex(seg, "@"); at >= 0 {
+			lead := ""
+			if i == 0 {
+				trimmed := strings.TrimLeft(seg, " ")
+				lead = seg[:len(seg)-len(trimmed)]
+			}
+			segs[i] = lead + "redacted" + seg[at:]
 		}
 	}
-	return strings.Join(parts, ",")
+	return strings.Join(segs, "://")
 }
 
 // connect connects to url (n.url unless the caller runs its own server),
@@ -315,6 +316,11 @@ func (n *natsFlags) connect(url, name string, log *slog.Logger) (*nats.Conn, err
 		opts = append(opts, nats.ClientCert(n.cert, n.key))
 	}
 	nc, err := nats.Connect(url, opts...)
+	var bad *neturl.Error
+	if errors.As(err, &bad) {
+		// The parser's error quotes the URL, password included.
+		return nil, fmt.Errorf("nats %s: not a valid URL (URL-encode special characters of the user information, or use --nats-user and --nats-password-file)", redactURL(url))
+	}
 	if err != nil {
 		return nil, unreachable(fmt.Errorf("nats %s: %w", redactURL(url), err))
 	}
@@ -389,7 +395,7 @@ func probeEtcd(ctx context.Context, endpoints []string, cfg *tls.Config) error {
 
 // probeEndpoint probes one endpoint; see probeEtcd.
 func probeEndpoint(ctx context.Context, endpoint string, cfg *tls.Config) error {
-	u, err := url.Parse(endpoint)
+	u, err := neturl.Parse(endpoint)
 	if err != nil || u.Host == "" {
 		return nil // clientv3 reports malformed endpoints itself
 	}

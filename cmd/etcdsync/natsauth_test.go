@@ -285,13 +285,15 @@ func TestPublishStoreEncrypted(t *testing.T) {
 func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"nats://a:s3cret@h1:4222,tls://tok@h2:4222": "nats://redacted@h1:4222,tls://redacted@h2:4222",
-		"nats://h:4222":                "nats://h:4222",
-		"h:4222,h2:4222":               "h:4222,h2:4222",
-		"nats://a:b%zz@h":              "nats://redacted@h",
-		"a:s3cret@h:4222":              "redacted@h:4222",
-		"a:s3cret@h:4222, b:s3cret@h2": "redacted@h:4222, redacted@h2",
-		"nats://a:s3/c@ret@h:4222":     "nats://redacted@h:4222",
-		"s3cret@h":                     "redacted@h",
+		"nats://h:4222":                          "nats://h:4222",
+		"h:4222,h2:4222":                         "h:4222,h2:4222",
+		"nats://a:b%zz@h":                        "nats://redacted@h",
+		"a:s3cret@h:4222":                        "redacted@h:4222",
+		"a:s3cret@h:4222, b:s3cret@h2":           "redacted@h2", // the host before it goes too
+		"nats://a:s3/c@ret@h:4222":               "nats://redacted@h:4222",
+		"s3cret@h":                               "redacted@h",
+		"nats://a:s3c,ret@h1,nats://b:s3cret@h2": "nats://redacted@h1,nats://redacted@h2",
+		"nats://h1,a:s3cret@h2":                  "nats://redacted@h2",
 	} {
 		if got := redactURL(in); got != want || strings.Contains(got, "s3cret") {
 			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
