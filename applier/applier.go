@@ -55,8 +55,6 @@ type Applier struct {
 	ckReadRev int64
 	work      Checkpoint // after everything handed to the transaction builder
 	nextSeq   uint64
-	// sessionStart is the first sequence of the session.
-	sessionStart uint64
 	asm          streams.Assembler
 	txn          txnBuilder
 	leases       leaseMap
@@ -316,7 +314,7 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		}
 	}
 	a.metrics.waitFor(0, false)
-	a.nextSeq, a.sessionStart = start, start
+	a.nextSeq = start
 	return start, nil
 }
 

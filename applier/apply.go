@@ -151,21 +151,22 @@ func (a *Applier) decode(msgs []Msg) ([]record, error) {
 			return nil, &GapError{Want: a.nextSeq, Got: m.Seq}
 		}
 		a.nextSeq++
-		f, err := streams.DecodeFrame(m.Data)
-		if err != nil {
-			return nil, decodeError(m.Seq, err)
-		}
 		// Mirrors keep the origin's sequences, so the message before this
 		// one is m.Seq-1 on both sites.
-		if err := a.cfg.LogKeys.Verify(f, m.Subject, m.Seq-1); err != nil {
+		f, err := a.cfg.LogKeys.DecodeVerified(m.Data, m.Subject, m.Seq-1)
+		if errors.Is(err, streams.ErrUnauthenticated) {
 			a.metrics.unauthenticated.Inc()
 			return nil, fmt.Errorf("message at seq %d: %w", m.Seq, err)
 		}
-		if f.Part != 0 && !a.asm.Pending() && m.Seq == a.sessionStart {
-			// The session starts in the middle of a record: the checkpoint
-			// does not belong to this stream's history (a recreated stream
-			// grown past it). Not corruption: re-seed.
-			return nil, fmt.Errorf("session starts at seq %d inside a record (part %d of %d): %w", m.Seq, f.Part, f.Parts, ErrNoBase)
+		if err != nil {
+			return nil, decodeError(m.Seq, err)
+		}
+		if f.Part != 0 && !a.asm.Pending() {
+			// A later part with no record begun: the log before it is not
+			// the one the checkpoint follows (a stream recreated and grown
+			// past the checkpoint, found at a session's start or under a
+			// running session). Not corruption: re-seed.
+			return nil, fmt.Errorf("seq %d is inside a record (part %d of %d) the applier did not see begin: %w", m.Seq, f.Part, f.Parts, ErrNoBase)
 		}
 		if a.asm.Pending() && f.Kind == streams.KindEpoch {
 			// A publisher died half-way through a record; its successor's

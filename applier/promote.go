@@ -320,11 +320,8 @@ func (rep *PromoteReport) readStream(ctx context.Context, js jetstream.JetStream
 		if err != nil {
 			return fmt.Errorf("promote: read stream %s at seq %d: %w", name, seq, err)
 		}
-		f, ferr := streams.DecodeFrame(m.Data)
+		f, ferr := ring.DecodeVerified(m.Data, m.Subject, seq-1)
 		if ring != nil {
-			if ferr == nil {
-				ferr = ring.Verify(f, m.Subject, seq-1)
-			}
 			if ferr != nil {
 				bad, firstBad, lowBad = bad+1, ferr, seq
 				continue

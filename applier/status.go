@@ -165,11 +165,9 @@ func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name st
 	if err != nil {
 		return fmt.Errorf("find newest snapshot: %w", err)
 	}
-	if f, err := streams.DecodeFrame(m.Data); err == nil {
-		if err := ring.Verify(f, m.Subject, m.Sequence-1); err != nil {
-			s.Unauthenticated = append(s.Unauthenticated, fmt.Sprintf("newest snapshot-begin at seq %d: %v", m.Sequence, err))
-			return nil
-		}
+	if _, err := ring.DecodeVerified(m.Data, m.Subject, m.Sequence-1); errors.Is(err, streams.ErrUnauthenticated) {
+		s.Unauthenticated = append(s.Unauthenticated, fmt.Sprintf("newest snapshot-begin at seq %d: %v", m.Sequence, err))
+		return nil
 	}
 	rec, err := decodeSingle(m.Data)
 	if err != nil {

@@ -200,6 +200,27 @@ func (r *KeyRing) Verify(f Frame, subject string, prevSeq uint64) error {
 	return nil
 }
 
+// DecodeVerified decodes a message body (DecodeFrame) and checks its MAC
+// for its place in the log (Verify). With a ring, a body that is not a
+// frame this etcdsync can read is unauthenticated too: whoever may publish
+// on the log subjects can write any bytes, a checksum included, and only a
+// MAC could show that a frame of a later version is genuine. The error
+// then wraps ErrUnauthenticated only (not ErrNewerFormat), and says that
+// the message may be a newer etcdsync's.
+func (r *KeyRing) DecodeVerified(b []byte, subject string, prevSeq uint64) (Frame, error) {
+	f, err := DecodeFrame(b)
+	if err != nil {
+		if r != nil {
+			return Frame{}, fmt.Errorf("%w: not a frame this etcdsync can authenticate (forged, or written by a newer etcdsync: then upgrade): %v", ErrUnauthenticated, err)
+		}
+		return Frame{}, err
+	}
+	if err := r.Verify(f, subject, prevSeq); err != nil {
+		return Frame{}, err
+	}
+	return f, nil
+}
+
 // valueHashDomain separates value hashes from frame MACs made with the
 // same key.
 const valueHashDomain = "etcdsync value hash\x00"

@@ -54,11 +54,8 @@ func ReadVerifiedTail(ctx context.Context, stream jetstream.Stream, subj Subject
 		return Tail{}, fmt.Errorf("read stream tail: %w", err)
 	}
 	untrusted := Tail{Seq: msg.Sequence, StreamLastSeq: max(info.State.LastSeq, msg.Sequence)}
-	f, err := DecodeFrame(msg.Data)
+	f, err := ring.DecodeVerified(msg.Data, msg.Subject, msg.Sequence-1)
 	if err != nil {
-		return untrusted, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
-	}
-	if err := ring.Verify(f, msg.Subject, msg.Sequence-1); err != nil {
 		return untrusted, fmt.Errorf("read stream tail at seq %d: %w", msg.Sequence, err)
 	}
 	// Cluster, generation and revision come from the authenticated record,
@@ -104,10 +101,7 @@ func RecordHeader(ctx context.Context, stream jetstream.Stream, msg *jetstream.R
 		if err != nil {
 			return Record{}, fmt.Errorf("read the first part at seq %d: %w", seq, err)
 		}
-		if first, err = DecodeFrame(m.Data); err != nil {
-			return Record{}, fmt.Errorf("first part at seq %d: %w", seq, err)
-		}
-		if err := ring.Verify(first, m.Subject, seq-1); err != nil {
+		if first, err = ring.DecodeVerified(m.Data, m.Subject, seq-1); err != nil {
 			return Record{}, fmt.Errorf("first part at seq %d: %w", seq, err)
 		}
 		if first.Kind != f.Kind || first.Part != 0 || first.Parts != f.Parts {

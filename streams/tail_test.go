@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"testing"
 	"time"
 
@@ -68,4 +69,28 @@ func TestVerifiedTailIgnoresUnauthenticatedHeaders(t *testing.T) {
 	big.Events = []streams.Event{{Type: streams.EventPut, Key: []byte("/big"), Value: bytes.Repeat([]byte{'x'}, 20<<10), ModRevision: 42}}
 	publish(&big, 4<<10)
 	check("last part of a multi-part revision", 42, true)
+
+	// A tail signed with another key, and one that is no frame at all, tell
+	// nothing: unauthenticated, with the sequence to start a new
+	// generation after.
+	other, err := streams.ParseKeyRing([]byte("k1:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{4}, 32))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := rec
+	forged.Revision = 99
+	msgs, err := streams.NewMsgs(subj, &forged, 1<<20, other, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range [][]byte{msgs[0].Data, []byte("junk")} {
+		ack, err := js.JS.Publish(ctx, subj.Revision(), body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail, err := streams.ReadVerifiedTail(ctx, stream, subj, ring)
+		if !errors.Is(err, streams.ErrUnauthenticated) || tail.Seq != ack.Sequence || tail.Revision != 0 {
+			t.Fatalf("tail %q: %+v, %v; want ErrUnauthenticated at seq %d and nothing taken from it", body[:4], tail, err, ack.Sequence)
+		}
+	}
 }

@@ -213,15 +213,10 @@ func TestReplayedOldHistoryNeverRollsBackStandby(t *testing.T) {
 	}
 }
 
-// ReadVerifiedStatus promises that a message which does not verify "is not
-// an error: it is listed in StreamStatus.Unauthenticated and nothing is
-// taken from it". That holds for a well-formed frame with a wrong MAC, but
-// a message that is not a frame at all (any bytes: what someone without
-// the key is most likely to publish) fails DecodeFrame with ErrCorrupt,
-// which is not ErrUnauthenticated, and status returns it as its error:
-// one message from anyone who may publish on the log subjects makes
-// `etcdsync status` fail outright, when the operator needs it to see that
-// the applier stopped on a forged message and where.
+// A message that is not a frame at all (any bytes: what someone without
+// the key is most likely to publish) at the stream's tail is, with a key
+// ring, unauthenticated like a frame with a wrong MAC: status lists it
+// (where the applier stopped and why) instead of failing outright.
 func TestStatusListsForgedTailThatIsNoFrame(t *testing.T) {
 	p := newPipeline(t)
 	ctx := context.Background()
@@ -262,21 +257,13 @@ func newerFrame() []byte {
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli)))
 }
 
-// A frame's version is believed before its MAC is checked: DecodeFrame
-// returns ErrNewerFormat for any well-checksummed frame whose version byte
-// is above 2, and nothing verifies it (the MAC's place in a later version
-// is not fixed). One such message from anyone who may publish on the log
-// subjects, without the key:
-//
-//   - stops the applier with "written by a newer etcdsync: upgrade the
-//     applier" instead of ErrUnauthenticated: the unauthenticated counter
-//     (and EtcdsyncApplierUnauthenticatedMessage) stays silent, and the
-//     runbook's answer to a forged message is not reached;
-//   - stops the publisher for good (Run returns ErrNewerFormat, "upgrade
-//     this publisher", which it does not retry), and every restart stops
-//     again on the same tail: unlike a forged tail of version 2, after
-//     which a publisher starts a new generation, nothing but an admin
-//     deleting the message gets replication going again.
+// A well-checksummed frame claiming a version above this etcdsync's, from
+// anyone who may publish on the log subjects without the key, is
+// unauthenticated, not believed: the applier stops with
+// ErrUnauthenticated and counts it (EtcdsyncApplierUnauthenticatedMessage
+// fires), and the publisher does not stop for good on it ("upgrade this
+// publisher"): it treats the tail as untrusted, starts a new generation
+// after it, and goes on publishing.
 func TestForgedNewerFrameIsUnauthenticated(t *testing.T) {
 	p := newPipeline(t)
 	ctx := context.Background()
@@ -343,15 +330,11 @@ func publishRecordIn(t *testing.T, p *pipeline, r *streams.Record, maxMsg int) i
 // running applier. Its session survives the deletion and waits for the
 // sequence after its checkpoint (as for a mirror refilling,
 // TestRefillUnderRunningApplier). When the new stream grows past the
-// checkpoint, the first message delivered belongs to the new history; if it
-// is the first part of a record, or a whole one, the applier sees a
-// history it holds no base of (ErrNoBase) and re-seeds. If it is a later
-// part of a multi-part record (a revision with a large value), the
-// Assembler calls it corrupt ("part 1 of 3 of a revision record without
-// its first part") and the applier stops for good (ErrCorrupt is
-// terminal): the check in decode that turns a record's middle into
-// ErrNoBase only looks at the session's first sequence, and this session
-// started long before.
+// checkpoint, the first message delivered belongs to the new history; even
+// when it is a later part of a multi-part record (a revision with a large
+// value), the applier sees a history it holds no base of (ErrNoBase) and
+// re-seeds, rather than stop for good on a record "without its first
+// part".
 func TestRecreatedStreamUnderRunningApplierMidRecord(t *testing.T) {
 	p := newPipeline(t)
 	log := twoGenerations()
