@@ -655,7 +655,7 @@ func chartCases(t *testing.T) map[string]map[string]any {
 		kustomizeValues["standby"]: chartValues(t, kustomizeValues["standby"]),
 		"minimal-primary":          {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}, "logKey": logKeyValues},
 		"minimal-standby": {"role": "standby", "logKey": logKeyValues,
-			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example"}},
+			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:12379"}}},
 		// Every switch the other cases leave on, off.
 		"standby-switches-off": {"role": "standby", "logKey": map[string]any{"allowUnauthenticated": true},
