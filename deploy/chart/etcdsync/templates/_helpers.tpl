@@ -460,6 +460,9 @@ metadata:
     {{- include "etcdsync.labels" . | nindent 4 }}
 spec:
   minAvailable: 1
+  # A pod that is not Ready (one crash-looping on an error that needs an
+  # operator) may always be evicted: it must never block a node drain.
+  unhealthyPodEvictionPolicy: AlwaysAllow
   selector:
     matchLabels:
       {{- include "etcdsync.selectorLabels" .component | nindent 6 }}
