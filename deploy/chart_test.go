@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,12 +139,13 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 
 // TestChartFilesAreTheSources: the chart's copies of the alerting rules
 // and the dashboard are byte for byte the files in deploy/prometheus and
-// deploy/grafana, and render as they are.
+// deploy/grafana, and render as they are: each role its own rules.
 func TestChartFilesAreTheSources(t *testing.T) {
-	for src, cp := range map[string]string{
-		rulesFile:     chartDir + "/files/etcdsync-rules.yaml",
-		dashboardFile: chartDir + "/files/etcdsync.json",
-	} {
+	sources := map[string]string{dashboardFile: chartDir + "/files/etcdsync.json"}
+	for _, f := range rulesFiles {
+		sources[f] = chartDir + "/files/" + path.Base(f)
+	}
+	for src, cp := range sources {
 		a, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)
@@ -156,12 +158,14 @@ func TestChartFilesAreTheSources(t *testing.T) {
 			t.Errorf("%s differs from %s: the chart packages a copy; run cp %s deploy/%s", cp, src, "deploy/"+src, cp)
 		}
 	}
-	vals := chartValues(t, "ci/standby-values.yaml")
-	r := renderDecoded(t, vals)
-	if len(r.prometheusRules) != 1 {
-		t.Fatalf("ci/standby-values.yaml renders %d PrometheusRules, want 1", len(r.prometheusRules))
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		vals := chartValues(t, f)
+		r := renderDecoded(t, vals)
+		if len(r.prometheusRules) != 1 {
+			t.Fatalf("%s renders %d PrometheusRules, want 1", f, len(r.prometheusRules))
+		}
+		checkMonitoring(t, r, valuesOf(t, vals))
 	}
-	checkMonitoring(t, r, valuesOf(t, vals))
 }
 
 // TestChartLogKey: the log's MAC key ring comes from an existing Secret,
