@@ -670,6 +670,11 @@ func chartCases(t *testing.T) map[string]map[string]any {
 			"auditor":             map[string]any{"enabled": false},
 			"networkPolicy":       map[string]any{"enabled": false},
 			"podDisruptionBudget": map[string]any{"enabled": false}},
+		// The applier held at 0 replicas during a role swap.
+		"standby-applier-held": {"role": "standby", "logKey": logKeyValues,
+			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
+			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
+			"applier":     map[string]any{"replicas": 0}},
 		"primary-one-replica": {"logKey": logKeyValues,
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"publisher":   map[string]any{"replicas": 1, "leaderElect": false}},

@@ -301,6 +301,7 @@ logKey: {existingSecret: etcdsync-log-key}
 		{"inline log key", "logKey: {value: secret}", "/logKey"},
 		{"namespace list in one string", "excludedNamespaces: [\"cpaas-system,cert-manager\"]", "/excludedNamespaces/0"},
 		{"two appliers without leader election", "applier: {replicas: 2, leaderElect: false}", "/applier/leaderElect"},
+		{"no publisher", "publisher: {replicas: 0}", "/publisher/replicas"},
 		{"detail logs not a boolean", "detailLogs: yes please", "/detailLogs"},
 		{"site with a dot", "site: primary.eu", "/site"},
 		{"size without a number", "publisher: {maxBytes: lots}", "/publisher/maxBytes"},
