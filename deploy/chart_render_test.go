@@ -534,9 +534,7 @@ func decodeValue(x any, out any) error {
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	return dec.Decode(out)
+	return unmarshalStrict(b, out)
 }
 
 func natsURLOf(t *testing.T, r *rendered) string {

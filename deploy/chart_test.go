@@ -315,6 +315,13 @@ logKey: {existingSecret: etcdsync-log-key}
 		{"snapshot interval not a duration", "publisher: {snapshotInterval: 4 hours}", "/publisher/snapshotInterval"},
 		{"snapshot interval without unit", "publisher: {snapshotInterval: 4}", "/publisher/snapshotInterval"},
 		{"request bytes not a size", "applier: {maxRequestBytes: 1.5MiB}", "/applier/maxRequestBytes"},
+		{"peer field in the wrong case", "networkPolicy: {metricsFrom: [{namespaceselector: {matchLabels: {team: monitoring}}}]}", "/networkPolicy/metricsFrom/0"},
+		{"ipBlock field in the wrong case", "networkPolicy: {standbyEtcdTo: [{ipBlock: {CIDR: 10.0.1.0/24}}]}", "/networkPolicy/standbyEtcdTo/0/ipBlock"},
+		{"selector field in the wrong case", "networkPolicy: {primaryEtcdTo: [{podSelector: {matchlabels: {app: etcd}}}]}", "/networkPolicy/primaryEtcdTo/0/podSelector"},
+		{"empty peer", "networkPolicy: {natsTo: [{}]}", "/networkPolicy/natsTo/0"},
+		{"ipBlock with a selector", "networkPolicy: {primaryEtcdTo: [{ipBlock: {cidr: 10.0.0.0/24}, podSelector: {}}]}", "/networkPolicy/primaryEtcdTo/0"},
+		{"toleration field in the wrong case", "tolerations: [{Key: dedicated, operator: Exists}]", "/tolerations/0"},
+		{"pull secret field in the wrong case", "imagePullSecrets: [{Name: registry}]", "/imagePullSecrets/0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base, err := chartutil.ReadValues([]byte(ok))
