@@ -322,6 +322,10 @@ logKey: {existingSecret: etcdsync-log-key}
 		{"ipBlock with a selector", "networkPolicy: {primaryEtcdTo: [{ipBlock: {cidr: 10.0.0.0/24}, podSelector: {}}]}", "/networkPolicy/primaryEtcdTo/0"},
 		{"toleration field in the wrong case", "tolerations: [{Key: dedicated, operator: Exists}]", "/tolerations/0"},
 		{"pull secret field in the wrong case", "imagePullSecrets: [{Name: registry}]", "/imagePullSecrets/0"},
+		{"NATS client certificate without its Secret", "nats: {tls: {clientCertificate: true}}", "/nats/tls/existingSecret"},
+		{"resource name typo", "publisher: {resources: {requests: {memroy: 128Mi}}}", "/publisher/resources/requests"},
+		{"resource name in the wrong case", "applier: {resources: {limits: {Memory: 512Mi}}}", "/applier/resources/limits"},
+		{"resource quantity not a quantity", "auditor: {resources: {requests: {cpu: lots}}}", "/auditor/resources/requests/cpu"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base, err := chartutil.ReadValues([]byte(ok))
@@ -361,6 +365,32 @@ logKey: {existingSecret: etcdsync-log-key}
 		line = strings.TrimPrefix(strings.TrimSpace(line), "Error: ") // helm's CLI prefix
 		if err == nil || !strings.Contains(err.Error(), line) {
 			t.Errorf("chart README shows %q; the schema says:\n%v", line, err)
+		}
+	}
+}
+
+// TestChartCheckIntervalFloor: an audit reads both etcds in full (the
+// primary across sites), so checkInterval is at least 10s; below it the
+// chart refuses, naming the value, in both roles (a change of role never
+// meets a refusal).
+func TestChartCheckIntervalFloor(t *testing.T) {
+	for _, tc := range []struct {
+		interval string
+		ok       bool
+	}{
+		{"10s", true}, {"0.5m", true}, {"9s1000ms", true}, {"1h30m", true},
+		{"9s", false}, {"9.9s", false}, {"9s999ms", false}, {"500ms", false}, {"0.1m", false},
+	} {
+		for _, role := range []string{"primary", "standby"} {
+			vals := chartValues(t, "ci/"+role+"-values.yaml")
+			vals["checkInterval"] = tc.interval
+			_, _, err := renderChart(t, vals)
+			switch {
+			case tc.ok && err != nil:
+				t.Errorf("role %s, checkInterval %s: %v", role, tc.interval, err)
+			case !tc.ok && (err == nil || !strings.Contains(err.Error(), "checkInterval "+tc.interval) || !strings.Contains(err.Error(), "10s")):
+				t.Errorf("role %s, checkInterval %s: err = %v, want a refusal naming checkInterval %s and the 10s floor", role, tc.interval, err, tc.interval)
+			}
 		}
 	}
 }

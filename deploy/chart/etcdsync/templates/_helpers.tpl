@@ -503,6 +503,9 @@ change of role never meets a refusal.
 {{- fail "nats.admin is mounted into the auditor's pod, where the runbook runs promote and streams init: set auditor.enabled (or drop nats.admin)" -}}
 {{- end -}}
 {{- end -}}
+{{- if lt (include "etcdsync.seconds" .Values.checkInterval | float64) 10.0 -}}
+{{- fail (printf "checkInterval %s: at least 10s; each audit reads both etcds in full, the primary across sites" .Values.checkInterval) -}}
+{{- end -}}
 {{- $p := .Values.publisher -}}
 {{- $maxAge := include "etcdsync.seconds" $p.maxAge | float64 -}}
 {{- $snap := include "etcdsync.seconds" $p.snapshotInterval | float64 -}}
