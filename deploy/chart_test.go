@@ -576,3 +576,64 @@ func TestChartStandbyExcludesRemoteNamespaces(t *testing.T) {
 		})
 	}
 }
+
+// nullableValues are the values a values file may set to null (Helm then
+// drops the default): maps of free-form keys, for which null is {}.
+var nullableValues = map[string]bool{
+	"podAnnotations": true, "nodeSelector": true, "networkPolicy.dns.podLabels": true,
+	"metrics.serviceMonitor.labels": true, "metrics.prometheusRule.labels": true, "metrics.grafanaDashboard.labels": true,
+	"publisher.resources.requests": true, "publisher.resources.limits": true,
+	"applier.resources.requests": true, "applier.resources.limits": true,
+	"auditor.resources.requests": true, "auditor.resources.limits": true,
+}
+
+// TestChartNullValues sets each value of values.yaml to null in turn, in
+// both roles. Helm reads null as "drop the default", so a template would
+// meet a missing section (a crash: nil pointer evaluating
+// .Values.networkPolicy.enabled) or a missing list (metricsFrom: the
+// metrics port open to everyone). The schema refuses it, naming the value;
+// only free-form maps may be null.
+func TestChartNullValues(t *testing.T) {
+	var paths []string
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			p := prefix + k
+			paths = append(paths, p)
+			if sub, ok := m[k].(map[string]any); ok && !nullableValues[p] {
+				walk(p+".", sub)
+			}
+		}
+	}
+	walk("", loadChart(t).Values)
+	if len(paths) < 50 {
+		t.Fatalf("only %d values in values.yaml", len(paths))
+	}
+	for _, p := range paths {
+		t.Run(p, func(t *testing.T) {
+			for _, role := range []string{"primary", "standby"} {
+				vals := chartValues(t, "ci/"+role+"-values.yaml")
+				m := vals
+				keys := strings.Split(p, ".")
+				for _, k := range keys[:len(keys)-1] {
+					sub, ok := m[k].(map[string]any)
+					if !ok {
+						sub = map[string]any{}
+					} else {
+						sub = maps.Clone(sub)
+					}
+					m[k] = sub
+					m = sub
+				}
+				m[keys[len(keys)-1]] = nil
+				_, _, err := renderChart(t, vals)
+				switch {
+				case nullableValues[p] && err != nil:
+					t.Errorf("role %s, %s: null: %v", role, p, err)
+				case !nullableValues[p] && (err == nil || !strings.Contains(err.Error(), "schema") || !strings.Contains(err.Error(), "'"+keys[len(keys)-1]+"'")):
+					t.Errorf("role %s, %s: null: err = %v; want the schema to refuse it, naming %s", role, p, err, keys[len(keys)-1])
+				}
+			}
+		})
+	}
+}
