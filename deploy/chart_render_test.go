@@ -444,6 +444,16 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			if err != nil {
 				t.Fatal(err)
 			}
+			var to []networkingv1.NetworkPolicyPeer
+			if err := decodeValue(dns["to"], &to); err != nil {
+				t.Fatal(err)
+			}
+			if len(to) > 0 {
+				if !reflect.DeepEqual(eg.To, to) {
+					t.Errorf("NetworkPolicy %s: DNS egress to %v, want networkPolicy.dns.to %v", np.Name, eg.To, to)
+				}
+				continue
+			}
 			ns, labels := dns["namespace"], dns["podLabels"]
 			if len(eg.To) != 1 || eg.To[0].IPBlock != nil || eg.To[0].NamespaceSelector == nil ||
 				eg.To[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != ns ||
