@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -251,5 +252,49 @@ func TestRunbookHelmRoleSwapOrder(t *testing.T) {
 	}
 	if helmUpgrades < 4 {
 		t.Errorf("only %d helm upgrade commands in \"Failover and failback with Helm\"", helmUpgrades)
+	}
+}
+
+var createSecret = regexp.MustCompile(`create secret generic (etcdsync-[a-z-]+)((?:\s+--from-file=[^\s]+)+)`)
+
+// TestRunbookSecretsServeEitherRole: each site's install creates the NATS
+// Secrets either role needs (a failover runs the publisher on the
+// standby's site, the old primary's return runs the applier and the
+// auditor, and `es streams init` with the admin identity, on the primary's
+// site): every etcdsync-nats-credentials holds the three components'
+// passwords, and both sites create etcdsync-nats-admin.
+func TestRunbookSecretsServeEitherRole(t *testing.T) {
+	b, err := os.ReadFile("RUNBOOK.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.ReplaceAll(string(b), "\\\n", " ")
+	for _, site := range []string{"Primary site", "Standby site"} {
+		start := strings.Index(text, "\n### "+site+"\n")
+		if start < 0 {
+			t.Fatalf("RUNBOOK.md has no section %q", site)
+		}
+		section := text[start+1:]
+		if end := strings.Index(section[4:], "\n#"); end >= 0 {
+			section = section[:end+4]
+		}
+		created := map[string][]string{}
+		for _, m := range createSecret.FindAllStringSubmatch(section, -1) {
+			for _, f := range strings.Fields(m[2]) {
+				key, _, _ := strings.Cut(strings.TrimPrefix(f, "--from-file="), "=")
+				created[m[1]] = append(created[m[1]], key)
+			}
+		}
+		for secret, want := range map[string][]string{
+			"etcdsync-nats-credentials": {"publisher-password", "applier-password", "auditor-password"},
+			"etcdsync-nats-admin":       {"admin-password"},
+			"etcdsync-log-key":          {"log.key"},
+		} {
+			for _, k := range want {
+				if !slices.Contains(created[secret], k) {
+					t.Errorf("%s: the install creates %s with keys %v, without %s", site, secret, created[secret], k)
+				}
+			}
+		}
 	}
 }
