@@ -25,18 +25,21 @@ func tcp(port int) networkingv1.NetworkPolicyPort {
 	return networkingv1.NetworkPolicyPort{Port: &p, Protocol: &proto}
 }
 
-// kubeDNS is the only DNS egress rule: the cluster DNS pods, never an
-// address block.
-var kubeDNS = func() networkingv1.NetworkPolicyEgressRule {
+// dnsRule is the DNS egress rule towards peers.
+func dnsRule(to ...networkingv1.NetworkPolicyPeer) networkingv1.NetworkPolicyEgressRule {
 	port, udp, tcp := intstr.FromInt32(53), corev1.ProtocolUDP, corev1.ProtocolTCP
 	return networkingv1.NetworkPolicyEgressRule{
-		To: []networkingv1.NetworkPolicyPeer{{
-			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}},
-			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}},
-		}},
+		To:    to,
 		Ports: []networkingv1.NetworkPolicyPort{{Port: &port, Protocol: &udp}, {Port: &port, Protocol: &tcp}},
 	}
-}()
+}
+
+// kubeDNS is the only DNS egress rule by default: the cluster DNS pods,
+// never an address block.
+var kubeDNS = dnsRule(networkingv1.NetworkPolicyPeer{
+	NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}},
+	PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}},
+})
 
 // metricsFromMonitoring is the only ingress rule by default: the metrics
 // port, from the monitoring namespace.
@@ -87,6 +90,25 @@ func TestChartNetworkPolicyPeers(t *testing.T) {
 				"etcdsync-auditor": {kubeDNS, egress(peers(nsPeer("nats-standby")), tcp(4222)),
 					egress(peers(cidrPeer("192.0.2.0/24")), tcp(12379)),
 					egress(peers(cidrPeer("10.1.0.10/32"), cidrPeer("fd00::11/128")), tcp(2379))},
+			},
+		},
+		{
+			// The cluster DNS named by peers (a CoreDNS labelled otherwise,
+			// a node-local DNS cache at a link-local address).
+			name: "DNS peers named",
+			values: map[string]any{"role": "primary", "logKey": logKeyValues,
+				"primaryEtcd": map[string]any{"endpoints": []any{"https://10.0.0.10:2379"}},
+				"networkPolicy": map[string]any{"dns": map[string]any{"to": []any{
+					map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "kube-system"}},
+						"podSelector": map[string]any{"matchLabels": map[string]any{"app.kubernetes.io/name": "coredns"}}},
+					map[string]any{"ipBlock": map[string]any{"cidr": "169.254.20.10/32"}},
+				}}}},
+			want: map[string][]networkingv1.NetworkPolicyEgressRule{
+				"etcdsync-publisher": {dnsRule(networkingv1.NetworkPolicyPeer{
+					NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}},
+					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "coredns"}},
+				}, cidrPeer("169.254.20.10/32")), egress(peers(nsPeer("nats")), tcp(4222)),
+					egress(peers(cidrPeer("10.0.0.10/32")), tcp(2379))},
 			},
 		},
 		{

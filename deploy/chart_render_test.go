@@ -444,6 +444,16 @@ func checkNetworkPolicies(t *testing.T, r *rendered, v chartutil.Values, deploym
 			if err != nil {
 				t.Fatal(err)
 			}
+			var to []networkingv1.NetworkPolicyPeer
+			if err := decodeValue(dns["to"], &to); err != nil {
+				t.Fatal(err)
+			}
+			if len(to) > 0 {
+				if !reflect.DeepEqual(eg.To, to) {
+					t.Errorf("NetworkPolicy %s: DNS egress to %v, want networkPolicy.dns.to %v", np.Name, eg.To, to)
+				}
+				continue
+			}
 			ns, labels := dns["namespace"], dns["podLabels"]
 			if len(eg.To) != 1 || eg.To[0].IPBlock != nil || eg.To[0].NamespaceSelector == nil ||
 				eg.To[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != ns ||
@@ -534,9 +544,7 @@ func decodeValue(x any, out any) error {
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	return dec.Decode(out)
+	return unmarshalStrict(b, out)
 }
 
 func natsURLOf(t *testing.T, r *rendered) string {
@@ -601,7 +609,7 @@ func checkMonitoring(t *testing.T, r *rendered, v chartutil.Values) {
 		}
 	}
 	for _, pr := range r.prometheusRules {
-		checkRulesAreTheSource(t, pr)
+		checkRulesAreTheSource(t, pr, v["role"].(string), pathValue(t, v, "auditor.enabled") == true)
 	}
 	for _, cm := range dashboards {
 		src, err := os.ReadFile(dashboardFile)
@@ -615,24 +623,29 @@ func checkMonitoring(t *testing.T, r *rendered, v chartutil.Values) {
 }
 
 // checkRulesAreTheSource compares a rendered PrometheusRule's groups with
-// deploy/prometheus/etcdsync-rules.yaml, field by field.
-func checkRulesAreTheSource(t *testing.T, pr *monitoringv1.PrometheusRule) {
+// the role's file in deploy/prometheus, field by field: all its groups,
+// but the auditor's when the auditor is off.
+func checkRulesAreTheSource(t *testing.T, pr *monitoringv1.PrometheusRule, role string, auditor bool) {
 	t.Helper()
-	src, err := os.ReadFile(rulesFile)
+	file := rulesFiles[role]
+	src, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var spec monitoringv1.PrometheusRuleSpec
 	if err := decodeStrict(src, &spec); err != nil {
-		t.Fatalf("%s as a PrometheusRule spec: %v", rulesFile, err)
+		t.Fatalf("%s as a PrometheusRule spec: %v", file, err)
 	}
 	if len(spec.Groups) == 0 {
-		t.Fatalf("%s: no groups", rulesFile)
+		t.Fatalf("%s: no groups", file)
+	}
+	if !auditor {
+		spec.Groups = slices.DeleteFunc(spec.Groups, func(g monitoringv1.RuleGroup) bool { return g.Name == "etcdsync-auditor" })
 	}
 	if !reflect.DeepEqual(pr.Spec, spec) {
 		got, _ := json.MarshalIndent(pr.Spec, "", " ")
 		want, _ := json.MarshalIndent(spec, "", " ")
-		t.Errorf("PrometheusRule %s differs from %s:\nrendered: %s\nsource: %s", pr.Name, rulesFile, got, want)
+		t.Errorf("PrometheusRule %s differs from %s (role %s, auditor %v):\nrendered: %s\nsource: %s", pr.Name, file, role, auditor, got, want)
 	}
 }
 
@@ -655,7 +668,7 @@ func chartCases(t *testing.T) map[string]map[string]any {
 		kustomizeValues["standby"]: chartValues(t, kustomizeValues["standby"]),
 		"minimal-primary":          {"primaryEtcd": map[string]any{"endpoints": []any{"http://127.0.0.1:2379"}}, "logKey": logKeyValues},
 		"minimal-standby": {"role": "standby", "logKey": logKeyValues,
-			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example"}},
+			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:12379"}}},
 		// Every switch the other cases leave on, off.
 		"standby-switches-off": {"role": "standby", "logKey": map[string]any{"allowUnauthenticated": true},
@@ -665,6 +678,11 @@ func chartCases(t *testing.T) map[string]map[string]any {
 			"auditor":             map[string]any{"enabled": false},
 			"networkPolicy":       map[string]any{"enabled": false},
 			"podDisruptionBudget": map[string]any{"enabled": false}},
+		// The applier held at 0 replicas during a role swap.
+		"standby-applier-held": {"role": "standby", "logKey": logKeyValues,
+			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
+			"standbyEtcd": map[string]any{"endpoints": []any{"https://etcd.standby.example:2379"}},
+			"applier":     map[string]any{"replicas": 0}},
 		"primary-one-replica": {"logKey": logKeyValues,
 			"primaryEtcd": map[string]any{"endpoints": []any{"https://etcd.primary.example:2379"}},
 			"publisher":   map[string]any{"replicas": 1, "leaderElect": false}},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,12 +139,13 @@ func TestChartStandbyExcludesNATSNamespace(t *testing.T) {
 
 // TestChartFilesAreTheSources: the chart's copies of the alerting rules
 // and the dashboard are byte for byte the files in deploy/prometheus and
-// deploy/grafana, and render as they are.
+// deploy/grafana, and render as they are: each role its own rules.
 func TestChartFilesAreTheSources(t *testing.T) {
-	for src, cp := range map[string]string{
-		rulesFile:     chartDir + "/files/etcdsync-rules.yaml",
-		dashboardFile: chartDir + "/files/etcdsync.json",
-	} {
+	sources := map[string]string{dashboardFile: chartDir + "/files/etcdsync.json"}
+	for _, f := range rulesFiles {
+		sources[f] = chartDir + "/files/" + path.Base(f)
+	}
+	for src, cp := range sources {
 		a, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)
@@ -156,12 +158,14 @@ func TestChartFilesAreTheSources(t *testing.T) {
 			t.Errorf("%s differs from %s: the chart packages a copy; run cp %s deploy/%s", cp, src, "deploy/"+src, cp)
 		}
 	}
-	vals := chartValues(t, "ci/standby-values.yaml")
-	r := renderDecoded(t, vals)
-	if len(r.prometheusRules) != 1 {
-		t.Fatalf("ci/standby-values.yaml renders %d PrometheusRules, want 1", len(r.prometheusRules))
+	for _, f := range []string{"ci/primary-values.yaml", "ci/standby-values.yaml"} {
+		vals := chartValues(t, f)
+		r := renderDecoded(t, vals)
+		if len(r.prometheusRules) != 1 {
+			t.Fatalf("%s renders %d PrometheusRules, want 1", f, len(r.prometheusRules))
+		}
+		checkMonitoring(t, r, valuesOf(t, vals))
 	}
-	checkMonitoring(t, r, valuesOf(t, vals))
 }
 
 // TestChartLogKey: the log's MAC key ring comes from an existing Secret,
@@ -287,11 +291,17 @@ logKey: {existingSecret: etcdsync-log-key}
 		{"no standby endpoints", "standbyEtcd: {endpoints: []}", "/standbyEtcd/endpoints"},
 		{"endpoint without scheme", `primaryEtcd: {endpoints: ["etcd.primary.example:2379"]}`, "/primaryEtcd/endpoints/0"},
 		{"endpoints in one string", `standbyEtcd: {endpoints: ["https://a:2379,https://b:2379"]}`, "/standbyEtcd/endpoints/0"},
+		{"primary endpoint without a port", `primaryEtcd: {endpoints: ["https://etcd-0.example"]}`, "/primaryEtcd/endpoints/0"},
+		{"standby endpoint without a port", `standbyEtcd: {endpoints: ["https://etcd-0.standby.example:2379", "https://etcd-1.standby.example/"]}`, "/standbyEtcd/endpoints/1"},
+		{"IPv6 endpoint without a port", `standbyEtcd: {endpoints: ["https://[fd00::10]"]}`, "/standbyEtcd/endpoints/0"},
+		{"local endpoint without a port", `localEtcd: {endpoints: ["http://10.0.0.10"]}`, "/localEtcd/endpoints/0"},
+		{"remote endpoint with an empty port", `remoteEtcd: {endpoints: ["https://etcd.b.example:"]}`, "/remoteEtcd/endpoints/0"},
 		{"unknown key", "chekInterval: 5m", "chekInterval"},
 		{"inline credentials", "nats: {credentials: \"-----BEGIN NATS USER JWT-----\"}", "/nats/credentials"},
 		{"inline log key", "logKey: {value: secret}", "/logKey"},
 		{"namespace list in one string", "excludedNamespaces: [\"cpaas-system,cert-manager\"]", "/excludedNamespaces/0"},
 		{"two appliers without leader election", "applier: {replicas: 2, leaderElect: false}", "/applier/leaderElect"},
+		{"no publisher", "publisher: {replicas: 0}", "/publisher/replicas"},
 		{"detail logs not a boolean", "detailLogs: yes please", "/detailLogs"},
 		{"site with a dot", "site: primary.eu", "/site"},
 		{"size without a number", "publisher: {maxBytes: lots}", "/publisher/maxBytes"},
@@ -305,6 +315,17 @@ logKey: {existingSecret: etcdsync-log-key}
 		{"snapshot interval not a duration", "publisher: {snapshotInterval: 4 hours}", "/publisher/snapshotInterval"},
 		{"snapshot interval without unit", "publisher: {snapshotInterval: 4}", "/publisher/snapshotInterval"},
 		{"request bytes not a size", "applier: {maxRequestBytes: 1.5MiB}", "/applier/maxRequestBytes"},
+		{"peer field in the wrong case", "networkPolicy: {metricsFrom: [{namespaceselector: {matchLabels: {team: monitoring}}}]}", "/networkPolicy/metricsFrom/0"},
+		{"ipBlock field in the wrong case", "networkPolicy: {standbyEtcdTo: [{ipBlock: {CIDR: 10.0.1.0/24}}]}", "/networkPolicy/standbyEtcdTo/0/ipBlock"},
+		{"selector field in the wrong case", "networkPolicy: {primaryEtcdTo: [{podSelector: {matchlabels: {app: etcd}}}]}", "/networkPolicy/primaryEtcdTo/0/podSelector"},
+		{"empty peer", "networkPolicy: {natsTo: [{}]}", "/networkPolicy/natsTo/0"},
+		{"ipBlock with a selector", "networkPolicy: {primaryEtcdTo: [{ipBlock: {cidr: 10.0.0.0/24}, podSelector: {}}]}", "/networkPolicy/primaryEtcdTo/0"},
+		{"toleration field in the wrong case", "tolerations: [{Key: dedicated, operator: Exists}]", "/tolerations/0"},
+		{"pull secret field in the wrong case", "imagePullSecrets: [{Name: registry}]", "/imagePullSecrets/0"},
+		{"NATS client certificate without its Secret", "nats: {tls: {clientCertificate: true}}", "/nats/tls/existingSecret"},
+		{"resource name typo", "publisher: {resources: {requests: {memroy: 128Mi}}}", "/publisher/resources/requests"},
+		{"resource name in the wrong case", "applier: {resources: {limits: {Memory: 512Mi}}}", "/applier/resources/limits"},
+		{"resource quantity not a quantity", "auditor: {resources: {requests: {cpu: lots}}}", "/auditor/resources/requests/cpu"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base, err := chartutil.ReadValues([]byte(ok))
@@ -344,6 +365,32 @@ logKey: {existingSecret: etcdsync-log-key}
 		line = strings.TrimPrefix(strings.TrimSpace(line), "Error: ") // helm's CLI prefix
 		if err == nil || !strings.Contains(err.Error(), line) {
 			t.Errorf("chart README shows %q; the schema says:\n%v", line, err)
+		}
+	}
+}
+
+// TestChartCheckIntervalFloor: an audit reads both etcds in full (the
+// primary across sites), so checkInterval is at least 10s; below it the
+// chart refuses, naming the value, in both roles (a change of role never
+// meets a refusal).
+func TestChartCheckIntervalFloor(t *testing.T) {
+	for _, tc := range []struct {
+		interval string
+		ok       bool
+	}{
+		{"10s", true}, {"0.5m", true}, {"9s1000ms", true}, {"1h30m", true},
+		{"9s", false}, {"9.9s", false}, {"9s999ms", false}, {"500ms", false}, {"0.1m", false},
+	} {
+		for _, role := range []string{"primary", "standby"} {
+			vals := chartValues(t, "ci/"+role+"-values.yaml")
+			vals["checkInterval"] = tc.interval
+			_, _, err := renderChart(t, vals)
+			switch {
+			case tc.ok && err != nil:
+				t.Errorf("role %s, checkInterval %s: %v", role, tc.interval, err)
+			case !tc.ok && (err == nil || !strings.Contains(err.Error(), "checkInterval "+tc.interval) || !strings.Contains(err.Error(), "10s")):
+				t.Errorf("role %s, checkInterval %s: err = %v, want a refusal naming checkInterval %s and the 10s floor", role, tc.interval, err, tc.interval)
+			}
 		}
 	}
 }
@@ -526,6 +573,67 @@ func TestChartStandbyExcludesRemoteNamespaces(t *testing.T) {
 				}
 			}
 			checkRelease(t, r)
+		})
+	}
+}
+
+// nullableValues are the values a values file may set to null (Helm then
+// drops the default): maps of free-form keys, for which null is {}.
+var nullableValues = map[string]bool{
+	"podAnnotations": true, "nodeSelector": true, "networkPolicy.dns.podLabels": true,
+	"metrics.serviceMonitor.labels": true, "metrics.prometheusRule.labels": true, "metrics.grafanaDashboard.labels": true,
+	"publisher.resources.requests": true, "publisher.resources.limits": true,
+	"applier.resources.requests": true, "applier.resources.limits": true,
+	"auditor.resources.requests": true, "auditor.resources.limits": true,
+}
+
+// TestChartNullValues sets each value of values.yaml to null in turn, in
+// both roles. Helm reads null as "drop the default", so a template would
+// meet a missing section (a crash: nil pointer evaluating
+// .Values.networkPolicy.enabled) or a missing list (metricsFrom: the
+// metrics port open to everyone). The schema refuses it, naming the value;
+// only free-form maps may be null.
+func TestChartNullValues(t *testing.T) {
+	var paths []string
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			p := prefix + k
+			paths = append(paths, p)
+			if sub, ok := m[k].(map[string]any); ok && !nullableValues[p] {
+				walk(p+".", sub)
+			}
+		}
+	}
+	walk("", loadChart(t).Values)
+	if len(paths) < 50 {
+		t.Fatalf("only %d values in values.yaml", len(paths))
+	}
+	for _, p := range paths {
+		t.Run(p, func(t *testing.T) {
+			for _, role := range []string{"primary", "standby"} {
+				vals := chartValues(t, "ci/"+role+"-values.yaml")
+				m := vals
+				keys := strings.Split(p, ".")
+				for _, k := range keys[:len(keys)-1] {
+					sub, ok := m[k].(map[string]any)
+					if !ok {
+						sub = map[string]any{}
+					} else {
+						sub = maps.Clone(sub)
+					}
+					m[k] = sub
+					m = sub
+				}
+				m[keys[len(keys)-1]] = nil
+				_, _, err := renderChart(t, vals)
+				switch {
+				case nullableValues[p] && err != nil:
+					t.Errorf("role %s, %s: null: %v", role, p, err)
+				case !nullableValues[p] && (err == nil || !strings.Contains(err.Error(), "schema") || !strings.Contains(err.Error(), "'"+keys[len(keys)-1]+"'")):
+					t.Errorf("role %s, %s: null: err = %v; want the schema to refuse it, naming %s", role, p, err, keys[len(keys)-1])
+				}
+			}
 		})
 	}
 }

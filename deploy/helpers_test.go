@@ -3,7 +3,7 @@ package deploy
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +17,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -224,21 +225,25 @@ func splitDocs(b []byte) [][]byte {
 }
 
 // decodeStrict decodes one YAML document into out, failing on duplicate
-// keys and on fields out does not have.
+// keys and on fields out does not have, names compared case-sensitively as
+// the API server compares them (encoding/json would take Replicas for
+// replicas).
 func decodeStrict(doc []byte, out any) error {
 	j, err := yaml.YAMLToJSONStrict(doc)
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(out); err != nil {
+	return unmarshalStrict(j, out)
+}
+
+// unmarshalStrict decodes JSON as the API server does (sigs.k8s.io/json):
+// field names case-sensitive, no unknown or duplicate field.
+func unmarshalStrict(j []byte, out any) error {
+	strict, err := kjson.UnmarshalStrict(j, out)
+	if err != nil {
 		return err
 	}
-	if dec.More() {
-		return fmt.Errorf("trailing data after the document")
-	}
-	return nil
+	return errors.Join(strict...)
 }
 
 // typeMeta is enough of a document to pick its Go type.

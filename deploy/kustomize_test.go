@@ -1,11 +1,13 @@
 package deploy
 
 import (
+	"embed"
 	"fmt"
 	"io/fs"
 	"maps"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -23,6 +25,34 @@ import (
 )
 
 const kustomizeDir = "kustomize"
+
+// kustomizeFiles are the overlays as build reads them: embedded, so that a
+// `go test -overlay` edit of a manifest reaches the test (the mutants in
+// internal/mutants).
+//
+//go:embed kustomize
+var kustomizeFiles embed.FS
+
+// kustomizeFS copies the embedded overlays into an in-memory file system
+// for kustomize.
+func kustomizeFS(t *testing.T) filesys.FileSystem {
+	t.Helper()
+	mem := filesys.MakeFsInMemory()
+	err := fs.WalkDir(kustomizeFiles, kustomizeDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := kustomizeFiles.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return mem.WriteFile("/"+p, b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mem
+}
 
 // overlays are the deployable kustomizations, one per site.
 var overlays = []string{"primary", "standby"}
@@ -139,7 +169,7 @@ func collect(objs []any) *built {
 func build(t *testing.T, overlay string) *built {
 	t.Helper()
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	rm, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join(kustomizeDir, overlay))
+	rm, err := k.Run(kustomizeFS(t), "/"+path.Join(kustomizeDir, overlay))
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", overlay, err)
 	}
@@ -533,6 +563,13 @@ func checkPDB(t *testing.T, b *built, d *appsv1.Deployment) {
 		}
 		if p.Spec.MinAvailable == nil || *p.Spec.MinAvailable != intstr.FromInt32(1) {
 			t.Errorf("PodDisruptionBudget %s: minAvailable %v, want 1", p.Name, p.Spec.MinAvailable)
+		}
+		// A crash-looping pod (an applier stopped on an error that needs an
+		// operator restarts into it) is never Ready: with the default policy
+		// it could not be evicted while the budget is not met, and it would
+		// block every node drain.
+		if p.Spec.UnhealthyPodEvictionPolicy == nil || *p.Spec.UnhealthyPodEvictionPolicy != policyv1.AlwaysAllow {
+			t.Errorf("PodDisruptionBudget %s: unhealthyPodEvictionPolicy %v, want AlwaysAllow: a pod that is not Ready must never block a drain", p.Name, p.Spec.UnhealthyPodEvictionPolicy)
 		}
 		return
 	}

@@ -16,10 +16,20 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-const (
-	rulesFile     = "prometheus/etcdsync-rules.yaml"
-	dashboardFile = "grafana/etcdsync.json"
-)
+const dashboardFile = "grafana/etcdsync.json"
+
+// rulesFiles are the alerting rules of each role: a site loads its role's
+// file only, as the chart renders it.
+var rulesFiles = map[string]string{
+	"primary": "prometheus/etcdsync-primary-rules.yaml",
+	"standby": "prometheus/etcdsync-standby-rules.yaml",
+}
+
+// roleComponents are the components each role runs.
+var roleComponents = map[string][]string{
+	"primary": {"publisher"},
+	"standby": {"applier", "auditor"},
+}
 
 // promqlMetrics parses expr and returns the metric names it selects.
 func promqlMetrics(t *testing.T, expr string) []string {
@@ -54,72 +64,89 @@ func checkMetricNames(t *testing.T, where, expr string, known map[string]bool) {
 	}
 }
 
-// TestPrometheusRules validates the rules file as Prometheus loads it
-// (`promtool check rules` does the same parse), then checks each alert's
-// labels, annotations, runbook link and metric names.
+// TestPrometheusRules validates each role's rules file as Prometheus loads
+// it (`promtool check rules` does the same parse), then checks each
+// alert's labels, annotations, runbook link and metric names, and that a
+// role's file alerts on the components that role runs only.
 func TestPrometheusRules(t *testing.T) {
-	p := parser.NewParser(parser.Options{})
-	groups, errs := rulefmt.ParseFile(rulesFile, false, model.UTF8Validation, p, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	for _, err := range errs {
-		t.Errorf("rulefmt: %v", err)
-	}
-	if groups == nil {
-		t.FailNow()
-	}
-	// rulefmt cannot tell "for: 0m" from no "for": read the raw file too.
-	var raw struct {
-		Groups []struct {
-			Rules []map[string]any `json:"rules"`
-		} `json:"groups"`
-	}
-	b, err := os.ReadFile(rulesFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.Unmarshal(b, &raw); err != nil {
-		t.Fatal(err)
-	}
-	hasFor := map[string]bool{}
-	for _, g := range raw.Groups {
-		for _, r := range g.Rules {
-			if _, ok := r["for"]; ok {
-				hasFor[r["alert"].(string)] = true
-			}
-		}
-	}
 	known := exportedMetrics(t)
 	anchors := runbookAnchors(t)
 	seen := map[string]bool{}
-	for _, g := range groups.Groups {
-		for _, r := range g.Rules {
-			if r.Alert == "" {
-				t.Errorf("group %s: recording rule %q: only alerts are expected", g.Name, r.Record)
-				continue
+	for _, role := range []string{"primary", "standby"} {
+		file := rulesFiles[role]
+		p := parser.NewParser(parser.Options{})
+		groups, errs := rulefmt.ParseFile(file, false, model.UTF8Validation, p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		for _, err := range errs {
+			t.Errorf("%s: rulefmt: %v", file, err)
+		}
+		if groups == nil {
+			t.FailNow()
+		}
+		// rulefmt cannot tell "for: 0m" from no "for": read the raw file too.
+		var raw struct {
+			Groups []struct {
+				Rules []map[string]any `json:"rules"`
+			} `json:"groups"`
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(b, &raw); err != nil {
+			t.Fatal(err)
+		}
+		hasFor := map[string]bool{}
+		for _, g := range raw.Groups {
+			for _, r := range g.Rules {
+				if _, ok := r["for"]; ok {
+					hasFor[r["alert"].(string)] = true
+				}
 			}
-			where := "alert " + r.Alert
-			if seen[r.Alert] {
-				t.Errorf("%s: defined twice", where)
+		}
+		alerted := map[string]bool{}
+		for _, g := range groups.Groups {
+			for _, r := range g.Rules {
+				if r.Alert == "" {
+					t.Errorf("%s: group %s: recording rule %q: only alerts are expected", file, g.Name, r.Record)
+					continue
+				}
+				where := file + ": alert " + r.Alert
+				if seen[r.Alert] {
+					t.Errorf("%s: defined twice", where)
+				}
+				seen[r.Alert] = true
+				if strings.TrimSpace(r.Expr) == "" {
+					t.Errorf("%s: no expr", where)
+				}
+				if !hasFor[r.Alert] {
+					t.Errorf("%s: no for", where)
+				}
+				if sev := r.Labels["severity"]; !slices.Contains([]string{"critical", "warning", "info"}, sev) {
+					t.Errorf("%s: labels.severity %q", where, sev)
+				}
+				// The chart leaves out the auditor's group when the
+				// auditor is off: a group holds one component's alerts.
+				c := r.Labels["component"]
+				if !slices.Contains(roleComponents[role], c) || g.Name != "etcdsync-"+c {
+					t.Errorf("%s: group %s, labels.component %q: want a component of role %s %v, in group etcdsync-<component>", where, g.Name, c, role, roleComponents[role])
+				}
+				alerted[c] = true
+				if r.Annotations["summary"] == "" || r.Annotations["description"] == "" {
+					t.Errorf("%s: annotations.summary and .description are required", where)
+				}
+				u, err := url.Parse(r.Annotations["runbook_url"])
+				if err != nil || !strings.HasSuffix(u.Path, "deploy/RUNBOOK.md") || u.Fragment == "" {
+					t.Errorf("%s: runbook_url %q: want .../deploy/RUNBOOK.md#section", where, r.Annotations["runbook_url"])
+				} else if !anchors[u.Fragment] {
+					t.Errorf("%s: runbook_url fragment #%s is no heading of RUNBOOK.md", where, u.Fragment)
+				}
+				checkMetricNames(t, where, r.Expr, known)
 			}
-			seen[r.Alert] = true
-			if strings.TrimSpace(r.Expr) == "" {
-				t.Errorf("%s: no expr", where)
+		}
+		for _, c := range roleComponents[role] {
+			if !alerted[c] {
+				t.Errorf("%s: no alert for the %s", file, c)
 			}
-			if !hasFor[r.Alert] {
-				t.Errorf("%s: no for", where)
-			}
-			if sev := r.Labels["severity"]; !slices.Contains([]string{"critical", "warning", "info"}, sev) {
-				t.Errorf("%s: labels.severity %q", where, sev)
-			}
-			if r.Annotations["summary"] == "" || r.Annotations["description"] == "" {
-				t.Errorf("%s: annotations.summary and .description are required", where)
-			}
-			u, err := url.Parse(r.Annotations["runbook_url"])
-			if err != nil || !strings.HasSuffix(u.Path, "deploy/RUNBOOK.md") || u.Fragment == "" {
-				t.Errorf("%s: runbook_url %q: want .../deploy/RUNBOOK.md#section", where, r.Annotations["runbook_url"])
-			} else if !anchors[u.Fragment] {
-				t.Errorf("%s: runbook_url fragment #%s is no heading of RUNBOOK.md", where, u.Fragment)
-			}
-			checkMetricNames(t, where, r.Expr, known)
 		}
 	}
 	// The alerts the runbook promises.

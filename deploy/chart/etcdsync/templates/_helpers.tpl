@@ -460,6 +460,9 @@ metadata:
     {{- include "etcdsync.labels" . | nindent 4 }}
 spec:
   minAvailable: 1
+  # A pod that is not Ready (one crash-looping on an error that needs an
+  # operator) may always be evicted: it must never block a node drain.
+  unhealthyPodEvictionPolicy: AlwaysAllow
   selector:
     matchLabels:
       {{- include "etcdsync.selectorLabels" .component | nindent 6 }}
@@ -499,6 +502,9 @@ change of role never meets a refusal.
 {{- if not .Values.auditor.enabled -}}
 {{- fail "nats.admin is mounted into the auditor's pod, where the runbook runs promote and streams init: set auditor.enabled (or drop nats.admin)" -}}
 {{- end -}}
+{{- end -}}
+{{- if lt (include "etcdsync.seconds" .Values.checkInterval | float64) 10.0 -}}
+{{- fail (printf "checkInterval %s: at least 10s; each audit reads both etcds in full, the primary across sites" .Values.checkInterval) -}}
 {{- end -}}
 {{- $p := .Values.publisher -}}
 {{- $maxAge := include "etcdsync.seconds" $p.maxAge | float64 -}}
