@@ -257,7 +257,15 @@ func TestAuditUnderLoad(t *testing.T) {
 		rep, err = a.Audit(ctx)
 		return err == nil && rep.Drifted() == 1 && rep.Mismatched.Count == 1
 	}, "the mismatched key reported")
-	res, err := a.Repair(ctx, rep)
+	// "Run the repair again" is the documented answer to an applier that
+	// moved the checkpoint at every attempt (a busy machine): at most thrice.
+	var res auditor.RepairResult
+	var err error
+	for try := 0; try < 3; try++ {
+		if res, err = a.Repair(ctx, rep); err != nil || len(res.Skipped) != 1 || res.Skipped[0].Reason != auditor.SkipApplierBusy {
+			break
+		}
+	}
 	if err != nil || len(res.Changed) != 1 {
 		t.Fatalf("repair under load: %+v %v", res, err)
 	}
