@@ -11,9 +11,17 @@
 //   - A new generation, starting with a consistent snapshot, begins whenever
 //     continuity cannot be proven: empty stream, source cluster changed,
 //     source revision behind the tail (restored etcd), etcd compacted past the
-//     tail, a record left half-published at the tail by a crash, or a source
-//     that no longer holds the history the log describes. The reason, with
-//     its evidence, is logged and carried in snapshot-begin.
+//     tail, or a source that no longer holds the history the log describes.
+//     The reason, with its evidence, is logged and carried in
+//     snapshot-begin.
+//   - A crash half-way through a record is not a broken history: the
+//     successor publishes an unfinished revision again, whole (its parts
+//     get message IDs of their own, so the stream does not take them for
+//     another publisher's duplicates), and takes an unfinished snapshot
+//     again at its own revision (reason "resumed"), both in the same
+//     generation; the applier drops the fragment at the successor's epoch,
+//     and a standby that follows the log applies no snapshot because of the
+//     crash. Only a compaction past that revision starts a new generation.
 //   - Continuity is proven, not assumed (continuity.go): a restored etcd
 //     keeps its cluster ID (a copy of a member's data directory even its
 //     member ID and raft term), and --bump-revision moves its revision past
