@@ -55,9 +55,9 @@ type Applier struct {
 	ckReadRev int64
 	work      Checkpoint // after everything handed to the transaction builder
 	nextSeq   uint64
-	asm          streams.Assembler
-	txn          txnBuilder
-	leases       leaseMap
+	asm       streams.Assembler
+	txn       txnBuilder
+	leases    leaseMap
 	// progressAt is when the last snapshot progress line was logged.
 	progressAt time.Time
 
