@@ -115,4 +115,38 @@ func TestSnapshotRequestCrossesLeafLink(t *testing.T) {
 		_, reqErr = local.nc.RequestWithContext(rctx, subj.ControlSnapshot(), nil)
 		return reqErr == nil
 	}, "a snapshot request from the standby site is answered by the primary's publisher")
+
+	// The link carries the request one way and replies the other only: a
+	// message from the standby site on a request inbox of a client of the
+	// primary (a forged acknowledgement, a forged API reply) never reaches
+	// it. A second answered request after it shows that the link carried
+	// whatever was sent before it, and that the primary delivered it.
+	probe := mustConnectAs(t, "primary client", primary.ClientURL(), nats.UserInfo("publisher", "publisher-secret"))
+	inbox := probe.nc.NewInbox() + ".1"
+	sub, err := probe.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := probe.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	barrier := func() {
+		t.Helper()
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer rcancel()
+		if _, err := local.nc.RequestWithContext(rctx, subj.ControlSnapshot(), nil); err != nil {
+			t.Fatalf("snapshot request from the standby site: %v", err)
+		}
+	}
+	barrier() // the primary's interest in the inbox, if announced, reached the standby
+	if err := local.nc.Publish(inbox, []byte("forged reply")); err != nil {
+		t.Fatal(err)
+	}
+	barrier()
+	if err := probe.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := sub.Pending(); err != nil || n != 0 {
+		t.Fatalf("a message from the standby site reached a primary client's inbox %s (%d pending, %v)", inbox, n, err)
+	}
 }
