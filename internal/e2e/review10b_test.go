@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/etcdsync/etcdsync/internal/testenv"
 	"github.com/etcdsync/etcdsync/publisher"
@@ -36,7 +39,9 @@ func TestForgedEpochNeverFencesPublisher(t *testing.T) {
 	rev := put(t, p.primary.Client, "/app/a", "1")
 	testenvEventually(t, func() bool { return pub.Published().Revision >= rev }, "first write published")
 
-	if _, err := p.js.JS.PublishMsg(ctx, &nats.Msg{Subject: subj.Epoch(), Data: []byte("not a frame")}); err != nil {
+	before := pub.Published()
+	forged, err := p.js.JS.PublishMsg(ctx, &nats.Msg{Subject: subj.Epoch(), Data: []byte("not a frame")})
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -49,6 +54,94 @@ func TestForgedEpochNeverFencesPublisher(t *testing.T) {
 		}
 		return pub.Published().Revision >= next
 	}, "the write after the forged epoch is published")
+	// It goes on after the tail it cannot trust, in a new generation.
+	if after := pub.Published(); after.Seq <= forged.Sequence || after.Generation <= before.Generation {
+		t.Fatalf("published %s after the forged message at seq %d (was %s): want a new generation after it", after, forged.Sequence, before)
+	}
+}
+
+// epochMsg returns the newest message on the epoch subject.
+func epochMsg(t *testing.T, p *pipeline) *jetstream.RawStreamMsg {
+	t.Helper()
+	stream, err := p.js.JS.Stream(context.Background(), streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := stream.GetLastMsgForSubject(context.Background(), streams.Subjects{Site: streams.DefaultSite}.Epoch())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// replayEpoch publishes m again, byte for byte, at the stream's next
+// sequence: with its own headers, without the server's (Nats-*: a Msg-Id
+// would make it a duplicate, an expected sequence would refuse it).
+func replayEpoch(t *testing.T, p *pipeline, m *jetstream.RawStreamMsg) {
+	t.Helper()
+	h := nats.Header{}
+	for k, v := range m.Header {
+		if !strings.HasPrefix(k, "Nats-") {
+			h[k] = v
+		}
+	}
+	if _, err := p.js.JS.PublishMsg(context.Background(), &nats.Msg{Subject: m.Subject, Header: h, Data: m.Data}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A genuine epoch marker copied to a later place of the log (anyone who
+// may read the log and publish on its subjects can) is a well-formed,
+// signed epoch frame, but its MAC binds it to the sequence it was written
+// after: it does not verify there, and fences nobody.
+func TestReplayedEpochNeverFencesPublisher(t *testing.T) {
+	p := newPipeline(t)
+	pcfg := p.publisherConfig()
+	pcfg.LogKeys = keyRing(t, keyLine("k1", 1))
+	pcfg.ProgressInterval = time.Hour
+	pub, run := p.startPublisher(pcfg)
+	rev := put(t, p.primary.Client, "/app/a", "1")
+	testenvEventually(t, func() bool { return pub.Published().Revision >= rev }, "first write published")
+
+	replayEpoch(t, p, epochMsg(t, p))
+
+	next := put(t, p.primary.Client, "/app/b", "2")
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		select {
+		case <-run.done:
+			t.Fatalf("a replayed epoch marker stopped the publisher: %v", run.err)
+		default:
+		}
+		return pub.Published().Revision >= next
+	}, "the write after the replayed epoch marker is published")
+}
+
+// A message on the epoch subject that is no marker does not free a zombie
+// publisher either: when a newer publisher's genuine marker lies between
+// the zombie's own and the forged one, the zombie is fenced all the same
+// (and does not go on to fence the newer publisher in turn).
+func TestForgedEpochAfterNewerMarkerStillFences(t *testing.T) {
+	p := newPipeline(t)
+	pcfg := p.publisherConfig()
+	pcfg.LogKeys = keyRing(t, keyLine("k1", 1))
+	pcfg.ProgressInterval = time.Hour // idle, the zombie publishes nothing
+	zombie, zrun := p.startPublisher(pcfg)
+	rev := put(t, p.primary.Client, "/app/a", "1")
+	testenvEventually(t, func() bool { return zombie.Published().Revision >= rev }, "first write published")
+	ours := epochMsg(t, p)
+
+	// A newer publisher takes over (its epoch marker), then stops.
+	_, nrun := p.startPublisher(pcfg)
+	testenvEventually(t, func() bool { return epochMsg(t, p).Sequence > ours.Sequence }, "the newer publisher's epoch marker")
+	if err := nrun.stop(); err != nil {
+		t.Fatal(err)
+	}
+	replayEpoch(t, p, ours)
+
+	put(t, p.primary.Client, "/app/b", "2")
+	if err := zrun.wait(t, 20*time.Second, "the zombie publisher"); !errors.Is(err, publisher.ErrFenced) {
+		t.Fatalf("zombie publisher: %v, want ErrFenced by the newer publisher's marker", err)
+	}
 }
 
 // An applier that needs a snapshot (a gap, a stream that holds none after
