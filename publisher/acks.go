@@ -81,10 +81,11 @@ var errEpochGone = errors.New("epoch marker no longer in the stream")
 // marker after a publish failed its expected-sequence check. Only a marker
 // that verifies against the key ring fences: anyone who may publish on the
 // log subjects can write on the epoch subject, and a message there that is
-// no authenticated marker ends the session with an ordinary error wrapping
-// streams.ErrUnauthenticated, after which the next session starts from the
-// tail (a new generation after a tail it cannot trust). A genuine marker
-// written after ours still fences when a forged message follows it.
+// no authenticated marker ends the session with an ordinary error (wrapping
+// streams.ErrUnauthenticated when the publisher has a key ring), after
+// which the next session starts from the tail (a new generation after a
+// tail it cannot trust). A genuine marker written after ours still fences
+// when a forged message follows it.
 func (p *Publisher) whyRejected(ctx context.Context, stream jetstream.Stream, epochSeq uint64) error {
 	last, err := stream.GetLastMsgForSubject(ctx, p.subj.Epoch())
 	switch {
@@ -117,11 +118,11 @@ func (p *Publisher) whyRejected(ctx context.Context, stream jetstream.Stream, ep
 		}
 		seq = msg.Sequence + 1
 	}
-	// The cause is kept as text only: a frame claiming a newer version
-	// (streams.ErrNewerFormat) proves no more than any other unverified
-	// bytes, and must not end Run; the next session judges the tail.
-	return fmt.Errorf("%w: the newest message on %s (seq %d, after our epoch marker at seq %d) is no marker of this log (%s): not fenced",
-		streams.ErrUnauthenticated, p.subj.Epoch(), last.Sequence, epochSeq, untrusted.Error())
+	// With a key ring the cause wraps streams.ErrUnauthenticated (a frame
+	// claiming a newer version too: it proves no more than other unverified
+	// bytes); the session ends and the next one judges the tail.
+	return fmt.Errorf("the newest message on %s (seq %d, after our epoch marker at seq %d) is no marker of this log, not a fence: %w",
+		p.subj.Epoch(), last.Sequence, epochSeq, untrusted)
 }
 
 // verifyEpoch returns nil when msg, a message on the epoch subject, is a
@@ -129,9 +130,6 @@ func (p *Publisher) whyRejected(ctx context.Context, stream jetstream.Stream, ep
 // well-formed frame), and why not otherwise. The MAC covers the subject, so
 // a verified frame there is an epoch marker.
 func (p *Publisher) verifyEpoch(msg *jetstream.RawStreamMsg) error {
-	f, err := streams.DecodeFrame(msg.Data)
-	if err != nil {
-		return err
-	}
-	return p.cfg.LogKeys.Verify(f, msg.Subject, msg.Sequence-1)
+	_, err := p.cfg.LogKeys.DecodeVerified(msg.Data, msg.Subject, msg.Sequence-1)
+	return err
 }
