@@ -78,7 +78,14 @@ func (p *Publisher) checkAcks(ctx context.Context, acks <-chan pending, stream j
 var errEpochGone = errors.New("epoch marker no longer in the stream")
 
 // whyRejected tells fencing (a newer epoch marker exists) from a lost
-// marker after a publish failed its expected-sequence check.
+// marker after a publish failed its expected-sequence check. Only a marker
+// that verifies against the key ring fences: anyone who may publish on the
+// log subjects can write on the epoch subject, and a message there that is
+// no authenticated marker ends the session with an ordinary error (wrapping
+// streams.ErrUnauthenticated when the publisher has a key ring), after
+// which the next session starts from the tail (a new generation after a
+// tail it cannot trust). A genuine marker written after ours still fences
+// when a forged message follows it.
 func (p *Publisher) whyRejected(ctx context.Context, stream jetstream.Stream, epochSeq uint64) error {
 	last, err := stream.GetLastMsgForSubject(ctx, p.subj.Epoch())
 	switch {
@@ -86,8 +93,43 @@ func (p *Publisher) whyRejected(ctx context.Context, stream jetstream.Stream, ep
 		return errEpochGone
 	case err != nil:
 		return fmt.Errorf("read epoch marker after a rejected publish: %w", err)
-	case last.Sequence != epochSeq:
+	case last.Sequence == epochSeq:
+		return fmt.Errorf("publish rejected although our epoch marker (seq %d) is the newest", epochSeq)
+	}
+	untrusted := p.verifyEpoch(last)
+	if untrusted == nil {
 		return fmt.Errorf("epoch marker at seq %d replaced ours at seq %d: %w", last.Sequence, epochSeq, ErrFenced)
 	}
-	return fmt.Errorf("publish rejected although our epoch marker (seq %d) is the newest", epochSeq)
+	// The newest message on the epoch subject is no marker: look for a
+	// genuine one between ours and it.
+	for seq := epochSeq + 1; seq < last.Sequence; {
+		msg, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(p.subj.Epoch()))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read epoch markers after ours (seq %d): %w", epochSeq, err)
+		}
+		if msg.Sequence >= last.Sequence {
+			break
+		}
+		if p.verifyEpoch(msg) == nil {
+			return fmt.Errorf("epoch marker at seq %d replaced ours at seq %d: %w", msg.Sequence, epochSeq, ErrFenced)
+		}
+		seq = msg.Sequence + 1
+	}
+	// With a key ring the cause wraps streams.ErrUnauthenticated (a frame
+	// claiming a newer version too: it proves no more than other unverified
+	// bytes); the session ends and the next one judges the tail.
+	return fmt.Errorf("the newest message on %s (seq %d, after our epoch marker at seq %d) is no marker of this log, not a fence: %w",
+		p.subj.Epoch(), last.Sequence, epochSeq, untrusted)
+}
+
+// verifyEpoch returns nil when msg, a message on the epoch subject, is a
+// frame with a valid MAC at its place in the stream (with no key ring: any
+// well-formed frame), and why not otherwise. The MAC covers the subject, so
+// a verified frame there is an epoch marker.
+func (p *Publisher) verifyEpoch(msg *jetstream.RawStreamMsg) error {
+	_, err := p.cfg.LogKeys.DecodeVerified(msg.Data, msg.Subject, msg.Sequence-1)
+	return err
 }

@@ -27,8 +27,9 @@ const (
 	RoleReader Role = "reader"
 	// RoleLeaf is the other site's NATS server connecting as a leafnode: it
 	// may mirror the log (create a consumer of it through the JetStream API
-	// of Domain and receive its deliveries) and nothing else; it cannot
-	// publish to the log nor manage any stream.
+	// of Domain and receive its deliveries) and carry its appliers'
+	// snapshot requests to the publisher and the replies back, and nothing
+	// else; it cannot publish to the log nor manage any stream.
 	RoleLeaf Role = "leaf"
 )
 
@@ -124,20 +125,36 @@ func (a Access) Permissions(role Role) *server.Permissions {
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 		}
 	case RoleLeaf:
-		// On a leafnode connection the server checks both the messages it
-		// accepts from the other server and those it delivers to it against
-		// "publish", and the other server's interest against "subscribe".
-		// A mirror needs: create its consumer (through the domain's API),
-		// the API's reply ($JSC.R), the deliveries ($JS.M) and flow control
-		// ($JS.FC).
+		// On the hub's end of a leafnode connection the server checks the
+		// messages it accepts from the other server, and which of its own
+		// interest it announces to it, against "publish"; the messages it
+		// delivers to the other server, and the other server's interest,
+		// against "subscribe". A mirror needs, both ways: create its
+		// consumer (through the domain's API), the API's reply ($JSC.R),
+		// the deliveries ($JS.M) and flow control ($JS.FC).
 		api := jsAPI
 		if a.Domain != "" {
 			api = "$JS." + a.Domain + ".API."
 		}
 		link := []string{api + "CONSUMER.CREATE." + a.Stream, api + "CONSUMER.CREATE." + a.Stream + ".>", "$JSC.R.>", "$JS.M.>", "$JS.FC.>"}
+		// An applier of the other site that needs a snapshot asks this
+		// site's publisher on its control subject, with nats.go's default
+		// request inbox: the reply goes to _INBOX.<connection id>.<token>,
+		// a prefix the publisher cannot narrow and the applier does not
+		// choose. So the request crosses one way only (publish), and the
+		// replies the other way only (subscribe), as _INBOX.*.*: exactly
+		// the request-reply inboxes, not the two-token _INBOX.<id> on which
+		// this site's consumers receive the log and drift messages they
+		// fetch. The other server can then never publish into a client's
+		// inbox here (a forged publish acknowledgement, a forged API
+		// reply), and what it can receive is replies to requests made here
+		// (API answers, acknowledgements), which hold no secret: log
+		// messages its mirror holds anyway, stream and consumer state.
+		send := append(link[:len(link):len(link)], subj.ControlSnapshot())
+		receive := append(link[:len(link):len(link)], "_INBOX.*.*")
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: link, Deny: []string{subj.LogWildcard()}},
-			Subscribe: &server.SubjectPermission{Allow: link, Deny: []string{subj.LogWildcard()}},
+			Publish:   &server.SubjectPermission{Allow: send, Deny: []string{subj.LogWildcard()}},
+			Subscribe: &server.SubjectPermission{Allow: receive, Deny: []string{subj.LogWildcard()}},
 		}
 	}
 	return &server.Permissions{Publish: &server.SubjectPermission{Deny: []string{">"}}, Subscribe: &server.SubjectPermission{Deny: []string{">"}}}
