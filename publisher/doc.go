@@ -41,7 +41,9 @@
 //     ExpectLastSequence(the message before it). Once another publisher has
 //     written a newer epoch, the stream's last sequence has moved, this
 //     one's writes are rejected and Run returns ErrFenced (the rejection is
-//     told from a lost publish by reading the epoch subject). No data
+//     told from a lost publish by reading the epoch subject: only a marker
+//     that passes its MAC check fences; a forged one ends the session, and
+//     the next starts a new generation after it). No data
 //     message carries a per-subject expectation: a replicated stream
 //     refuses a second one on the same subject while the first is in its
 //     raft pipeline, so it would reject every pipelined message at R3. A
