@@ -20,10 +20,11 @@ var ErrFenced = errors.New("publisher fenced: another publisher wrote a newer ep
 // retried.
 var ErrMirrorStream = streams.ErrMirror
 
-// ErrRetention is returned by Run when the existing log stream's max age
-// is not longer than the snapshot interval: the stream would lose its last
-// complete snapshot, and a standby with a gap could not re-seed. It is not
-// retried.
+// ErrRetention is returned by Run when the log stream's retention cannot
+// hold a complete snapshot: its max age is not longer than the snapshot
+// interval, or its max bytes are below twice the size of a snapshot just
+// published. A standby with a gap could then find no base to re-seed
+// from. It is not retried.
 var ErrRetention = errors.New("log stream retention cannot hold a complete snapshot")
 
 // Config configures a Publisher.

@@ -288,7 +288,8 @@ func (p *Publisher) session(ctx context.Context) error {
 	g.Go(func() error {
 		defer stopWatchingConn()
 		defer close(acks)
-		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen}
+		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen,
+			maxBytes: stream.CachedInfo().Config.MaxBytes}
 		if reason == "" {
 			pub.w, pub.lastSnap = proof, lastSnap
 			if !tail.Complete && tail.Kind == streams.KindRevision {
@@ -423,6 +424,9 @@ type sender struct {
 	w witness
 	// lastSnap is when the newest snapshot of the generation started.
 	lastSnap time.Time
+	// maxBytes is the log stream's max bytes (<= 0: unlimited), and
+	// snapBytes the bytes of the snapshot being published so far.
+	maxBytes, snapBytes int64
 	// redo is the revision whose record a predecessor left unfinished at
 	// the stream's tail (0: none). Its parts already in the stream carry
 	// the same message IDs, which the stream would take for duplicates
@@ -460,6 +464,9 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 		}
 		s.last++
 		s.p.metrics.bytes.Add(float64(len(m.Data)))
+		if rec.Kind != streams.KindRevision && rec.Kind != streams.KindEpoch {
+			s.snapBytes += int64(len(m.Data))
+		}
 		pa := pending{fut: fut, rec: pos, last: i == len(msgs)-1}
 		if pa.last && rec.Kind == streams.KindSnapshotEnd {
 			pa.snapshotStart = rec.Time

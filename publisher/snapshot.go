@@ -65,6 +65,7 @@ func (p *Publisher) snapshot(ctx context.Context, s *sender, reason string, at i
 		return a.key < b.key
 	})
 	begin := &streams.Record{Kind: streams.KindSnapshotBegin, Revision: rev, Time: start, Prefix: []byte(p.cfg.Prefix), Reason: reason}
+	s.snapBytes = 0
 	if err := s.send(ctx, begin); err != nil {
 		return 0, err
 	}
@@ -131,6 +132,12 @@ func (p *Publisher) snapshot(ctx context.Context, s *sender, reason string, at i
 	endRec := &streams.Record{Kind: streams.KindSnapshotEnd, Revision: rev, Time: start, Chunk: chunk.Chunk, Keys: published}
 	if err := s.send(ctx, endRec); err != nil {
 		return 0, err
+	}
+	if s.maxBytes > 0 && s.maxBytes < 2*s.snapBytes {
+		// The next snapshot would push this one out before it completes:
+		// for a while the stream would hold no complete base.
+		return 0, fmt.Errorf("stream %s holds at most %d bytes, less than twice the %d bytes of the snapshot just published at revision %d: raise its max bytes (etcdsync streams init --max-bytes) to at least %d: %w",
+			p.cfg.Stream.Name, s.maxBytes, s.snapBytes, rev, 2*s.snapBytes, ErrRetention)
 	}
 	p.metrics.snapshots.WithLabelValues(reasonLabel(reason)).Inc()
 	p.metrics.snapshotsKeys.Add(float64(published))

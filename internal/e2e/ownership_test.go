@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,26 @@ func TestPublisherRefusesRetentionBelowSnapshotInterval(t *testing.T) {
 	err := r.wait(t, 10*time.Second, "publisher on a stream of too short a max age")
 	if !errors.Is(err, publisher.ErrRetention) || !strings.Contains(err.Error(), "1h0m0s") || !strings.Contains(err.Error(), "4h0m0s") {
 		t.Fatalf("publisher returned %v, want ErrRetention naming 1h0m0s and 4h0m0s", err)
+	}
+}
+
+// A log stream whose max bytes cannot hold two snapshots drops the last
+// complete one while the next is published: the publisher refuses it after
+// its first snapshot, naming the sizes, and does not retry.
+func TestPublisherRefusesMaxBytesBelowTwoSnapshots(t *testing.T) {
+	p := newPipeline(t)
+	cfg := streams.DefaultLogConfig()
+	cfg.MaxBytes = 256 << 10
+	if _, err := streams.EnsureLogStream(context.Background(), p.js.JS, cfg); err != nil {
+		t.Fatal(err)
+	}
+	value := strings.Repeat("v", 1<<10)
+	for i := 0; i < 200; i++ { // a snapshot of ~200 KiB
+		put(t, p.primary.Client, fmt.Sprintf("/b/k%03d", i), value)
+	}
+	_, r := p.startPublisher(p.publisherConfig())
+	err := r.wait(t, 20*time.Second, "publisher on a stream of too few bytes")
+	if !errors.Is(err, publisher.ErrRetention) || !strings.Contains(err.Error(), "262144") {
+		t.Fatalf("publisher returned %v, want ErrRetention naming the stream's 262144 bytes", err)
 	}
 }
