@@ -56,6 +56,11 @@
 //     session start refuses it with ErrMirrorStream naming the stream and
 //     its origin, before it creates or updates anything. Only promote
 //     converts a mirror.
+//   - The stream is the operator's: a publisher creates a missing one from
+//     its flags and never changes an existing one (differences are logged).
+//     It refuses (ErrRetention, not retried) a stream that cannot hold a
+//     complete snapshot: max age not above the snapshot interval, or max
+//     bytes below twice the snapshot it just published.
 //   - Every data message also expects the stream's last sequence to be the
 //     one before it, so a message lost in a reconnect cannot leave a hole.
 //   - Periodic snapshots (every SnapshotInterval) are due one interval after
