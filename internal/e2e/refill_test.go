@@ -47,9 +47,16 @@ func recreateLogStream(t *testing.T, p *pipeline) {
 	if err := p.js.JS.DeleteStream(ctx, streams.DefaultStream); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := streams.EnsureLogStream(ctx, p.js.JS, streams.DefaultLogConfig()); err != nil {
-		t.Fatal(err)
-	}
+	// The server may still be removing the old store right after the
+	// delete ("error creating store for stream"): try again for a while.
+	var err error
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, err = streams.EnsureLogStream(ctx, p.js.JS, streams.DefaultLogConfig())
+		if err != nil {
+			t.Log(err)
+		}
+		return err == nil
+	}, "the log stream recreated (last error in the log above)")
 }
 
 // applyAll publishes log into a fresh stream and runs an applier until the
