@@ -94,6 +94,11 @@ func (e *historyBroken) Error() string {
 // Unwrap makes errors.Is(err, errNewGeneration) true.
 func (e *historyBroken) Unwrap() error { return errNewGeneration }
 
+// errAbandoned means a record's parts are followed by another record
+// before its last part: its publisher died half-way, and its successor
+// published the revision again.
+var errAbandoned = errors.New("record abandoned before its last part")
+
 // errWitnessCompacted means the source compacted the revision a witness is
 // read at: continuity is neither proven nor disproven by that witness.
 var errWitnessCompacted = errors.New("witness revision compacted")
@@ -204,6 +209,12 @@ func (p *Publisher) lastWitness(ctx context.Context, stream jetstream.Stream, ta
 		if errors.Is(err, streams.ErrUnauthenticated) {
 			return witness{}, nil
 		}
+		if errors.Is(err, errAbandoned) {
+			// A record whose publisher died before its last part (a later
+			// publisher's epoch follows it): it proves nothing.
+			seq = first - 1
+			continue
+		}
 		if err != nil {
 			return witness{}, err
 		}
@@ -235,6 +246,9 @@ func (p *Publisher) readRecord(ctx context.Context, stream jetstream.Stream, fir
 			}
 			if err := p.cfg.LogKeys.Verify(part, msg.Subject, seq-1); err != nil {
 				return streams.Record{}, fmt.Errorf("read the log at seq %d: %w", seq, err)
+			}
+			if part.Kind != f.Kind || part.Part != i || part.Parts != f.Parts {
+				return streams.Record{}, fmt.Errorf("read the log at seq %d: %w", seq, errAbandoned)
 			}
 		}
 		rec, done, err := a.Add(part)

@@ -292,9 +292,10 @@ func (p *Publisher) session(ctx context.Context) error {
 			maxBytes: stream.CachedInfo().Config.MaxBytes}
 		if reason == "" {
 			pub.w, pub.lastSnap = proof, lastSnap
-			if !tail.Complete && tail.Kind == streams.KindRevision {
-				pub.redo = tail.Revision + 1
-			}
+			// The first revision of a resumed generation gets message IDs
+			// of its own: a predecessor may have left part of it in the
+			// stream, at the tail or under an epoch of a later crash.
+			pub.redo = resumeRev + 1
 		}
 		pr := &prover{clusterID: clusterID, seen: curRev, interrupted: interrupted}
 		from := resumeRev + 1
@@ -427,10 +428,12 @@ type sender struct {
 	// maxBytes is the log stream's max bytes (<= 0: unlimited), and
 	// snapBytes the bytes of the snapshot being published so far.
 	maxBytes, snapBytes int64
-	// redo is the revision whose record a predecessor left unfinished at
-	// the stream's tail (0: none). Its parts already in the stream carry
-	// the same message IDs, which the stream would take for duplicates
-	// (another publisher's writes): this session's copy gets IDs of its own.
+	// redo is the first revision this session publishes in a resumed
+	// generation (0: none). A predecessor may have left part of its record
+	// in the stream; those parts carry the same message IDs, which the
+	// stream would take for duplicates (another publisher's writes): this
+	// session's copy gets IDs of its own. Fencing does not need them: every
+	// message is chained to the sequence before it.
 	redo int64
 }
 
