@@ -279,23 +279,6 @@ func TestNATSAuthLeastPrivilege(t *testing.T) {
 		t.Error("publisher: a drift event was acknowledged")
 	}
 	pub.denied("publish", auditor.SummarySubject(streams.DefaultSite))
-	// Nor reconfigure the log stream (streams init's, with an admin
-	// identity): a RePublish would copy the log onto the drift subjects,
-	// where consumers take it for drift events, and a lower limit would
-	// purge the log.
-	for what, change := range map[string]func(c *jetstream.StreamConfig){
-		"republish the log onto the drift subjects": func(c *jetstream.StreamConfig) {
-			c.RePublish = &jetstream.RePublish{Source: ">", Destination: subj.Drift() + ".>"}
-		},
-		"cut the log to one message": func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 },
-	} {
-		c := info.Config
-		change(&c)
-		if _, err := pub.js.UpdateStream(shortCtx(t), c); err == nil {
-			t.Errorf("publisher could %s", what)
-		}
-	}
-	pub.denied("publish", "$JS.API.STREAM.UPDATE."+streams.DefaultStream)
 
 	// The log holds exactly what the publisher wrote, and replication goes on.
 	put(t, p.primary.Client, "/registry/configmaps/app/after", "x")
@@ -310,6 +293,25 @@ func TestNATSAuthLeastPrivilege(t *testing.T) {
 	if n := srv.GlobalAccount().JetStreamUsage().Streams; n != 2 {
 		t.Fatalf("the server holds %d streams, want the log and the drift stream", n)
 	}
+	// The publisher's identity (on a connection of its own, not the running
+	// publisher's) cannot reconfigure the log stream (streams init's, with
+	// an admin identity): a RePublish would copy the log onto the drift subjects,
+	// where consumers take it for drift events, and a lower limit would
+	// purge the log.
+	owner := mustConnectAs(t, "publisher identity", url, nats.UserInfo("publisher", "publisher-secret"))
+	for what, change := range map[string]func(c *jetstream.StreamConfig){
+		"republish the log onto the drift subjects": func(c *jetstream.StreamConfig) {
+			c.RePublish = &jetstream.RePublish{Source: ">", Destination: subj.Drift() + ".>"}
+		},
+		"cut the log to one message": func(c *jetstream.StreamConfig) { c.MaxMsgs = 1 },
+	} {
+		c := info.Config
+		change(&c)
+		if _, err := owner.js.UpdateStream(shortCtx(t), c); err == nil {
+			t.Errorf("publisher could %s", what)
+		}
+	}
+	owner.denied("publish", "$JS.API.STREAM.UPDATE."+streams.DefaultStream)
 }
 
 // TestNATSAuthLeafLink: the primary site's server accepts the standby
