@@ -77,6 +77,24 @@ func (f *resumeFixture) appendParts(t *testing.T, rec *streams.Record, maxMsg, n
 	}
 }
 
+// appendBigRevisionFragment writes a 256 KiB value on the primary and
+// publishes the first 2 of the 64 KiB parts of its revision record, as a
+// publisher that died half-way through it had; it returns the revision.
+func (f *resumeFixture) appendBigRevisionFragment(t *testing.T) int64 {
+	t.Helper()
+	big := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB: several 64 KiB messages
+	rev := put(t, f.p.primary.Client, "/r/big", string(big))
+	resp, err := f.p.primary.Client.Get(context.Background(), "/r/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := resp.Kvs[0]
+	rec := &streams.Record{Kind: streams.KindRevision, Revision: rev, Time: time.Now(), Events: []streams.Event{{Type: streams.EventPut,
+		Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version}}}
+	f.appendParts(t, rec, 64<<10, 2)
+	return rev
+}
+
 // restart starts the successor publisher and checks that it continues the
 // same generation, that the standby converges, and that the standby that
 // followed the log applied no snapshot because of the crash.
@@ -100,16 +118,7 @@ func (f *resumeFixture) restart(t *testing.T) *publisher.Publisher {
 // successor's epoch and applies the revision once.
 func TestInterruptedRevisionKeepsGeneration(t *testing.T) {
 	f := newResumeFixture(t)
-	big := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB: several 64 KiB messages
-	rev := put(t, f.p.primary.Client, "/r/big", string(big))
-	resp, err := f.p.primary.Client.Get(context.Background(), "/r/big")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv := resp.Kvs[0]
-	rec := &streams.Record{Kind: streams.KindRevision, Revision: rev, Time: time.Now(), Events: []streams.Event{{Type: streams.EventPut,
-		Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version}}}
-	f.appendParts(t, rec, 64<<10, 2)
+	f.appendBigRevisionFragment(t)
 	f.pcfg.MaxMessageBytes = 64 << 10 // the successor splits the same way
 	f.restart(t)
 }

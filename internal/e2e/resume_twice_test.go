@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -20,16 +18,7 @@ import (
 // carry the message IDs of a first publication).
 func TestInterruptedRevisionUnderSuccessorEpochKeepsGeneration(t *testing.T) {
 	f := newResumeFixture(t)
-	big := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB: several 64 KiB messages
-	rev := put(t, f.p.primary.Client, "/r/big", string(big))
-	resp, err := f.p.primary.Client.Get(context.Background(), "/r/big")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv := resp.Kvs[0]
-	rec := &streams.Record{Kind: streams.KindRevision, Revision: rev, Time: time.Now(), Events: []streams.Event{{Type: streams.EventPut,
-		Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version}}}
-	f.appendParts(t, rec, 64<<10, 2)
+	rev := f.appendBigRevisionFragment(t)
 	// The successor's epoch, as it writes it: the same generation, resuming
 	// after the revision before the fragment's; then it died.
 	tailSeq := lastSeq(t, f.stream)
