@@ -213,7 +213,7 @@ func printPromoteDryRun(w io.Writer, out promoteOutput, o promoteOptions) {
 	if o.bumpRevision {
 		fmt.Fprintf(w, "  would bump       the standby revision %d by about %d revisions\n", rep.StandbyRevision, rep.Bumped)
 		fmt.Fprintf(w, "  would compact    the standby at the bumped revision: a watch or read at an older revision (resourceVersion)\n"+
-			"                   is refused as compacted, 410 Gone from a kube-apiserver, so clients re-list\n")
+			"                   is refused as compacted, 410 Gone from a restarted kube-apiserver, so clients re-list\n")
 	}
 	if ws := out.WritableStream; ws != nil {
 		fmt.Fprintf(w, "  would make       mirror stream %s writable on %s\n", ws.Stream, ws.Subjects)
@@ -227,7 +227,7 @@ func printWritableStream(w io.Writer, out promoteOutput) {
 	} else if out.AlreadyPromoted && out.StreamError == "" {
 		fmt.Fprintf(w, "no mirror stream left to make writable: the stream step is done\n")
 	}
-	fmt.Fprintf(w, "next: point DNS at the standby, enable its controllers (garbage collector), restart long-lived clients\n")
+	fmt.Fprintf(w, "next: point DNS at the standby, enable its controllers (garbage collector), restart its kube-apiservers, then long-lived clients\n")
 }
 
 // printPromote prints the data-loss report of a promotion.
@@ -257,6 +257,7 @@ func printPromote(w io.Writer, out promoteOutput) {
 	}
 	if rep.CompactedRevision > 0 {
 		fmt.Fprintf(w, "  compacted at revision %d: a watch or read at an older revision (resourceVersion) is refused as\n"+
-			"                   compacted, 410 Gone from a kube-apiserver, so clients re-list\n", rep.CompactedRevision)
+			"                   compacted, 410 Gone from a restarted kube-apiserver, so clients re-list (a running\n"+
+			"                   kube-apiserver's watch cache does not see the compaction: restart the apiservers)\n", rep.CompactedRevision)
 	}
 }
