@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/internal/digestscan"
 	"github.com/etcdsync/etcdsync/streams"
 )
@@ -238,4 +239,145 @@ func (p *pipeline) lastPublished(t *testing.T, rev int64) streams.Position {
 		return false
 	}, "the log reaches the last write")
 	return pos
+}
+
+// kubeWrites writes n rounds of Kubernetes-shaped keys on cli: configmaps
+// and secrets created, updated and deleted, some events under a lease, and
+// keys the kubernetes preset excludes (kube-system), so that the digest
+// follows only the in-scope ones.
+func kubeWrites(t *testing.T, cli *clientv3.Client, round int) {
+	t.Helper()
+	ctx := context.Background()
+	cm := fmt.Sprintf("/registry/configmaps/app/cm-%03d", round%40)
+	put(t, cli, cm, fmt.Sprintf("configmap round %d", round))
+	put(t, cli, fmt.Sprintf("/registry/secrets/app/s-%03d", round%25), fmt.Sprintf("secret round %d", round))
+	put(t, cli, fmt.Sprintf("/registry/configmaps/kube-system/cm-%03d", round%10), "excluded")
+	if round%7 == 3 {
+		if _, err := cli.Delete(ctx, fmt.Sprintf("/registry/secrets/app/s-%03d", (round+5)%25)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if round%11 == 5 {
+		l, err := cli.Grant(ctx, 600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(ctx, fmt.Sprintf("/registry/events/app/e-%03d", round), "leased", clientv3.WithLease(l.ID)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(ctx, cm, "now leased", clientv3.WithLease(l.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The standby proves it equals the log in scope while writes go on: every
+// check of an untouched pipeline under live writes is VERIFIED (or, in the
+// middle of a snapshot, says it cannot tell), none is a MISMATCH.
+func TestStandbyVerifiedUnderLiveWrites(t *testing.T) {
+	p := newPipeline(t)
+	for i := 0; i < 30; i++ {
+		kubeWrites(t, p.primary.Client, i)
+	}
+	p.startPublisher(p.publisherConfig())
+	acfg := p.applierConfig()
+	acfg.VerifyInterval = 100 * time.Millisecond
+	ap, _ := p.startApplier(acfg)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	wrote := make(chan int)
+	go func() {
+		n := 30
+		defer func() { wrote <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			kubeWrites(t, p.primary.Client, n)
+			n++
+		}
+	}()
+	verified := map[int64]bool{}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(verified) < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d verified positions in a minute", len(verified))
+		}
+		v, err := applier.Verify(ctx, p.standby.Client, acfg.EffectiveCheckpointKey(), ap.Rules())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch v.Result {
+		case applier.Mismatch:
+			t.Fatalf("MISMATCH on an untouched pipeline at %s: %+v", v.Position, v)
+		case applier.Verified:
+			if v.Keys == 0 {
+				t.Fatalf("verified an empty scope at %s", v.Position)
+			}
+			verified[v.Position.Revision] = true
+		}
+	}
+	close(stop)
+	rounds := <-wrote
+	p.waitConverged(ap.Rules(), 30*time.Second)
+	testenvEventually(t, func() bool {
+		v, ok, err := applier.ReadVerification(ctx, p.standby.Client, acfg.Stream)
+		return err == nil && ok && v.Result == applier.Verified && v.Position.Revision >= p.lastRevision(t)
+	}, "the applier's own periodic check verifies the final position")
+	t.Logf("%d write rounds, %d positions verified", rounds, len(verified))
+}
+
+// lastRevision returns the primary's current revision.
+func (p *pipeline) lastRevision(t *testing.T) int64 {
+	t.Helper()
+	resp, err := p.primary.Client.Get(context.Background(), "\x00", clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+// A key written into the standby's scope behind the applier's back is
+// found by the applier's periodic check (recorded for status, counted),
+// with no access to the primary, narrowed to its resource type; a write
+// outside the scope is not.
+func TestStandbyWrittenBehindApplierIsMismatch(t *testing.T) {
+	p := newPipeline(t)
+	for i := 0; i < 30; i++ {
+		kubeWrites(t, p.primary.Client, i)
+	}
+	p.startPublisher(p.publisherConfig())
+	acfg := p.applierConfig()
+	acfg.VerifyInterval = 100 * time.Millisecond
+	ap, _ := p.startApplier(acfg)
+	p.waitConverged(ap.Rules(), 30*time.Second)
+	ctx := context.Background()
+	testenvEventually(t, func() bool {
+		v, ok, err := applier.ReadVerification(ctx, p.standby.Client, acfg.Stream)
+		return err == nil && ok && v.Result == applier.Verified
+	}, "the untouched standby verified")
+	// Outside the scope: still verified.
+	put(t, p.standby.Client, "/registry/configmaps/kube-system/standby-own", "not replicated")
+	v, err := applier.Verify(ctx, p.standby.Client, acfg.EffectiveCheckpointKey(), ap.Rules())
+	if err != nil || v.Result != applier.Verified {
+		t.Fatalf("a write outside the scope: %+v %v", v, err)
+	}
+	// Inside: a new secret and a changed configmap.
+	put(t, p.standby.Client, "/registry/secrets/app/intruder", "written behind the applier's back")
+	put(t, p.standby.Client, "/registry/configmaps/app/cm-001", "changed behind the applier's back")
+	var got applier.Verification
+	testenvEventually(t, func() bool {
+		v, ok, err := applier.ReadVerification(ctx, p.standby.Client, acfg.Stream)
+		got = v
+		return err == nil && ok && v.Result == applier.Mismatch
+	}, "the applier's periodic check reports the mismatch")
+	var names []string
+	for _, r := range got.Resources {
+		names = append(names, r.Resource)
+	}
+	if fmt.Sprint(names) != "[configmaps secrets]" {
+		t.Fatalf("mismatch narrowed to %v, want [configmaps secrets]: %+v", names, got)
+	}
 }
