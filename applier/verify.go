@@ -302,3 +302,22 @@ func (a *Applier) monitorDigest(ctx context.Context) {
 		}
 	}
 }
+
+// VerifyStandby is Verify under the scope rules the standby's applier
+// recorded next to its checkpoint (ScopeKey), so that a command run on
+// the standby site needs no scope flags. Without a scope record it returns
+// Unverified.
+func VerifyStandby(ctx context.Context, etcd *clientv3.Client, checkpointKey string) (Verification, error) {
+	rec, ok, err := ReadScope(ctx, etcd, ScopeKey(checkpointKey))
+	if err != nil {
+		return Verification{}, err
+	}
+	if !ok {
+		return Verification{Result: Unverified, Reason: "the standby holds no scope record: no applier ran against it", At: time.Now(), Resources: []ResourceDiff{}}, nil
+	}
+	rules, err := keyspace.New(rec.Keyspace)
+	if err != nil {
+		return Verification{}, fmt.Errorf("the applier's scope record: %w", err)
+	}
+	return Verify(ctx, etcd, checkpointKey, rules)
+}

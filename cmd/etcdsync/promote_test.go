@@ -75,7 +75,7 @@ func TestStatusAndPromote(t *testing.T) {
 	}
 
 	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr, "--bump-revision", "--drain-timeout", "10s")
-	if code != exitOK || !strings.Contains(out, "standby promoted") {
+	if code != exitOK || !strings.Contains(out, "standby promoted") || !strings.Contains(out, "verification     VERIFIED: the in-scope keys are exactly what the log applied up to source revision") {
 		t.Fatalf("promote: exit %d\n%s%s", code, out, stderr)
 	}
 	select {
