@@ -96,6 +96,14 @@
 //     marker is set, ReadStatus and Promote report which revision is half
 //     applied and how many of its events are on the standby, and Promote
 //     returns ErrInconsistent.
+//   - Revision-faithful failover: Promote with BumpRevision raises the
+//     standby's revision above every source revision seen, then compacts
+//     the standby at the bumped revision (PromoteReport.CompactedRevision),
+//     so no watch can resume inside the replica's history, whose revision
+//     numbers are the standby's and not the primary's: a client that last
+//     saw an older resourceVersion gets ErrCompacted (410 Gone) and
+//     re-lists. A re-run compacts only if the history before the fence is
+//     still readable.
 //   - Scope record: the applier records its effective scope (ScopeRecord:
 //     keyspace config, rules text with the preset, the publisher prefix
 //     the last snapshot announced, fingerprint) at "<checkpoint key>/scope"

@@ -38,7 +38,8 @@ func promoteFlags(o *promoteOptions) *flagSet {
 			"standby's stream holds, fences the applier (its next transaction fails and it exits),\n"+
 			"and reports the standby's final source position: the failover's data-loss report.\n"+
 			"With --bump-revision it raises the standby etcd's revision above the last source\n"+
-			"revision seen, so clients' old resourceVersions cannot land inside history they never saw.\n"+
+			"revision seen, so clients' old resourceVersions cannot land inside history they never saw,\n"+
+			"and compacts the standby there: a watch from an older resourceVersion gets 410 Gone (re-list).\n"+
 			"Without --nats-url (the stream is lost with the primary site) it fences at once.\n"+
 			"With --log-key-file the messages at the end of the stream are MAC-checked: those that fail are never\n"+
 			"applied, so they count neither for draining nor for the stream's last revision, and are reported.\n"+
@@ -52,7 +53,7 @@ func promoteFlags(o *promoteOptions) *flagSet {
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
 	f.Duration(&o.drainTimeout, "drain-timeout", 30*time.Second, "wait up to `DURATION` for the applier to drain the stream")
-	f.Bool(&o.bumpRevision, "bump-revision", false, "raise the standby's revision above the last source revision seen")
+	f.Bool(&o.bumpRevision, "bump-revision", false, "raise the standby's revision above the last source revision seen, and compact the standby there")
 	f.Int(&o.bumpMax, "bump-max", 10_000_000, "refuse --bump-revision when more than `N` revisions are needed (use etcdutl snapshot restore --bump-revision offline)")
 	f.String(&o.newSite, "publish-site", "standby", "site `NAME` the new primary's publisher will use: a mirror stream becomes writable on etcdsync.<NAME>.log.>")
 	f.Bool(&o.json, "json", false, "print the report as JSON (and nothing else on stdout)")
@@ -229,6 +230,8 @@ func printPromoteDryRun(w io.Writer, out promoteOutput, o promoteOptions) {
 	fmt.Fprintf(w, "  source time      %s: anything the primary committed after it would not be on the standby\n", rep.DataLossSince.UTC().Format(time.RFC3339Nano))
 	if o.bumpRevision {
 		fmt.Fprintf(w, "  would bump       the standby revision %d by about %d revisions\n", rep.StandbyRevision, rep.Bumped)
+		fmt.Fprintf(w, "  would compact    the standby at the bumped revision: a watch or read at an older revision (resourceVersion)\n"+
+			"                   is refused as compacted, 410 Gone from a kube-apiserver, so clients re-list\n")
 	}
 	if ws := out.WritableStream; ws != nil {
 		fmt.Fprintf(w, "  would make       mirror stream %s writable on %s\n", ws.Stream, ws.Subjects)
@@ -269,6 +272,10 @@ func printPromote(w io.Writer, out promoteOutput) {
 		fmt.Fprintf(w, "  standby revision %d (raised by %d revisions)\n", rep.StandbyRevision, rep.Bumped)
 	} else {
 		fmt.Fprintf(w, "  standby revision %d\n", rep.StandbyRevision)
+	}
+	if rep.CompactedRevision > 0 {
+		fmt.Fprintf(w, "  compacted at revision %d: a watch or read at an older revision (resourceVersion) is refused as\n"+
+			"                   compacted, 410 Gone from a kube-apiserver, so clients re-list\n", rep.CompactedRevision)
 	}
 	switch v := out.Verification; {
 	case v == nil:

@@ -44,12 +44,9 @@ func TestPromoteDrainsFencesAndBumps(t *testing.T) {
 	if err := ar.wait(t, 20*time.Second, "fenced applier"); !errors.Is(err, applier.ErrPromoted) {
 		t.Fatalf("applier after promote: want ErrPromoted, got %v", err)
 	}
-	// Writes on the old primary no longer reach the promoted standby.
-	put(t, p.primary.Client, "/pm/after", "x")
-	time.Sleep(500 * time.Millisecond)
-	if resp, _ := p.standby.Client.Get(ctx, "/pm/after"); len(resp.Kvs) != 0 {
-		t.Fatal("a fenced applier wrote to the promoted standby")
-	}
+	// That a fenced applier with a batch in hand writes nothing is
+	// applier's TestFencedApplierWritesNothing (here the applier has
+	// returned: nothing is left to write).
 	// A second applier refuses to start on a promoted standby.
 	_, ar2 := p.startApplier(rawApplierConfig(p))
 	if err := ar2.wait(t, 10*time.Second, "applier on a promoted standby"); !errors.Is(err, applier.ErrPromoted) {
