@@ -367,6 +367,10 @@ func TestStandbyWrittenBehindApplierIsMismatch(t *testing.T) {
 	// Inside: a new secret and a changed configmap.
 	put(t, p.standby.Client, "/registry/secrets/app/intruder", "written behind the applier's back")
 	put(t, p.standby.Client, "/registry/configmaps/app/cm-001", "changed behind the applier's back")
+	// At once, before the idle primary moves the checkpoint again.
+	if v, err := applier.Verify(ctx, p.standby.Client, acfg.EffectiveCheckpointKey(), ap.Rules()); err != nil || v.Result != applier.Mismatch {
+		t.Fatalf("verify right after the writes behind the applier's back: %+v %v", v, err)
+	}
 	var got applier.Verification
 	testenvEventually(t, func() bool {
 		v, ok, err := applier.ReadVerification(ctx, p.standby.Client, acfg.Stream)
@@ -379,5 +383,41 @@ func TestStandbyWrittenBehindApplierIsMismatch(t *testing.T) {
 	}
 	if fmt.Sprint(names) != "[configmaps secrets]" {
 		t.Fatalf("mismatch narrowed to %v, want [configmaps secrets]: %+v", names, got)
+	}
+}
+
+// A revision record without digests (written by an older publisher, or
+// while the publisher could not follow the digest) leaves the applier
+// nothing to follow the digest by: the standby is UNVERIFIED from there,
+// never a false MISMATCH, until a snapshot gives the digest again.
+func TestUndigestedRecordMakesStandbyUnverified(t *testing.T) {
+	p := newPipeline(t)
+	put(t, p.primary.Client, "/u/a", "1")
+	_, pr := p.startPublisher(p.publisherConfig())
+	acfg := rawApplierConfig(p)
+	acfg.VerifyInterval = 0
+	ap, _ := p.startApplier(acfg)
+	last := put(t, p.primary.Client, "/u/b", "2")
+	p.waitConverged(rawRules(t), 20*time.Second)
+	ctx := context.Background()
+	var v applier.Verification
+	testenvEventually(t, func() bool {
+		var err error
+		v, err = applier.Verify(ctx, p.standby.Client, acfg.EffectiveCheckpointKey(), ap.Rules())
+		return err == nil && v.Result == applier.Verified && v.Position.Revision >= last
+	}, "the standby verified")
+	if err := pr.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The next revision, as a publisher without digests writes it: it
+	// changes /u/a, whose previous pair only a digested record names.
+	publishRecordIn(t, p, &streams.Record{Kind: streams.KindRevision, ClusterID: v.Position.ClusterID, Generation: v.Position.Generation,
+		Revision: last + 1, Time: time.Now(), Events: []streams.Event{
+			{Type: streams.EventPut, Key: []byte("/u/a"), Value: []byte("changed"), CreateRevision: 2, ModRevision: last + 1, Version: 2},
+		}}, 1<<20)
+	testenvEventually(t, func() bool { return getValue(t, p.standby.Client, "/u/a") == "changed" }, "the undigested record applied")
+	v, err := applier.Verify(ctx, p.standby.Client, acfg.EffectiveCheckpointKey(), ap.Rules())
+	if err != nil || v.Result != applier.Unverified {
+		t.Fatalf("after an undigested record: %+v %v, want unverified", v, err)
 	}
 }
