@@ -394,7 +394,10 @@ const lagEvery = 2 * time.Second
 // monitorLag keeps the lag gauges true while nothing is applied: messages
 // and revisions waiting in the stream, and, when some wait, the time since
 // the publisher observed the last applied revision (so a stalled applier
-// shows a growing lag, not its last apply latency).
+// shows a growing lag, not its last apply latency); when the stream is a
+// mirror, the time since it last heard from its origin and the messages
+// it has not copied (so a stalled link between the sites shows, though
+// the applier has applied all the mirror holds).
 func (a *Applier) monitorLag(ctx context.Context) {
 	t := time.NewTicker(lagEvery)
 	defer t.Stop()
@@ -409,6 +412,7 @@ func (a *Applier) monitorLag(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		a.metrics.observeMirror(mirrorStatus(stream.CachedInfo()))
 		tail, err := streams.ReadTail(ctx, stream, a.subj)
 		if err != nil {
 			continue

@@ -104,6 +104,15 @@
 //     saw an older resourceVersion gets ErrCompacted (410 Gone) and
 //     re-lists. A re-run compacts only if the history before the fence is
 //     still readable.
+
+//   - Lag is measured against the origin: when the stream is a mirror (the
+//     standby site's copy of the primary's log), ReadStatus counts the
+//     messages the mirror has not copied and takes the lag in seconds as at
+//     least the time since the mirror last heard from its origin
+//     (StreamStatus.Mirror), and the applier exports both
+//     (etcdsync_applier_mirror_last_contact_seconds,
+//     etcdsync_applier_mirror_origin_lag_messages), so a stalled link
+//     between the sites never reads as lag 0.
 //   - Scope record: the applier records its effective scope (ScopeRecord:
 //     keyspace config, rules text with the preset, the publisher prefix
 //     the last snapshot announced, fingerprint) at "<checkpoint key>/scope"

@@ -120,7 +120,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	} else {
-		printStatus(stdout, st)
+		printStatus(stdout, st, o.maxLag)
 		printLastAudit(stdout, out.LastAudit)
 		printLastVerification(stdout, out.Verification)
 	}
@@ -131,6 +131,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("the log holds messages that fail their MAC check: %s: %w", strings.Join(s.Unauthenticated, "; "), streams.ErrUnauthenticated)
 	}
 	if st.State != "following" || st.LagSeconds > o.maxLag.Seconds() {
+		return errLagging
+	}
+	if st.OriginUnknown {
 		return errLagging
 	}
 	if !st.StreamChecked {
@@ -201,7 +204,7 @@ func printLastVerification(w io.Writer, v *applier.Verification) {
 	}
 }
 
-func printStatus(w io.Writer, st applier.Status) {
+func printStatus(w io.Writer, st applier.Status, maxLag time.Duration) {
 	if s := st.Stream; s == nil {
 		fmt.Fprintf(w, "stream           NOT CHECKED (no --nats-url): the lag is unknown\n")
 	} else {
@@ -212,6 +215,9 @@ func printStatus(w io.Writer, st applier.Status) {
 			fmt.Fprintf(w, "  MACs           NOT CHECKED (no --log-key-file): the positions below are trusted as they are\n")
 		case len(s.Unauthenticated) == 0:
 			fmt.Fprintf(w, "  MACs           verified (the last message and the newest snapshot)\n")
+		}
+		if m := s.Mirror; m != nil {
+			printMirror(w, m, maxLag)
 		}
 		for _, u := range s.Unauthenticated {
 			fmt.Fprintf(w, "  UNAUTHENTICATED %s: not trusted\n", u)
@@ -253,5 +259,31 @@ func printStatus(w io.Writer, st applier.Status) {
 		fmt.Fprintf(w, "lag              unknown (stream not checked)\n")
 		return
 	}
-	fmt.Fprintf(w, "lag              %d messages, %s revisions, %.3fs\n", st.LagMessages, lagRev, st.LagSeconds)
+	lagSec := fmt.Sprintf("%.3fs", st.LagSeconds)
+	if st.OriginUnknown {
+		lagSec = "unknown (the mirror never reached its origin)"
+	}
+	fmt.Fprintf(w, "lag              %d messages, %s revisions, %s\n", st.LagMessages, lagRev, lagSec)
+}
+
+// printMirror prints the link from the standby's mirror to its origin: a
+// link silent for longer than maxLag is a stall, whatever the local lag.
+func printMirror(w io.Writer, m *applier.MirrorStatus, maxLag time.Duration) {
+	origin := m.Origin
+	if m.OriginDomain != "" {
+		origin += " in domain " + m.OriginDomain
+	}
+	switch {
+	case m.LastContactSeconds < 0:
+		fmt.Fprintf(w, "  mirror of      %s: NEVER REACHED its origin since the server started: the lag against the primary is unknown\n", origin)
+	case m.LastContactSeconds > maxLag.Seconds():
+		fmt.Fprintf(w, "  mirror of      %s: STALLED, last contact %.1fs ago (more than --max-lag %s): writes on the primary since then have not reached this site\n",
+			origin, m.LastContactSeconds, maxLag)
+	default:
+		fmt.Fprintf(w, "  mirror of      %s: last contact %.1fs ago\n", origin, m.LastContactSeconds)
+	}
+	fmt.Fprintf(w, "  origin lag     %d messages not yet copied (as of the last contact)\n", m.OriginLagMessages)
+	if m.Error != "" {
+		fmt.Fprintf(w, "  MIRROR ERROR   %s\n", m.Error)
+	}
 }
