@@ -73,6 +73,12 @@ type Applier struct {
 	pres *presence
 	// scopePrefix is the publisher prefix in the scope record (nil: not known).
 	scopePrefix *string
+	// shadow is the in-scope digest of a snapshot the applier skips
+	// because it stands exactly at its revision (a periodic snapshot of
+	// the history it follows), gathered from its chunks: at the snapshot's
+	// end it gives the checkpoint a digest it lacks, or checks the one it
+	// has against the log (nil: none being gathered).
+	shadow *shadowDigest
 }
 
 // New validates cfg and returns an Applier writing to etcd (the standby) and
@@ -204,7 +210,8 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		return 0, ErrPromoted
 	}
 	a.ck, a.ckRev, a.ckReadRev, a.work = ck, rev, readRev, ck
-	a.work.Digest = ck.Digest.clone()
+	a.work.Digest = a.resumeDigest(ck.Digest)
+	a.shadow = nil
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		a.work.Snapshot = &s

@@ -288,6 +288,7 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 		if err := a.startRevision(ctx, r); err != nil {
 			return err
 		}
+		a.shadow = nil // the snapshot it gathered ended before this revision
 		if !r.Digested {
 			// Without the events' previous-value hashes the digest
 			// cannot follow: unknown until the next snapshot applied.
@@ -312,6 +313,7 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 				return err
 			}
 			w.Position.Seq = r.seq // a snapshot the standby does not need
+			a.shadowChunk(r)
 			return nil
 		}
 		if err := a.addEvents(ctx, r); err != nil {

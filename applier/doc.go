@@ -126,7 +126,17 @@
 //     are written in one transaction. It starts empty with every snapshot
 //     applied (the snapshot's keys then go in one by one) and follows each
 //     revision by its events' previous-value hashes; a revision record
-//     without digests makes it unknown (nil) until the next snapshot. Verify
+//     without digests, or scope rules other than the checkpoint's at
+//     session start, make it unknown (nil) until the next snapshot: one
+//     applied, or one the applier skips because it stands exactly at its
+//     revision (periodic, digest_lost), whose in-scope keys are then
+//     gathered from its chunks: they give a digest the checkpoint lacks,
+//     or must equal the one it has (else the applier followed the log
+//     wrongly: logged, counted, and the snapshot's digest replaces it, so
+//     the standby's verification shows the difference). At most 64
+//     resource types keep digests of their own (the rest share "(other)";
+//     names cut at 128 bytes), so the checkpoint stays within the room
+//     every transaction's budget sets aside for it. Verify
 //     reads the checkpoint and scans the in-scope keys pinned at the
 //     revision it was read at, so anything written in scope behind the
 //     applier's back up to then is seen; a checkpoint in the middle of a

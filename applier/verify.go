@@ -1,6 +1,7 @@
 package applier
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,7 +61,11 @@ func (s *ScopeDigest) clone() *ScopeDigest {
 // previous pair out (e.PrevHash), the new pair in unless it is a delete or
 // attached to a lease.
 func (s *ScopeDigest) event(e *streams.Event, res string) {
-	r := s.Resources[res]
+	r, ok := s.Resources[res]
+	if !ok && len(s.Resources) >= maxResources {
+		res = otherResources
+		r = s.Resources[res]
+	}
 	if e.PrevHash != ([32]byte{}) {
 		r.Digest.Remove(e.PrevHash)
 		r.Keys--
@@ -91,8 +96,42 @@ func (s *ScopeDigest) Total() (streams.Digest, int64) {
 // event just handed to the transaction builder).
 func (a *Applier) digestEvent(e *streams.Event) {
 	if d := a.work.Digest; d != nil {
-		d.event(e, a.rules.ResourceOf(e.Key))
+		d.event(e, resourceOf(a.rules, e.Key))
 	}
+}
+
+// resumeDigest returns the digest a session continues from the
+// checkpoint's d: a copy, or nil when it was kept under other scope rules
+// (following it under these would mix two scopes; unknown until a snapshot
+// gives it again).
+func (a *Applier) resumeDigest(d *ScopeDigest) *ScopeDigest {
+	if d != nil && d.Rules != rulesFingerprint(a.rules) {
+		a.log.Info("the checkpoint's keyspace digest was kept under other scope rules: dropped until the next snapshot")
+		return nil
+	}
+	return d.clone()
+}
+
+// Bounds of the per-resource digests in the checkpoint, so that its size
+// (which every standby transaction sets aside room for) stays bounded
+// whatever the keyspace: at most maxResources resource types, the rest
+// under otherResources, names cut at maxResourceName bytes.
+const (
+	maxResources    = 64
+	maxResourceName = 128
+	otherResources  = "(other)"
+	// maxDigestBytes bounds the JSON of a ScopeDigest with maxResources
+	// entries of maxResourceName-byte names, prefix and rules excluded.
+	maxDigestBytes = 64 + (maxResources+1)*(maxResourceName+128)
+)
+
+// resourceOf is the resource type a key's digest is kept under.
+func resourceOf(rules *keyspace.Rules, key []byte) string {
+	r := rules.ResourceOf(key)
+	if len(r) > maxResourceName {
+		r = r[:maxResourceName]
+	}
+	return r
 }
 
 // Verification results.
@@ -155,7 +194,7 @@ func Verify(ctx context.Context, etcd *clientv3.Client, checkpointKey string, ru
 	case modRev == 0:
 		v.Result, v.Reason = Unverified, "the standby holds no checkpoint: nothing was applied"
 	case ck.Digest == nil:
-		v.Result, v.Reason = Unverified, "the checkpoint carries no digest (written by an older etcdsync, or after a log record without one): the next snapshot the applier applies gives one"
+		v.Result, v.Reason = Unverified, "the checkpoint carries no digest (written by an older etcdsync, after a log record without one, or under other scope rules): the next snapshot in the log (periodic, every --snapshot-interval) gives one"
 	case ck.Snapshot != nil:
 		v.Result, v.Reason = Unverified, "a snapshot is being applied"
 	case ck.InFlight != nil:
@@ -168,7 +207,7 @@ func Verify(ctx context.Context, etcd *clientv3.Client, checkpointKey string, ru
 	}
 	v.Digest, v.Keys = ck.Digest.Total()
 	scan, err := digestscan.Scan(ctx, etcd, digestscan.Options{Prefix: ck.Digest.Prefix, Revision: rev, PageSize: 256,
-		Include: rules.Allowed, Group: rules.ResourceOf})
+		Include: rules.Allowed, Group: func(k []byte) string { return resourceOf(rules, k) }})
 	if err != nil {
 		return Verification{}, fmt.Errorf("verify the standby at revision %d: %w", rev, err)
 	}
@@ -178,6 +217,19 @@ func Verify(ctx context.Context, etcd *clientv3.Client, checkpointKey string, ru
 		return v, nil
 	}
 	v.Result = Mismatch
+	if _, ok := ck.Digest.Resources[otherResources]; ok {
+		// The checkpoint ran out of room for resource types: the ones it
+		// has no entry for are kept together.
+		for n, g := range scan.Groups {
+			if _, ok := ck.Digest.Resources[n]; !ok && n != otherResources {
+				o := scan.Groups[otherResources]
+				o.Digest.Add(g.Digest)
+				o.Keys += g.Keys
+				scan.Groups[otherResources] = o
+				delete(scan.Groups, n)
+			}
+		}
+	}
 	names := map[string]bool{}
 	for n := range ck.Digest.Resources {
 		names[n] = true
@@ -296,4 +348,59 @@ func VerifyStandby(ctx context.Context, etcd *clientv3.Client, checkpointKey str
 		return Verification{}, fmt.Errorf("the applier's scope record: %w", err)
 	}
 	return Verify(ctx, etcd, checkpointKey, rules)
+}
+
+// shadowDigest gathers the in-scope digest of a snapshot the applier skips.
+type shadowDigest struct {
+	cluster, gen uint64
+	rev          int64
+	chunks, keys uint64
+	d            *ScopeDigest
+}
+
+// shadowChunk adds the in-scope keys of r, a chunk of the snapshot being
+// gathered, to the shadow digest.
+func (a *Applier) shadowChunk(r *record) {
+	sh := a.shadow
+	if sh == nil || sh.cluster != r.ClusterID || sh.gen != r.Generation || sh.rev != r.Revision {
+		return
+	}
+	for i := range r.Events {
+		if e := &r.Events[i]; a.rules.Allowed(e.Key) && (sh.d.Prefix == "" || bytes.HasPrefix(e.Key, []byte(sh.d.Prefix))) {
+			sh.d.event(e, resourceOf(a.rules, e.Key))
+		}
+	}
+	sh.chunks++
+	sh.keys += uint64(len(r.Events))
+}
+
+// endShadow ends the shadow digest at r, the snapshot-end of a snapshot
+// the applier skipped. If the snapshot is whole and the applier still
+// stands at its revision, the shadow is the digest of the standby's scope
+// as the log has it: a checkpoint without a digest takes it (an upgrade, a
+// record without digests, other scope rules), and one with a digest must
+// equal it, or the applier followed the log wrongly (logged and counted;
+// the shadow replaces it, so the standby's next verification shows where
+// it differs).
+func (a *Applier) endShadow(r *record) {
+	sh, w := a.shadow, &a.work
+	a.shadow = nil
+	if sh == nil || sh.cluster != r.ClusterID || sh.gen != r.Generation || sh.rev != r.Revision ||
+		sh.chunks != r.Chunk || sh.keys != r.Keys || w.Position.Revision != sh.rev || w.Snapshot != nil {
+		return
+	}
+	switch {
+	case w.Digest == nil:
+		a.log.Info("keyspace digest taken from a snapshot at the applier's position", "revision", sh.rev, "seq", r.seq)
+	case w.Digest.Prefix == sh.d.Prefix && w.Digest.Rules == sh.d.Rules:
+		have, _ := w.Digest.Total()
+		want, keys := sh.d.Total()
+		if have == want {
+			return
+		}
+		a.vmetrics.mismatches.Inc()
+		a.log.Error("the applier's keyspace digest differs from the snapshot at its own position: it followed the log wrongly",
+			"revision", sh.rev, "digest", have.Short(), "snapshot_digest", want.Short(), "snapshot_keys", keys, "seq", r.seq)
+	}
+	w.Digest = sh.d
 }

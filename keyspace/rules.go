@@ -284,8 +284,8 @@ func (r *Rules) String() string {
 // "stable.example.com/crontabs" (the storage segment, with the group for
 // custom and aggregated resources), "(other)" for a key under the prefix
 // that does not parse. In raw mode, and for keys outside the prefix, it is
-// the key's first path segment ("/app/" for "/app/a/b", the key itself when
-// it has no second "/"). It never panics.
+// the key's first path segment ("/app/" for "/app/a/b"); keys without a
+// second "/" share "/" (or "" without a leading one). It never panics.
 func (r *Rules) ResourceOf(key []byte) string {
 	if r.preset != nil {
 		p, perr := parseKey(r.prefix, key)
@@ -302,5 +302,8 @@ func (r *Rules) ResourceOf(key []byte) string {
 			return string(key[:i+2])
 		}
 	}
-	return string(key)
+	if len(key) > 0 && key[0] == '/' {
+		return "/"
+	}
+	return ""
 }

@@ -616,7 +616,8 @@ func TestResourceOf(t *testing.T) {
 		{kube, "/registry", "(other)"},
 		{kube, "/elsewhere/key", "/elsewhere/"},
 		{raw, "/app/a/b", "/app/"},
-		{raw, "/app", "/app"},
+		{raw, "/app", "/"},
+		{raw, "flat", ""},
 		{raw, "", ""},
 		{raw, "/", "/"},
 	} {
