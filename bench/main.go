@@ -11,6 +11,11 @@
 //	   the replication lag sampled every 50 ms during the burst.
 //	W3 steady: R revisions/s for D: replication lag p50/p99/max.
 //
+// Right after W1 of each etcdsync run, `etcdsync verify --standby-endpoints`
+// runs as a process against the standby just bootstrapped (retried while it
+// exits 3: the applier may still be applying the snapshot), and its wall
+// time and peak RSS (getrusage ru_maxrss) are printed.
+//
 // etcdsync runs twice, unsigned and then signed (--signed, default on: a
 // log key ring on publish and apply), and W2 and W3 are printed side by
 // side with the signed/unsigned ratio (the target: within 5%). With --r3
@@ -296,6 +301,10 @@ type result struct {
 
 	w1     time.Duration
 	w1Keys int64
+	// verify is the cost of `etcdsync verify` right after W1 (etcdsync
+	// processes only); verifyErr why it is missing.
+	verify    *verifyCost
+	verifyErr error
 
 	w2Primary  time.Duration // the burst itself on the primary
 	w2Complete time.Duration // burst start until the standby holds every key
@@ -411,6 +420,19 @@ func runWorkloads(ctx context.Context, o options, r replicator, c *cluster, dir 
 	res.cpu = append(res.cpu, cpu.report("W1", t1.Sub(t0)))
 	progress("%s: peak RSS after W1: %s", name, peakRSS(r))
 	progress("%s: W1 standby holds %d keys after %s (%.0f keys/s; %s)", name, n, fmtDur(res.w1), float64(n)/res.w1.Seconds(), poll.stats())
+
+	// etcdsync verify of the standby just bootstrapped, before the applier
+	// has verified anything itself.
+	if e, ok := r.(*etcdsyncProcs); ok {
+		v, err := measureVerify(ctx, e.bin, c.standby.endpoint, n, o.catchTimeout)
+		if err != nil {
+			res.verifyErr = err
+			progress("%s: verify after W1: %v", name, err)
+		} else {
+			res.verify = &v
+			progress("%s: verify of %d keys after W1: %s", name, n, v)
+		}
+	}
 
 	// Caught up: a marker written now reaches the standby.
 	if err := syncMarker(ctx, c, "sync-w2", o.catchTimeout); err != nil {

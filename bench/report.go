@@ -174,6 +174,12 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 		return strings.Join(parts, ", ")
 	}
 	fmt.Fprintf(tw, "peak RSS (VmHWM over W1–W3)\t%s\t%s\t\t\n", rss(es), rss(mm))
+	switch {
+	case es.verify != nil:
+		fmt.Fprintf(tw, "verify %dk keys: `etcdsync verify` of the standby right after W1\t%s\t\t\t\n", es.verify.keys/1000, es.verify)
+	case es.verifyErr != nil:
+		fmt.Fprintf(tw, "verify after W1: `etcdsync verify` of the standby\tfailed\t\t\t\n")
+	}
 	fmt.Fprintf(tw, "etcd's limit (standby): txns of 128 puts, 8 in flight\t%.0f keys/s\t\t\t\n", lim.batched)
 	fmt.Fprintf(tw, "etcd's limit (standby): txns of 128 puts, 1 in flight (a serial writer)\t%.0f keys/s\t\t\t\n", lim.serial)
 	fmt.Fprintf(tw, "etcd's limit (standby): single puts, %d clients\t%.0f puts/s\t\t\t\n", o.clients, lim.single)
@@ -221,6 +227,9 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 	for _, r := range []*result{es, signed, r3, mm} {
 		if r != nil && r.err != nil {
 			fmt.Fprintf(w, "\n%s FAILED: %v\n", r.name, r.err)
+		}
+		if r != nil && r.verifyErr != nil {
+			fmt.Fprintf(w, "\n%s verify after W1 FAILED: %v\n", r.name, r.verifyErr)
 		}
 	}
 	fmt.Fprintf(w, "\nnotes: lag = arrival of a marker key on the standby (watch) − return of its Put on the primary, one marker per %s;\n", o.lagEvery)
