@@ -55,6 +55,9 @@ fuzz:
 # etcdsync runs unsigned, then signed (--log-key-file), printed side by side
 # (ARGS=--signed=false skips the signed run).
 # ARGS=--quick for a run under ~3 minutes; ARGS="--profile DIR" for CPU profiles.
+# ARGS="--baseline PATH" also runs etcdsync's workloads with the etcdsync binary
+# PATH right before the main run and prints current/baseline ratios; build it with
+#   git worktree add /tmp/base <commit> && (cd /tmp/base && go build -o /tmp/etcdsync-base ./cmd/etcdsync)
 .PHONY: bench
 bench:
 	$(GO) build -o bench/bin/etcdsync ./cmd/etcdsync

@@ -31,6 +31,11 @@
 // on the primary every 50 ms and the standby is watched for it; a marker's
 // lag is its arrival on the standby minus the return of its Put.
 //
+// --baseline BINARY runs the same etcdsync workloads (unsigned) with another
+// etcdsync binary right before the main unsigned run, in the same sitting,
+// and prints W1, W2 and W3 and the peak RSS of both as current/baseline
+// ratios (the target of a change that adds work: within 10%).
+//
 // --profile DIR runs the publisher and applier inside this process instead
 // and writes a CPU profile per workload (DIR/cpu-w1.pprof, ...).
 package main
@@ -76,6 +81,7 @@ type options struct {
 	// Experiments: another etcdsync binary, extra flags for the standby etcd
 	// and for `etcdsync apply` / `etcdsync publish`.
 	etcdsyncBin string
+	baseline    string
 	standbyArgs []string
 	applyArgs   []string
 	publishArgs []string
@@ -104,6 +110,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.w1Timeout, "w1-timeout", 0, "give up W1 after this (default 300s, --quick 90s)")
 	fs.DurationVar(&o.catchTimeout, "catchup-timeout", 0, "give up waiting for the standby after a burst or steady run after this (default 180s, --quick 60s)")
 	var standbyArgs, applyArgs, publishArgs string
+	fs.StringVar(&o.baseline, "baseline", "", "also run the etcdsync workloads (unsigned) with etcdsync `BINARY` (e.g. built from main) right before the main unsigned run, and print current/baseline ratios")
 	fs.StringVar(&o.etcdsyncBin, "etcdsync", "", "experiment: etcdsync `BINARY` to run instead of <bin>/etcdsync")
 	fs.StringVar(&standbyArgs, "standby-etcd-args", "", "experiment: extra space-separated `FLAGS` for the standby etcd (e.g. --max-txn-ops=1024)")
 	fs.StringVar(&applyArgs, "apply-args", "", "experiment: extra space-separated `FLAGS` for etcdsync apply")
@@ -139,6 +146,19 @@ func parseFlags(args []string) (options, error) {
 	case "both", "etcdsync", "make-mirror":
 	default:
 		return o, fmt.Errorf("--only %q: want both, etcdsync or make-mirror", o.only)
+	}
+	if o.baseline != "" {
+		if o.profileDir != "" || o.only == "make-mirror" {
+			return o, fmt.Errorf("--baseline runs etcdsync processes: not with --profile or --only make-mirror")
+		}
+		abs, err := filepath.Abs(o.baseline)
+		if err != nil {
+			return o, fmt.Errorf("--baseline %q: %w", o.baseline, err)
+		}
+		if st, err := os.Stat(abs); err != nil || st.IsDir() {
+			return o, fmt.Errorf("--baseline %q: not an etcdsync binary (build one: go build -o /tmp/etcdsync-base ./cmd/etcdsync)", o.baseline)
+		}
+		o.baseline = abs
 	}
 	if o.profileDir != "" {
 		o.only, o.signed, o.r3 = "etcdsync", false, false
@@ -221,7 +241,15 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			defer logf.Close()
 			r = &etcdsyncInProcess{workDir: filepath.Join(o.workDir, "etcdsync"), log: slog.New(slog.NewTextHandler(logf, nil))}
 		}
-		results = append(results, runReplicator(ctx, o, r))
+		if o.baseline != "" {
+			// The baseline right before the run it is compared with: the
+			// same sitting, as close in time as the two runs can be.
+			results = append(results, runReplicator(ctx, o, &etcdsyncProcs{bin: o.baseline, workDir: filepath.Join(o.workDir, baselineName),
+				applyArgs: o.applyArgs, publishArgs: o.publishArgs, baseline: true}))
+		}
+		if ctx.Err() == nil {
+			results = append(results, runReplicator(ctx, o, r))
+		}
 		if o.signed && o.profileDir == "" && ctx.Err() == nil {
 			// Signed right after unsigned: the same sitting, as close in
 			// time as the two runs can be.
@@ -422,8 +450,9 @@ func runWorkloads(ctx context.Context, o options, r replicator, c *cluster, dir 
 	progress("%s: W1 standby holds %d keys after %s (%.0f keys/s; %s)", name, n, fmtDur(res.w1), float64(n)/res.w1.Seconds(), poll.stats())
 
 	// etcdsync verify of the standby just bootstrapped, before the applier
-	// has verified anything itself.
-	if e, ok := r.(*etcdsyncProcs); ok {
+	// has verified anything itself (not for a baseline binary, which may
+	// predate verify).
+	if e, ok := r.(*etcdsyncProcs); ok && !e.baseline {
 		v, err := measureVerify(ctx, e.bin, c.standby.endpoint, n, o.catchTimeout)
 		if err != nil {
 			res.verifyErr = err
