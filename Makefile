@@ -58,6 +58,8 @@ fuzz:
 # ARGS="--baseline PATH" also runs etcdsync's workloads with the etcdsync binary
 # PATH right before the main run and prints current/baseline ratios; build it with
 #   git worktree add /tmp/base <commit> && (cd /tmp/base && go build -o /tmp/etcdsync-base ./cmd/etcdsync)
+# ARGS=--scale runs the scale series instead (W1 at 100k, 400k and 1M keys against
+# etcd's batched ingest at the same key count; ARGS="--scale --scale-keys 100k,1m").
 .PHONY: bench
 bench:
 	$(GO) build -o bench/bin/etcdsync ./cmd/etcdsync

@@ -36,6 +36,12 @@
 // and prints W1, W2 and W3 and the peak RSS of both as current/baseline
 // ratios (the target of a change that adds work: within 10%).
 //
+// --scale runs the scale series instead: W1 of etcdsync (unsigned) at 100k,
+// 400k and 1M keys (--scale-keys), each on fresh servers, with etcd's
+// batched ingest measured on a fresh etcd at the same key count just
+// before, and prints keys/s, the share of etcd's batched ingest, the time
+// to the first applied key and the peak RSS of publisher and applier.
+//
 // --profile DIR runs the publisher and applier inside this process instead
 // and writes a CPU profile per workload (DIR/cpu-w1.pprof, ...).
 package main
@@ -82,6 +88,9 @@ type options struct {
 	// and for `etcdsync apply` / `etcdsync publish`.
 	etcdsyncBin string
 	baseline    string
+	// Opt-in series run instead of W1–W3 (issue 17).
+	scale       bool
+	scaleKeys   []int
 	standbyArgs []string
 	applyArgs   []string
 	publishArgs []string
@@ -109,7 +118,9 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.lagEvery, "lag-interval", 50*time.Millisecond, "marker interval of lag sampling")
 	fs.DurationVar(&o.w1Timeout, "w1-timeout", 0, "give up W1 after this (default 300s, --quick 90s)")
 	fs.DurationVar(&o.catchTimeout, "catchup-timeout", 0, "give up waiting for the standby after a burst or steady run after this (default 180s, --quick 60s)")
-	var standbyArgs, applyArgs, publishArgs string
+	var standbyArgs, applyArgs, publishArgs, scaleKeys string
+	fs.BoolVar(&o.scale, "scale", false, "run the scale series instead of W1–W3: W1 of etcdsync at each of --scale-keys on fresh servers, against etcd's batched ingest at the same key count")
+	fs.StringVar(&scaleKeys, "scale-keys", "100000,400000,1000000", "comma-separated key `COUNTS` of the scale series (k and m suffixes allowed)")
 	fs.StringVar(&o.baseline, "baseline", "", "also run the etcdsync workloads (unsigned) with etcdsync `BINARY` (e.g. built from main) right before the main unsigned run, and print current/baseline ratios")
 	fs.StringVar(&o.etcdsyncBin, "etcdsync", "", "experiment: etcdsync `BINARY` to run instead of <bin>/etcdsync")
 	fs.StringVar(&standbyArgs, "standby-etcd-args", "", "experiment: extra space-separated `FLAGS` for the standby etcd (e.g. --max-txn-ops=1024)")
@@ -119,6 +130,13 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	o.standbyArgs, o.applyArgs, o.publishArgs = strings.Fields(standbyArgs), strings.Fields(applyArgs), strings.Fields(publishArgs)
+	var err error
+	if o.scaleKeys, err = parseKeyList(scaleKeys); err != nil {
+		return o, fmt.Errorf("--scale-keys: %w", err)
+	}
+	if o.scale && o.profileDir != "" {
+		return o, fmt.Errorf("--scale runs etcdsync processes: not with --profile")
+	}
 	def := func(v *int, full, quick int) {
 		if *v == 0 {
 			*v = full
@@ -164,6 +182,14 @@ func parseFlags(args []string) (options, error) {
 		o.only, o.signed, o.r3 = "etcdsync", false, false
 	}
 	return o, nil
+}
+
+// etcdsyncPath is the etcdsync binary measured: --etcdsync, or <bin>/etcdsync.
+func (o options) etcdsyncPath() string {
+	if o.etcdsyncBin != "" {
+		return o.etcdsyncBin
+	}
+	return filepath.Join(o.binDir, "etcdsync")
 }
 
 var benchStart = time.Now()
@@ -218,6 +244,15 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	progress("work directory %s", o.workDir)
 	env := describeEnv(binDir)
+	if o.scale {
+		pts := runScale(ctx, o)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		printHeader(out, o, env)
+		printScale(out, o, pts)
+		return nil
+	}
 
 	// Step 1: etcd's own limit on a fresh server.
 	lim, err := measureLimit(ctx, o)
@@ -228,10 +263,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	// Step 2: each replicator on fresh servers.
 	var results []*result
 	if o.only != "make-mirror" {
-		bin := filepath.Join(binDir, "etcdsync")
-		if o.etcdsyncBin != "" {
-			bin = o.etcdsyncBin
-		}
+		bin := o.etcdsyncPath()
 		var r replicator = &etcdsyncProcs{bin: bin, workDir: filepath.Join(o.workDir, "etcdsync"), applyArgs: o.applyArgs, publishArgs: o.publishArgs}
 		if o.profileDir != "" {
 			logf, err := os.Create(filepath.Join(o.workDir, "etcdsync-inprocess.log"))

@@ -76,6 +76,24 @@ func share(rate, limit float64) string {
 	return fmt.Sprintf("%.0f%%", 100*rate/limit)
 }
 
+// printHeader prints the run's kind, the machine, the versions and any
+// experiment flags.
+func printHeader(w io.Writer, o options, e env) {
+	mode := "full"
+	switch {
+	case o.scale:
+		mode = "scale series"
+	case o.quick:
+		mode = "quick"
+	}
+	fmt.Fprintf(w, "\netcdsync benchmark (%s run, %s)\n", mode, time.Now().Format(time.RFC3339))
+	fmt.Fprintf(w, "machine:  %s\n", e.machine)
+	fmt.Fprintf(w, "versions: %s\n", e.versions)
+	if len(o.standbyArgs)+len(o.applyArgs)+len(o.publishArgs) > 0 || o.etcdsyncBin != "" {
+		fmt.Fprintf(w, "EXPERIMENT: standby etcd %q, apply %q, publish %q, etcdsync binary %q\n", o.standbyArgs, o.applyArgs, o.publishArgs, o.etcdsyncBin)
+	}
+}
+
 // printReport prints the machine, the versions and one table.
 func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 	var es, mm, signed, r3, base *result
@@ -99,16 +117,7 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 	if mm == nil {
 		mm = &result{name: "make-mirror (not run)"}
 	}
-	mode := "full"
-	if o.quick {
-		mode = "quick"
-	}
-	fmt.Fprintf(w, "\netcdsync benchmark (%s run, %s)\n", mode, time.Now().Format(time.RFC3339))
-	fmt.Fprintf(w, "machine:  %s\n", e.machine)
-	fmt.Fprintf(w, "versions: %s\n", e.versions)
-	if len(o.standbyArgs)+len(o.applyArgs)+len(o.publishArgs) > 0 || o.etcdsyncBin != "" {
-		fmt.Fprintf(w, "EXPERIMENT: standby etcd %q, apply %q, publish %q, etcdsync binary %q\n", o.standbyArgs, o.applyArgs, o.publishArgs, o.etcdsyncBin)
-	}
+	printHeader(w, o, e)
 	fmt.Fprintf(w, "setup:    two single-member etcd processes (default flags, fsync on), NATS JetStream embedded in the bench process (file store;\n")
 	fmt.Fprintf(w, "          one server, and for %s three clustered servers with the log stream at 3 replicas);\n", r3Name)
 	if o.profileDir != "" {
