@@ -60,6 +60,8 @@ fuzz:
 #   git worktree add /tmp/base <commit> && (cd /tmp/base && go build -o /tmp/etcdsync-base ./cmd/etcdsync)
 # ARGS=--scale runs the scale series instead (W1 at 100k, 400k and 1M keys against
 # etcd's batched ingest at the same key count; ARGS="--scale --scale-keys 100k,1m").
+# ARGS="--saturate 5m" runs W4 instead: 4 clients writing unthrottled to the primary
+# for 5 minutes, the standby's lag every 10 s and how far behind it ended.
 .PHONY: bench
 bench:
 	$(GO) build -o bench/bin/etcdsync ./cmd/etcdsync

@@ -42,6 +42,13 @@
 // before, and prints keys/s, the share of etcd's batched ingest, the time
 // to the first applied key and the peak RSS of publisher and applier.
 //
+// --saturate D runs W4 instead (after --scale when both are given): on
+// fresh servers, etcdsync (unsigned) bootstraps the standby from --keys
+// keys, then 4 clients (--saturate-clients) overwrite random objects on the
+// primary unthrottled for D, a marker every 10 s measures the standby's
+// lag, and a marker written right after the writes says how far behind the
+// standby ended.
+//
 // --profile DIR runs the publisher and applier inside this process instead
 // and writes a CPU profile per workload (DIR/cpu-w1.pprof, ...).
 package main
@@ -89,11 +96,13 @@ type options struct {
 	etcdsyncBin string
 	baseline    string
 	// Opt-in series run instead of W1–W3 (issue 17).
-	scale       bool
-	scaleKeys   []int
-	standbyArgs []string
-	applyArgs   []string
-	publishArgs []string
+	scale           bool
+	scaleKeys       []int
+	saturate        time.Duration
+	saturateClients int
+	standbyArgs     []string
+	applyArgs       []string
+	publishArgs     []string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -120,6 +129,8 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.catchTimeout, "catchup-timeout", 0, "give up waiting for the standby after a burst or steady run after this (default 180s, --quick 60s)")
 	var standbyArgs, applyArgs, publishArgs, scaleKeys string
 	fs.BoolVar(&o.scale, "scale", false, "run the scale series instead of W1–W3: W1 of etcdsync at each of --scale-keys on fresh servers, against etcd's batched ingest at the same key count")
+	fs.DurationVar(&o.saturate, "saturate", 0, "run W4 instead of W1–W3: unthrottled writes to the primary for `DURATION` (e.g. 5m), with the standby's lag every 10s")
+	fs.IntVar(&o.saturateClients, "saturate-clients", 4, "W4 writing clients")
 	fs.StringVar(&scaleKeys, "scale-keys", "100000,400000,1000000", "comma-separated key `COUNTS` of the scale series (k and m suffixes allowed)")
 	fs.StringVar(&o.baseline, "baseline", "", "also run the etcdsync workloads (unsigned) with etcdsync `BINARY` (e.g. built from main) right before the main unsigned run, and print current/baseline ratios")
 	fs.StringVar(&o.etcdsyncBin, "etcdsync", "", "experiment: etcdsync `BINARY` to run instead of <bin>/etcdsync")
@@ -134,8 +145,11 @@ func parseFlags(args []string) (options, error) {
 	if o.scaleKeys, err = parseKeyList(scaleKeys); err != nil {
 		return o, fmt.Errorf("--scale-keys: %w", err)
 	}
-	if o.scale && o.profileDir != "" {
-		return o, fmt.Errorf("--scale runs etcdsync processes: not with --profile")
+	if (o.scale || o.saturate != 0) && o.profileDir != "" {
+		return o, fmt.Errorf("--scale and --saturate run etcdsync processes: not with --profile")
+	}
+	if o.saturate < 0 || o.saturateClients <= 0 {
+		return o, fmt.Errorf("--saturate %s with %d clients: want a positive duration and at least one client", o.saturate, o.saturateClients)
 	}
 	def := func(v *int, full, quick int) {
 		if *v == 0 {
@@ -244,13 +258,25 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	progress("work directory %s", o.workDir)
 	env := describeEnv(binDir)
-	if o.scale {
-		pts := runScale(ctx, o)
+	if o.scale || o.saturate > 0 {
+		var pts []scalePoint
+		var sat *saturation
+		if o.scale {
+			pts = runScale(ctx, o)
+		}
+		if o.saturate > 0 && ctx.Err() == nil {
+			sat = runSaturate(ctx, o)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		printHeader(out, o, env)
-		printScale(out, o, pts)
+		if o.scale {
+			printScale(out, o, pts)
+		}
+		if sat != nil {
+			printSaturate(out, sat)
+		}
 		return nil
 	}
 

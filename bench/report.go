@@ -81,8 +81,12 @@ func share(rate, limit float64) string {
 func printHeader(w io.Writer, o options, e env) {
 	mode := "full"
 	switch {
+	case o.scale && o.saturate > 0:
+		mode = "scale series and W4"
 	case o.scale:
 		mode = "scale series"
+	case o.saturate > 0:
+		mode = "W4"
 	case o.quick:
 		mode = "quick"
 	}
