@@ -183,6 +183,9 @@ func parseFlags(args []string) (options, error) {
 		if o.profileDir != "" || o.only == "make-mirror" {
 			return o, fmt.Errorf("--baseline runs etcdsync processes: not with --profile or --only make-mirror")
 		}
+		if o.scale || o.saturate != 0 {
+			return o, fmt.Errorf("--baseline compares W1–W3: not with --scale or --saturate")
+		}
 		abs, err := filepath.Abs(o.baseline)
 		if err != nil {
 			return o, fmt.Errorf("--baseline %q: %w", o.baseline, err)
