@@ -164,6 +164,9 @@ type Verification struct {
 	// Resources lists the resource types whose digest differs ([] when
 	// none), in name order.
 	Resources []ResourceDiff `json:"resources"`
+	// Promoted says the standby was promoted: from the fence on, the
+	// writes of its own clients make it differ from the log.
+	Promoted bool `json:"promoted"`
 }
 
 // ResourceDiff is one resource type whose keys differ from the digest.
@@ -189,7 +192,7 @@ func Verify(ctx context.Context, etcd *clientv3.Client, checkpointKey string, ru
 	if err != nil {
 		return Verification{}, err
 	}
-	v := Verification{At: time.Now(), Position: ck.Position, StandbyRevision: rev, Resources: []ResourceDiff{}}
+	v := Verification{At: time.Now(), Position: ck.Position, StandbyRevision: rev, Resources: []ResourceDiff{}, Promoted: ck.Promoted}
 	switch {
 	case modRev == 0:
 		v.Result, v.Reason = Unverified, "the standby holds no checkpoint: nothing was applied"

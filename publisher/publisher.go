@@ -573,6 +573,13 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 		due   string // reason of a snapshot waiting for the next progress notification
 		retry <-chan time.Time
 	)
+	if !s.dg.known {
+		// No digest to follow (the tail's revision was compacted before
+		// the session could rescan it): a snapshot at the first progress
+		// notification gives one.
+		due = ReasonDigestLost
+		p.requestProgress(wctx)
+	}
 	for {
 		// Snapshots and progress records wait for a progress notification:
 		// its header revision H says every event up to H was delivered, so

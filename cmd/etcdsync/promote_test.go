@@ -89,6 +89,14 @@ func TestStatusAndPromote(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("apply still running after promote")
 	}
+	// The promoted standby takes writes of its own: verify says it proves
+	// nothing any more, never "MISMATCH: written behind the applier's back".
+	if _, err := scli.Put(ctx, "/registry/configmaps/app/after-failover", "new primary's"); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := runCmd(t, "verify", "--standby-endpoints", standby.Endpoint); code != exitUnavailable || !strings.Contains(out, "the standby was promoted") {
+		t.Fatalf("verify of a promoted standby: exit %d\n%s", code, out)
+	}
 	resp, err := scli.Get(ctx, "x")
 	if err != nil || resp.Header.Revision <= last {
 		t.Fatalf("standby revision %d not above the source's %d (%v)", resp.Header.Revision, last, err)

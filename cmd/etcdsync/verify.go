@@ -121,10 +121,13 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else {
 		printVerification(stdout, out)
 	}
-	switch v.Result {
-	case applier.Verified:
+	switch {
+	case v.Result == applier.Verified:
 		return nil
-	case applier.Mismatch:
+	case v.Promoted:
+		// Its own clients write it now: a difference proves nothing.
+		return errUnverified
+	case v.Result == applier.Mismatch:
 		return errDrift
 	}
 	return errUnverified
@@ -133,6 +136,11 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // printVerification prints a verification as text.
 func printVerification(w io.Writer, out verifyOutput) {
 	v := out.Verification
+	if v.Promoted && v.Result != applier.Verified {
+		fmt.Fprintf(w, "UNVERIFIED: the standby was promoted: from the fence on it takes writes of its own, so it differs from the log it followed\n")
+		fmt.Fprintf(w, "  position         %s (the last source revision applied)\n", v.Position)
+		return
+	}
 	switch v.Result {
 	case applier.Verified:
 		fmt.Fprintf(w, "VERIFIED: the standby's in-scope keys are exactly what the log applied\n")
