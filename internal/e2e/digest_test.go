@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -364,7 +365,12 @@ func TestStandbyWrittenBehindApplierIsMismatch(t *testing.T) {
 	if err != nil || v.Result != applier.Verified {
 		t.Fatalf("a write outside the scope: %+v %v", v, err)
 	}
-	// Inside: a new secret and a changed configmap.
+	// Inside: a new secret and a changed configmap. The applier's check
+	// also publishes the mismatch as a drift event.
+	events, err := p.conn().SubscribeSync(streams.Subjects{Site: acfg.Site}.Drift() + ".verify")
+	if err != nil {
+		t.Fatal(err)
+	}
 	put(t, p.standby.Client, "/registry/secrets/app/intruder", "written behind the applier's back")
 	put(t, p.standby.Client, "/registry/configmaps/app/cm-001", "changed behind the applier's back")
 	// At once, before the idle primary moves the checkpoint again.
@@ -383,6 +389,14 @@ func TestStandbyWrittenBehindApplierIsMismatch(t *testing.T) {
 	}
 	if fmt.Sprint(names) != "[configmaps secrets]" {
 		t.Fatalf("mismatch narrowed to %v, want [configmaps secrets]: %+v", names, got)
+	}
+	m, err := events.NextMsg(20 * time.Second)
+	if err != nil {
+		t.Fatalf("no drift event for the mismatch: %v", err)
+	}
+	var ev applier.Verification
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Result != applier.Mismatch || len(ev.Resources) != 2 {
+		t.Fatalf("drift event %s: %v", m.Data, err)
 	}
 }
 

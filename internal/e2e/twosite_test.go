@@ -97,6 +97,7 @@ func (k *link) restore() {
 
 // site is one site's NATS server (its own JetStream domain) and a connection.
 type site struct {
+	cfg streams.ServerConfig
 	srv *server.Server
 	nc  *nats.Conn
 	js  jetstream.JetStream
@@ -107,7 +108,16 @@ func startSite(t *testing.T, domain, leafListen string, leafRemotes ...string) *
 	cfg := streams.DefaultServerConfig()
 	cfg.StoreDir, cfg.Listen, cfg.Domain, cfg.Name = t.TempDir(), "127.0.0.1:-1", domain, domain
 	cfg.LeafListen, cfg.LeafRemotes = leafListen, leafRemotes
-	s, err := streams.StartServer(cfg)
+	st := &site{cfg: cfg}
+	st.start(t)
+	t.Cleanup(st.stop)
+	return st
+}
+
+// start starts the site's server on its store and connects to it.
+func (st *site) start(t *testing.T) {
+	t.Helper()
+	s, err := streams.StartServer(st.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,8 +129,15 @@ func startSite(t *testing.T, domain, leafListen string, leafRemotes ...string) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nc.Close(); s.Shutdown(); s.WaitForShutdown() })
-	return &site{srv: s, nc: nc, js: js}
+	st.srv, st.nc, st.js = s, nc, js
+}
+
+// stop shuts the site's server down (the site is lost); start brings it
+// back on the same store.
+func (st *site) stop() {
+	st.nc.Close()
+	st.srv.Shutdown()
+	st.srv.WaitForShutdown()
 }
 
 // Two sites, each with its own etcd and its own JetStream domain, the
@@ -211,13 +228,14 @@ func TestTwoSitesLinkLossFailoverAndReverse(t *testing.T) {
 	wan.restore()
 	converged(etcdA, etcdB, 60*time.Second)
 
-	// Failover: the primary site is lost (its etcd stopped, the link
-	// down). Promote site B.
+	// Failover: the primary site is lost (its etcd and its NATS server
+	// stopped, the link down). Promote site B.
 	wan.cut()
-	etcdA.Stop()
 	if err := runPubA.stop(); err != nil {
 		t.Fatal(err)
 	}
+	etcdA.Stop()
+	natsA.stop()
 	rep, err := applier.Promote(ctx, applier.PromoteConfig{Stream: streams.DefaultStream, DrainTimeout: 20 * time.Second}, etcdB.Client, natsB.js)
 	if err != nil || !rep.Drained {
 		t.Fatalf("promote: %+v, %v", rep, err)
@@ -225,8 +243,9 @@ func TestTwoSitesLinkLossFailoverAndReverse(t *testing.T) {
 	if err := runApB.wait(t, 10*time.Second, "fenced applier"); !errors.Is(err, applier.ErrPromoted) {
 		t.Fatalf("applier on the promoted site: want ErrPromoted, got %v", err)
 	}
-	// Site A comes back (as the standby-to-be).
+	// Site A comes back (as the standby-to-be), its servers on their stores.
 	etcdA.Restart()
+	natsA.start(t)
 	wan.restore()
 	if _, err := streams.PromoteMirror(ctx, natsB.js, streams.DefaultStream, "standby"); err != nil {
 		t.Fatal(err)
