@@ -132,3 +132,23 @@ func TestMassDeleteGuardBoundaries(t *testing.T) {
 		})
 	}
 }
+
+// A snapshot of the history the standby follows is skipped when it is at
+// or below the standby's position (a periodic one it is past), and applied
+// when it is above it (revisions are missing before it).
+func TestSameGenerationSnapshotAboveApplied(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a := newTestApplier(t, e.Client, DefaultConfig())
+	a.apply(revision(3, putEvent("/app/a", "v")))
+	a.apply(snapshotRecords(2, "", "/app/old")...)
+	if got := standbyKeys(t, e.Client, "/app/"); !slices.Equal(got, []string{"/app/a"}) {
+		t.Fatalf("after a snapshot below the position: %q, want it skipped", got)
+	}
+	a.apply(snapshotRecords(7, "", "/app/a", "/app/new")...)
+	if got := standbyKeys(t, e.Client, "/app/"); !slices.Equal(got, []string{"/app/a", "/app/new"}) {
+		t.Fatalf("after a snapshot above the position: %q, want it applied", got)
+	}
+	if ck, _, err := ReadCheckpoint(context.Background(), e.Client, DefaultConfig().checkpointKey()); err != nil || ck.Position.Revision != 7 {
+		t.Fatalf("checkpoint %+v (%v), want revision 7", ck, err)
+	}
+}

@@ -58,26 +58,30 @@ func TestPeriodicSnapshotsSurviveShortSessions(t *testing.T) {
 	cfg := p.publisherConfig()
 	cfg.SnapshotInterval = 2 * time.Second
 	put(t, p.primary.Client, "/ps/a", "1")
+	// Sessions until two periodic snapshots are in the stream (60s at
+	// most): each lives well under the interval, as a crash-looping pod's
+	// would.
+	periodic := func(reasons []string) (n int) {
+		for _, r := range reasons {
+			if strings.HasPrefix(r, publisher.ReasonPeriodic) {
+				n++
+			}
+		}
+		return n
+	}
 	sessions := 0
-	for end := time.Now().Add(9 * time.Second); time.Now().Before(end); sessions++ {
+	var reasons []string
+	for end := time.Now().Add(60 * time.Second); periodic(reasons) < 2 && time.Now().Before(end); sessions++ {
 		_, r := p.startPublisher(cfg)
-		// The session lives well under the interval, as a crash-looping
-		// pod's would.
-		time.Sleep(cfg.SnapshotInterval / 2)
+		time.Sleep(cfg.SnapshotInterval / 2) // the session's lifetime, not a wait for something
 		if err := r.stop(); err != nil {
 			t.Fatal(err)
 		}
-	}
-	var periodic int
-	reasons := snapshotReasons(t, p)
-	for _, r := range reasons {
-		if strings.HasPrefix(r, publisher.ReasonPeriodic) {
-			periodic++
-		}
+		reasons = snapshotReasons(t, p)
 	}
 	t.Logf("%d sessions, snapshots %q", sessions, reasons)
-	if periodic < 2 || len(reasons) >= sessions {
-		t.Fatalf("%d sessions over 9s with a %s interval published snapshots %q: want at least 2 periodic ones, and not one per session",
+	if periodic(reasons) < 2 || len(reasons) >= sessions {
+		t.Fatalf("%d sessions with a %s interval published snapshots %q: want at least 2 periodic ones, and not one per session",
 			sessions, cfg.SnapshotInterval, reasons)
 	}
 }
