@@ -45,6 +45,8 @@ type Applier struct {
 	rules   *keyspace.Rules
 	log     *slog.Logger
 	metrics *metrics
+	// vmetrics are the verification metrics.
+	vmetrics *verifyMetrics
 
 	// State of the current session, re-read from the standby after any error.
 	ck    Checkpoint // as last written
@@ -95,7 +97,7 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Applier{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Site}, rules: rules, log: log,
-		metrics: newMetrics(reg), txn: txnBuilder{idx: map[string]int{}}, leases: leaseMap{etcd: etcd, m: map[int64]standbyLease{}}}, nil
+		metrics: newMetrics(reg), vmetrics: newVerifyMetrics(reg), txn: txnBuilder{idx: map[string]int{}}, leases: leaseMap{etcd: etcd, m: map[int64]standbyLease{}}}, nil
 }
 
 // Rules returns the effective scope rules.
@@ -143,8 +145,10 @@ func (a *Applier) Run(ctx context.Context) error {
 	// write, and the gauges must still show the stall.
 	lctx, lcancel := context.WithCancel(ctx)
 	lagDone := make(chan struct{})
+	verifyDone := make(chan struct{})
 	go func() { defer close(lagDone); a.monitorLag(lctx) }()
-	defer func() { lcancel(); <-lagDone }()
+	go func() { defer close(verifyDone); a.monitorDigest(lctx) }()
+	defer func() { lcancel(); <-lagDone; <-verifyDone }()
 	for {
 		start := time.Now()
 		err := a.session(ctx)
@@ -200,6 +204,7 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		return 0, ErrPromoted
 	}
 	a.ck, a.ckRev, a.ckReadRev, a.work = ck, rev, readRev, ck
+	a.work.Digest = ck.Digest.clone()
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		a.work.Snapshot = &s

@@ -288,6 +288,11 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 		if err := a.startRevision(ctx, r); err != nil {
 			return err
 		}
+		if !r.Digested {
+			// Without the events' previous-value hashes the digest
+			// cannot follow: unknown until the next snapshot applied.
+			w.Digest = nil
+		}
 		if err := a.addEvents(ctx, r); err != nil {
 			return err
 		}
@@ -442,6 +447,7 @@ func (a *Applier) add(ctx context.Context, e *streams.Event, unparsed bool) erro
 		if len(a.txn.ops) == 1 || b.fits(len(a.txn.ops), a.txn.bytes+grow) {
 			a.txn.ops[i], a.txn.sizes[i] = op, size
 			a.txn.bytes += grow
+			a.digestEvent(e)
 			return nil
 		}
 		if err := a.flush(ctx); err != nil {
@@ -460,6 +466,7 @@ func (a *Applier) add(ctx context.Context, e *streams.Event, unparsed bool) erro
 	if unparsed {
 		a.txn.unparsed++
 	}
+	a.digestEvent(e)
 	return nil
 }
 
@@ -475,6 +482,7 @@ func (a *Applier) flush(ctx context.Context) error {
 	ck.AppliedAt = time.Now()
 	ck.Stopped = nil // whatever stopped an earlier session is past
 	ck.InFlight = nil
+	ck.Digest = ck.Digest.clone() // a.work's goes on changing
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		ck.Snapshot = &s

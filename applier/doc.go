@@ -96,6 +96,15 @@
 //     marker is set, ReadStatus and Promote report which revision is half
 //     applied and how many of its events are on the standby, and Promote
 //     returns ErrInconsistent.
+//   - Revision-faithful failover: Promote with BumpRevision raises the
+//     standby's revision above every source revision seen, then compacts
+//     the standby at the bumped revision (PromoteReport.CompactedRevision),
+//     so no watch can resume inside the replica's history, whose revision
+//     numbers are the standby's and not the primary's: a client that last
+//     saw an older resourceVersion gets ErrCompacted (410 Gone) and
+//     re-lists. A re-run compacts only if the history before the fence is
+//     still readable.
+
 //   - Lag is measured against the origin: when the stream is a mirror (the
 //     standby site's copy of the primary's log), ReadStatus counts the
 //     messages the mirror has not copied and takes the lag in seconds as at
@@ -110,6 +119,22 @@
 //     when a session starts and when a snapshot announces another prefix,
 //     guarded by the checkpoint's mod revision. The auditor compares, and
 //     repairs, within that scope.
+//   - Verification (verify.go): the checkpoint carries the digest of the
+//     standby's in-scope keys (ScopeDigest: per resource type, keys under a
+//     lease left out), moved by every in-scope operation handed to the
+//     transaction builder, so the operations and the digest that covers them
+//     are written in one transaction. It starts empty with every snapshot
+//     applied (the snapshot's keys then go in one by one) and follows each
+//     revision by its events' previous-value hashes; a revision record
+//     without digests makes it unknown (nil) until the next snapshot. Verify
+//     reads the checkpoint and scans the in-scope keys pinned at the
+//     revision it was read at, so anything written in scope behind the
+//     applier's back up to then is seen; a checkpoint in the middle of a
+//     snapshot or of an operation written alone, or kept under other rules,
+//     is Unverified, never a mismatch. Every VerifyInterval the applier
+//     verifies in the background (applying never waits for it), records
+//     the outcome at VerifyKey for status, counts mismatches and publishes
+//     each on etcdsync.<site>.drift.verify; /readyz is not affected.
 //   - Corrupt messages stop the applier (errors wrap streams.ErrCorrupt)
 //     before anything of their batch is written. A message of a later
 //     frame or record version stops it the same way with "written by a

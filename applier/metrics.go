@@ -106,3 +106,26 @@ func (m *metrics) observeMirror(ms *MirrorStatus) {
 	}
 	m.mirrorLag.Set(float64(ms.OriginLagMessages))
 }
+
+// verifyMetrics are the applier's verification metrics.
+type verifyMetrics struct {
+	last       prometheus.Gauge
+	mismatches prometheus.Counter
+	state      prometheus.Gauge
+}
+
+func newVerifyMetrics(reg prometheus.Registerer) *verifyMetrics {
+	m := &verifyMetrics{
+		last: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_last_verified_timestamp_seconds",
+			Help: "When a scan of the standby's in-scope keys last matched the checkpoint's digest (0: never)."}),
+		mismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_verify_mismatches_total",
+			Help: "Scans of the standby's in-scope keys that differed from the checkpoint's digest: something wrote the standby behind the applier's back."}),
+		state: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_verified",
+			Help: "Outcome of the last verification: 1 verified, 0 mismatch, -1 unverified (nothing to compare with yet)."}),
+	}
+	m.state.Set(-1)
+	if reg != nil {
+		reg.MustRegister(m.last, m.mismatches, m.state)
+	}
+	return m
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 
@@ -25,7 +26,11 @@ type PromoteConfig struct {
 	DrainTimeout time.Duration
 	// BumpRevision raises the standby etcd's revision above the last
 	// source revision seen, so clients' old resourceVersions cannot land
-	// inside history they never saw.
+	// inside history they never saw, then compacts the standby at the
+	// bumped revision (what `etcdutl snapshot restore --bump-revision
+	// --mark-compacted` does offline): a watch from any older revision is
+	// refused as compacted (410 Gone from a kube-apiserver), so every
+	// client re-lists instead of resuming with changes it never saw.
 	BumpRevision bool
 	// BumpMax bounds the revisions BumpRevision may add. Default 10,000,000.
 	BumpMax int64
@@ -70,6 +75,12 @@ type PromoteReport struct {
 	StandbyRevision int64 `json:"standby_revision"`
 	// Bumped is the number of revisions added by BumpRevision.
 	Bumped int64 `json:"bumped_revisions"`
+	// CompactedRevision is the standby's compaction revision after
+	// BumpRevision: the bumped revision, or a later one an earlier run or
+	// the standby's own compactor chose. Every revision below it is gone,
+	// so a watch resumed from an older resourceVersion gets 410 Gone.
+	// Zero without a bump and in a dry run.
+	CompactedRevision int64 `json:"compacted_revision,omitempty"`
 	// Inconsistent, when set, says why the standby's keyspace is not a copy
 	// of the primary at any one revision (a snapshot or a revision was half
 	// applied); Promote then returns an error wrapping ErrInconsistent.
@@ -149,7 +160,7 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 		}
 	}
 	if ck.Promoted {
-		return rep.promotedEarlier(ctx, standby, ck, cfg)
+		return rep.promotedEarlier(ctx, standby, ck, ckRev, cfg)
 	}
 	if cfg.DryRun {
 		return rep.dryRun(ctx, standby, ck, js != nil, cfg)
@@ -221,6 +232,10 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 		if err != nil {
 			return rep, err
 		}
+		// Step 5: no history older than the bump stays watchable.
+		if rep.CompactedRevision, err = compactBumped(ctx, standby, rep.StandbyRevision); err != nil {
+			return rep, err
+		}
 	}
 	var errs []error
 	if !rep.Drained && js != nil {
@@ -236,11 +251,12 @@ func Promote(ctx context.Context, cfg PromoteConfig, standby *clientv3.Client, j
 }
 
 // promotedEarlier completes the report of a standby an earlier run fenced
-// (ck is its promoted checkpoint): a re-run after a failure past the fence
-// reports the same position, and finishes the revision bump if asked and
-// the standby's revision has not passed the target yet (not in a dry
-// run). Its error wraps ErrPromoted unless the bump fails.
-func (rep *PromoteReport) promotedEarlier(ctx context.Context, standby *clientv3.Client, ck Checkpoint, cfg PromoteConfig) (PromoteReport, error) {
+// (ck is its promoted checkpoint, written at revision fence): a re-run
+// after a failure past the fence reports the same position, and finishes
+// the revision bump if asked and the standby's revision has not passed the
+// target yet, and the compaction if the history before the fence is still
+// readable (not in a dry run). Its error wraps ErrPromoted unless the bump fails.
+func (rep *PromoteReport) promotedEarlier(ctx context.Context, standby *clientv3.Client, ck Checkpoint, fence int64, cfg PromoteConfig) (PromoteReport, error) {
 	resp, err := standby.Get(ctx, cfg.CheckpointKey, clientv3.WithCountOnly())
 	if err != nil {
 		return *rep, fmt.Errorf("promote: read standby revision: %w", err)
@@ -250,13 +266,23 @@ func (rep *PromoteReport) promotedEarlier(ctx context.Context, standby *clientv3
 	if rep.StreamLastSeq > ck.Position.Seq {
 		rep.Unapplied = rep.StreamLastSeq - ck.Position.Seq
 	}
-	if target := max(ck.Position.Revision, rep.StreamLastRevision); cfg.BumpRevision && rep.StandbyRevision <= target {
-		if cfg.DryRun {
-			rep.Bumped = target + 1 - rep.StandbyRevision
-		} else {
-			n, rev, err := bumpRevision(ctx, standby, target, cfg)
-			rep.Bumped, rep.StandbyRevision = n, max(rev, rep.StandbyRevision)
-			if err != nil {
+	if target := max(ck.Position.Revision, rep.StreamLastRevision); cfg.BumpRevision {
+		if rep.StandbyRevision <= target {
+			if cfg.DryRun {
+				rep.Bumped = target + 1 - rep.StandbyRevision
+			} else {
+				n, rev, err := bumpRevision(ctx, standby, target, cfg)
+				rep.Bumped, rep.StandbyRevision = n, max(rev, rep.StandbyRevision)
+				if err != nil {
+					return *rep, err
+				}
+			}
+		}
+		if !cfg.DryRun {
+			// The earlier run may have stopped between the bump and the
+			// compaction: compact now unless it did.
+			var err error
+			if rep.CompactedRevision, err = compactAfterFence(ctx, standby, fence, rep.StandbyRevision); err != nil {
 				return *rep, err
 			}
 		}
@@ -404,4 +430,74 @@ func bumpRevision(ctx context.Context, cli *clientv3.Client, target int64, cfg P
 		return done.Load() + 1, rev.Load(), fmt.Errorf("promote: bump revision: remove %s: %w", bumpKey, err)
 	}
 	return done.Load() + 2, d.Header.Revision, nil
+}
+
+// compactBumped compacts the standby at rev, its revision after the bump,
+// and returns the standby's compaction revision: rev, or a later one if
+// the standby was compacted past it meanwhile (its own compactor).
+func compactBumped(ctx context.Context, cli *clientv3.Client, rev int64) (int64, error) {
+	if _, err := cli.Compact(ctx, rev); err != nil {
+		if !errors.Is(err, rpctypes.ErrCompacted) {
+			return 0, fmt.Errorf("promote: compact standby at revision %d: %w", rev, err)
+		}
+		return compactRevision(ctx, cli, rev)
+	}
+	return rev, nil
+}
+
+// compactAfterFence completes an earlier run's compaction: if the history
+// before fence (the promoted checkpoint's revision) is still readable, that
+// run stopped between the bump and the compaction, and the standby is
+// compacted at its current revision rev; otherwise the compaction it made
+// stands (compacting again would discard history written since the
+// promotion). It returns the standby's compaction revision.
+func compactAfterFence(ctx context.Context, cli *clientv3.Client, fence, rev int64) (int64, error) {
+	gone, err := compactedBelow(ctx, cli, fence)
+	if err != nil {
+		return 0, err
+	}
+	if !gone {
+		return compactBumped(ctx, cli, rev)
+	}
+	return compactRevision(ctx, cli, fence)
+}
+
+// compactedBelow reports whether the standby's history at revision rev-1
+// is compacted away: its compaction revision is at least rev.
+func compactedBelow(ctx context.Context, cli *clientv3.Client, rev int64) (bool, error) {
+	if rev <= 1 {
+		return true, nil
+	}
+	_, err := cli.Get(ctx, bumpKey, clientv3.WithRev(rev-1), clientv3.WithCountOnly())
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("promote: read standby at revision %d: %w", rev-1, err)
+	}
+	return false, nil
+}
+
+// compactRevision returns the standby's compaction revision, known to be
+// at least lo: the lowest revision still readable, found by bisection up
+// to the standby's current revision.
+func compactRevision(ctx context.Context, cli *clientv3.Client, lo int64) (int64, error) {
+	resp, err := cli.Get(ctx, bumpKey, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("promote: read standby revision: %w", err)
+	}
+	hi := resp.Header.Revision
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		gone, err := compactedBelow(ctx, cli, mid)
+		if err != nil {
+			return 0, err
+		}
+		if gone {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo, nil
 }

@@ -54,6 +54,8 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 		"revision", r.Revision, "reason", r.Reason, "standby_in_scope_keys", s.InScopeBefore, "seq", r.seq)
 	w.Snapshot = s
 	w.Position.Seq = r.seq
+	// The digest starts again with the snapshot: its in-scope keys.
+	w.Digest = newScopeDigest(s.Prefix, a.rules)
 	// A record half applied before (Partial) belongs to the history this
 	// snapshot replaces: resuming it would skip events of a record that
 	// happens to sit at its sequence.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,7 +38,8 @@ func promoteFlags(o *promoteOptions) *flagSet {
 			"standby's stream holds, fences the applier (its next transaction fails and it exits),\n"+
 			"and reports the standby's final source position: the failover's data-loss report.\n"+
 			"With --bump-revision it raises the standby etcd's revision above the last source\n"+
-			"revision seen, so clients' old resourceVersions cannot land inside history they never saw.\n"+
+			"revision seen, so clients' old resourceVersions cannot land inside history they never saw,\n"+
+			"and compacts the standby there: a watch from an older resourceVersion gets 410 Gone (re-list).\n"+
 			"Without --nats-url (the stream is lost with the primary site) it fences at once.\n"+
 			"With --log-key-file the messages at the end of the stream are MAC-checked: those that fail are never\n"+
 			"applied, so they count neither for draining nor for the stream's last revision, and are reported.\n"+
@@ -51,7 +53,7 @@ func promoteFlags(o *promoteOptions) *flagSet {
 	f.String(&o.stream, "stream", streams.DefaultStream, "`NAME` of the log stream")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default /etcdsync/checkpoint/<stream>)")
 	f.Duration(&o.drainTimeout, "drain-timeout", 30*time.Second, "wait up to `DURATION` for the applier to drain the stream")
-	f.Bool(&o.bumpRevision, "bump-revision", false, "raise the standby's revision above the last source revision seen")
+	f.Bool(&o.bumpRevision, "bump-revision", false, "raise the standby's revision above the last source revision seen, and compact the standby there")
 	f.Int(&o.bumpMax, "bump-max", 10_000_000, "refuse --bump-revision when more than `N` revisions are needed (use etcdutl snapshot restore --bump-revision offline)")
 	f.String(&o.newSite, "publish-site", "standby", "site `NAME` the new primary's publisher will use: a mirror stream becomes writable on etcdsync.<NAME>.log.>")
 	f.Bool(&o.json, "json", false, "print the report as JSON (and nothing else on stdout)")
@@ -122,6 +124,19 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	out := promoteOutput{PromoteReport: rep}
+	if !o.dryRun && (err == nil || errors.Is(err, applier.ErrNotDrained)) {
+		// The proof beside the data-loss report: the standby's in-scope
+		// keys are exactly what the log applied up to the final position.
+		key := o.checkpointKey
+		if key == "" {
+			key = applier.Config{Stream: o.stream}.EffectiveCheckpointKey()
+		}
+		v, verr := applier.VerifyStandby(ctx, cli, key)
+		if verr != nil {
+			v = applier.Verification{Result: applier.Unverified, Reason: "could not verify: " + verr.Error(), At: time.Now(), Resources: []applier.ResourceDiff{}}
+		}
+		out.Verification = &v
+	}
 	// The stream step: the standby's mirror becomes the new primary's
 	// writable log. The data-loss report is printed before it is tried
 	// (as text) or together with its outcome (--json): a failure here
@@ -178,6 +193,10 @@ type promoteOutput struct {
 	// StreamError says why the stream step failed (the standby is fenced;
 	// a re-run completes the step).
 	StreamError string `json:"stream_error,omitempty"`
+	// Verification is the check of the promoted standby against the
+	// keyspace digest in its checkpoint (etcdsync verify), made after the
+	// drain; nil in a dry run.
+	Verification *applier.Verification `json:"verification,omitempty"`
 }
 
 // writableStream is a mirror stream promoted to a writable log.
@@ -211,6 +230,8 @@ func printPromoteDryRun(w io.Writer, out promoteOutput, o promoteOptions) {
 	fmt.Fprintf(w, "  source time      %s: anything the primary committed after it would not be on the standby\n", rep.DataLossSince.UTC().Format(time.RFC3339Nano))
 	if o.bumpRevision {
 		fmt.Fprintf(w, "  would bump       the standby revision %d by about %d revisions\n", rep.StandbyRevision, rep.Bumped)
+		fmt.Fprintf(w, "  would compact    the standby at the bumped revision: a watch or read at an older revision (resourceVersion)\n"+
+			"                   is refused as compacted, 410 Gone from a kube-apiserver, so clients re-list\n")
 	}
 	if ws := out.WritableStream; ws != nil {
 		fmt.Fprintf(w, "  would make       mirror stream %s writable on %s\n", ws.Stream, ws.Subjects)
@@ -251,5 +272,22 @@ func printPromote(w io.Writer, out promoteOutput) {
 		fmt.Fprintf(w, "  standby revision %d (raised by %d revisions)\n", rep.StandbyRevision, rep.Bumped)
 	} else {
 		fmt.Fprintf(w, "  standby revision %d\n", rep.StandbyRevision)
+	}
+	if rep.CompactedRevision > 0 {
+		fmt.Fprintf(w, "  compacted at revision %d: a watch or read at an older revision (resourceVersion) is refused as\n"+
+			"                   compacted, 410 Gone from a kube-apiserver, so clients re-list\n", rep.CompactedRevision)
+	}
+	switch v := out.Verification; {
+	case v == nil:
+	case v.Result == applier.Verified:
+		fmt.Fprintf(w, "  verification     VERIFIED: the in-scope keys are exactly what the log applied up to source revision %d (%d keys, digest %s)\n", v.Position.Revision, v.Keys, v.Digest.Short())
+	case v.Result == applier.Mismatch:
+		names := make([]string, len(v.Resources))
+		for i, r := range v.Resources {
+			names[i] = r.Resource
+		}
+		fmt.Fprintf(w, "  verification     UNVERIFIED: MISMATCH in %s: the standby was written behind the applier's back (RUNBOOK \"What a MISMATCH means\")\n", strings.Join(names, ", "))
+	default:
+		fmt.Fprintf(w, "  verification     UNVERIFIED: %s\n", v.Reason)
 	}
 }

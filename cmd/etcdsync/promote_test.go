@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdsync/etcdsync/applier"
@@ -75,7 +77,7 @@ func TestStatusAndPromote(t *testing.T) {
 	}
 
 	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr, "--bump-revision", "--drain-timeout", "10s")
-	if code != exitOK || !strings.Contains(out, "standby promoted") {
+	if code != exitOK || !strings.Contains(out, "standby promoted") || !strings.Contains(out, "verification     VERIFIED: the in-scope keys are exactly what the log applied up to source revision") {
 		t.Fatalf("promote: exit %d\n%s%s", code, out, stderr)
 	}
 	select {
@@ -266,4 +268,108 @@ func TestPromoteRerunCompletesStreamStep(t *testing.T) {
 		rep.Checkpoint.Position != ck.Position || rep.WritableStream != nil || rep.StreamError != "" {
 		t.Fatalf("third promote --json: exit %d (%v)\n%s%s", code, err, out, stderr)
 	}
+}
+
+// TestPromoteBumpRevisionCompacts: after promote --bump-revision no watch
+// can resume inside the standby's replica history. The standby is compacted
+// at the bumped revision, so a client resuming from an older revision gets
+// ErrCompacted (a kube-apiserver answers 410 Gone and clients re-list)
+// instead of a watch that silently skips what changed; the report, as text
+// and as JSON, and the dry run say so. A re-run after a promotion that
+// stopped before the compaction compacts; one after a complete promotion
+// leaves the compaction (and the history written since) alone.
+func TestPromoteBumpRevisionCompacts(t *testing.T) {
+	standby, scli := startEtcd(t)
+	ctx := context.Background()
+	put := func(k string) int64 {
+		t.Helper()
+		resp, err := scli.Put(ctx, k, "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	writeCheckpoint := func(ck applier.Checkpoint) int64 {
+		t.Helper()
+		b, err := json.Marshal(ck)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return put2(t, scli, "/etcdsync/checkpoint/"+streams.DefaultStream, string(b))
+	}
+	put("/registry/configmaps/app/a")
+	x := put("/registry/configmaps/app/b") // a client's last resourceVersion
+	put("/registry/configmaps/app/c")
+	// The primary ran ahead of the standby's own revisions.
+	target := put("/registry/configmaps/app/d") + 300
+	writeCheckpoint(applier.Checkpoint{Position: streams.Position{ClusterID: 0xc1, Generation: 1, Revision: target, Seq: 9}})
+	promote := []string{"promote", "--standby-endpoints", standby.Endpoint, "--bump-revision"}
+
+	code, out, stderr := runCmd(t, append(promote, "--dry-run")...)
+	if code != exitOK || !strings.Contains(out, "would compact") || !strings.Contains(out, "410 Gone") {
+		t.Fatalf("promote --dry-run --bump-revision: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = runCmd(t, append(promote, "--json")...)
+	var rep promoteOutput
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != exitOK {
+		t.Fatalf("promote --bump-revision --json: exit %d (%v)\n%s%s", code, err, out, stderr)
+	}
+	if rep.StandbyRevision <= target || rep.CompactedRevision != rep.StandbyRevision || !strings.Contains(out, `"compacted_revision"`) {
+		t.Fatalf("promote report: standby revision %d, compacted at %d; want above %d and compacted there\n%s", rep.StandbyRevision, rep.CompactedRevision, target, out)
+	}
+	// A watch resumed from the client's revision is refused as compacted.
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	wr := <-scli.Watch(wctx, "/registry/", clientv3.WithPrefix(), clientv3.WithRev(x+1))
+	if !errors.Is(wr.Err(), rpctypes.ErrCompacted) || wr.CompactRevision != rep.CompactedRevision {
+		t.Fatalf("watch from revision %d after promote: err %v, compact revision %d; want ErrCompacted at %d", x+1, wr.Err(), wr.CompactRevision, rep.CompactedRevision)
+	}
+	// The bumped revision itself stays readable: nothing after it is lost.
+	if _, err := scli.Get(ctx, "/registry/configmaps/app/a", clientv3.WithRev(rep.CompactedRevision)); err != nil {
+		t.Fatalf("read at the compacted revision %d: %v", rep.CompactedRevision, err)
+	}
+
+	// A re-run after the complete promotion keeps the compaction, and
+	// what the new primary wrote since stays watchable.
+	after := put("/registry/configmaps/app/new")
+	code, out, stderr = runCmd(t, append(promote, "--json")...)
+	var again promoteOutput
+	if err := json.Unmarshal([]byte(out), &again); err != nil || code != exitOK || !again.AlreadyPromoted || again.CompactedRevision != rep.CompactedRevision {
+		t.Fatalf("re-run of promote --bump-revision: exit %d (%v), compacted at %d, want %d\n%s%s", code, err, again.CompactedRevision, rep.CompactedRevision, out, stderr)
+	}
+	if _, err := scli.Get(ctx, "/registry/configmaps/app/new", clientv3.WithRev(after)); err != nil {
+		t.Fatalf("a re-run compacted history written after the promotion: %v", err)
+	}
+
+	// An earlier run that fenced and bumped but stopped before compacting:
+	// the re-run compacts.
+	ck, _, err := applier.ReadCheckpoint(ctx, scli, "/etcdsync/checkpoint/"+streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	standby2, scli2 := startEtcd(t)
+	y := put2(t, scli2, "/registry/configmaps/app/a", "v")
+	for i := 0; i < 20; i++ {
+		put2(t, scli2, "/registry/configmaps/app/b", "v")
+	}
+	ck.Position.Revision = y + 5
+	b, _ := json.Marshal(ck)
+	put2(t, scli2, "/etcdsync/checkpoint/"+streams.DefaultStream, string(b))
+	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby2.Endpoint, "--bump-revision")
+	if code != exitOK || !strings.Contains(out, "compacted at revision") {
+		t.Fatalf("re-run after a promotion that did not compact: exit %d\n%s%s", code, out, stderr)
+	}
+	if _, err := scli2.Get(ctx, "/registry/configmaps/app/a", clientv3.WithRev(y)); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("re-run after a promotion that did not compact: read at revision %d: %v, want ErrCompacted", y, err)
+	}
+}
+
+// put2 writes key on cli and returns the revision.
+func put2(t *testing.T, cli *clientv3.Client, key, val string) int64 {
+	t.Helper()
+	resp, err := cli.Put(context.Background(), key, val)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
 }

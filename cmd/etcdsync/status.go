@@ -107,6 +107,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return &statusError{err}
 	}
 	out := statusOutput{Status: st}
+	if v, ok, err := applier.ReadVerification(ctx, cli, o.stream); err == nil && ok {
+		out.Verification = &v
+	}
 	if js != nil {
 		out.LastAudit = lastAudit(ctx, js, o.driftStream, o.site)
 	}
@@ -119,6 +122,10 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else {
 		printStatus(stdout, st, o.maxLag)
 		printLastAudit(stdout, out.LastAudit)
+		printLastVerification(stdout, out.Verification)
+	}
+	if v := out.Verification; v != nil && v.Result == applier.Mismatch {
+		return fmt.Errorf("the applier's last verification found the standby differs from the log in %d resource types: %w", len(v.Resources), errLagging)
 	}
 	if s := st.Stream; s != nil && len(s.Unauthenticated) > 0 {
 		return fmt.Errorf("the log holds messages that fail their MAC check: %s: %w", strings.Join(s.Unauthenticated, "; "), streams.ErrUnauthenticated)
@@ -143,6 +150,9 @@ var errStreamNotChecked = errors.New("stream not checked (no --nats-url): the la
 type statusOutput struct {
 	applier.Status
 	LastAudit *auditor.SummaryEvent `json:"last_audit,omitempty"`
+	// Verification is the outcome of the applier's last check of the
+	// standby against its checkpoint's digest (nil: none recorded).
+	Verification *applier.Verification `json:"verification"`
 }
 
 // lastAudit reads the newest drift summary the auditor published (nil when
@@ -173,6 +183,25 @@ func printLastAudit(w io.Writer, a *auditor.SummaryEvent) {
 		verdict = fmt.Sprintf("DRIFT: %d missed, %d surplus, %d mismatched", a.Missed, a.Surplus, a.Mismatched)
 	}
 	fmt.Fprintf(w, "last audit       %s at source revision %d: %s (%d keys compared)\n", a.Time.UTC().Format(time.RFC3339), a.SourceRevision, verdict, a.KeysCompared)
+}
+
+// printLastVerification prints the applier's last verification.
+func printLastVerification(w io.Writer, v *applier.Verification) {
+	switch {
+	case v == nil:
+		fmt.Fprintf(w, "verification     UNVERIFIED: none recorded yet (the applier checks every --verify-interval)\n")
+	case v.Result == applier.Verified:
+		fmt.Fprintf(w, "verification     VERIFIED %s at source revision %d: %d keys, digest %s\n", v.At.UTC().Format(time.RFC3339), v.Position.Revision, v.Keys, v.Digest.Short())
+	case v.Result == applier.Mismatch:
+		names := make([]string, len(v.Resources))
+		for i, r := range v.Resources {
+			names[i] = r.Resource
+		}
+		fmt.Fprintf(w, "verification     UNVERIFIED: MISMATCH %s at source revision %d, in %s (etcdsync verify; RUNBOOK \"What a MISMATCH means\")\n",
+			v.At.UTC().Format(time.RFC3339), v.Position.Revision, strings.Join(names, ", "))
+	default:
+		fmt.Fprintf(w, "verification     UNVERIFIED %s: %s\n", v.At.UTC().Format(time.RFC3339), v.Reason)
+	}
 }
 
 func printStatus(w io.Writer, st applier.Status, maxLag time.Duration) {

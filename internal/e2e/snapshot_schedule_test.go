@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdsync/etcdsync/publisher"
 	"github.com/etcdsync/etcdsync/streams"
@@ -109,5 +111,27 @@ func TestSnapshotAgeGauge(t *testing.T) {
 	}
 	if n := len(snapshotReasons(t, p)); n != 1 {
 		t.Fatalf("%d snapshots, want 1: the second session's snapshot is not due", n)
+	}
+}
+
+// A snapshot lists the primary's keys in pages of SnapshotPageSize: with
+// pages of 3 keys, a first-start snapshot of 10 keys (written before the
+// publisher started, so carried by the snapshot alone) brings all 10.
+func TestSnapshotListsPastOnePage(t *testing.T) {
+	p := newPipeline(t)
+	for i := range 10 {
+		put(t, p.primary.Client, "/page/k"+strconv.Itoa(i), "v")
+	}
+	pcfg := p.publisherConfig()
+	pcfg.SnapshotPageSize = 3
+	p.startPublisher(pcfg)
+	p.startApplier(rawApplierConfig(p))
+	p.waitConverged(rawRules(t), 30*time.Second)
+	resp, err := p.standby.Client.Get(context.Background(), "/page/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 10 {
+		t.Fatalf("standby holds %d keys under /page/, want 10", resp.Count)
 	}
 }
