@@ -175,7 +175,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer nc.Close()
 
 	reg := newRegistry()
-	ap, err := applier.New(cfg, cli, nc, reg)
+	ap, err := applier.New(cfg, cli, nc, labelled(reg, cfg.Site, cfg.Stream))
 	if err != nil {
 		return err
 	}

@@ -199,7 +199,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 	// Step 3: run until a signal.
 	reg := newRegistry()
-	pub, err := publisher.New(cfg, cli, nc, reg)
+	pub, err := publisher.New(cfg, cli, nc, labelled(reg, cfg.Stream.Site, cfg.Stream.Name))
 	if err != nil {
 		return err
 	}

@@ -116,7 +116,7 @@ func TestStatusStalledMirror(t *testing.T) {
 		_, m := httpGet("http://" + metrics + "/metrics")
 		for _, line := range strings.Split(m, "\n") {
 			var v float64
-			if _, err := fmt.Sscanf(line, "etcdsync_applier_mirror_last_contact_seconds %g", &v); err == nil {
+			if _, err := fmt.Sscanf(line, `etcdsync_applier_mirror_last_contact_seconds{site="primary",stream="ETCDSYNC"} %g`, &v); err == nil {
 				return v > 3
 			}
 		}
