@@ -64,6 +64,13 @@ fuzz:
 # etcdsync runs unsigned, then signed (--log-key-file), printed side by side
 # (ARGS=--signed=false skips the signed run).
 # ARGS=--quick for a run under ~3 minutes; ARGS="--profile DIR" for CPU profiles.
+# ARGS="--baseline PATH" also runs etcdsync's workloads with the etcdsync binary
+# PATH right before the main run and prints current/baseline ratios; build it with
+#   git worktree add /tmp/base <commit> && (cd /tmp/base && go build -o /tmp/etcdsync-base ./cmd/etcdsync)
+# ARGS=--scale runs the scale series instead (W1 at 100k, 400k and 1M keys against
+# etcd's batched ingest at the same key count; ARGS="--scale --scale-keys 100k,1m").
+# ARGS="--saturate 5m" runs W4 instead: 4 clients writing unthrottled to the primary
+# for 5 minutes, the standby's lag every 10 s and how far behind it ended.
 .PHONY: bench
 bench:
 	$(GO) build -o bench/bin/etcdsync ./cmd/etcdsync

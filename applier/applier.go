@@ -45,6 +45,8 @@ type Applier struct {
 	rules   *keyspace.Rules
 	log     *slog.Logger
 	metrics *metrics
+	// vmetrics are the verification metrics.
+	vmetrics *verifyMetrics
 
 	// State of the current session, re-read from the standby after any error.
 	ck    Checkpoint // as last written
@@ -71,6 +73,12 @@ type Applier struct {
 	pres *presence
 	// scopePrefix is the publisher prefix in the scope record (nil: not known).
 	scopePrefix *string
+	// shadow is the in-scope digest of a snapshot the applier skips
+	// because it stands exactly at its revision (a periodic snapshot of
+	// the history it follows), gathered from its chunks: at the snapshot's
+	// end it gives the checkpoint a digest it lacks, or checks the one it
+	// has against the log (nil: none being gathered).
+	shadow *shadowDigest
 }
 
 // New validates cfg and returns an Applier writing to etcd (the standby) and
@@ -95,7 +103,7 @@ func New(cfg Config, etcd *clientv3.Client, nc *nats.Conn, reg prometheus.Regist
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Applier{cfg: cfg, etcd: etcd, js: js, nc: nc, subj: streams.Subjects{Site: cfg.Site}, rules: rules, log: log,
-		metrics: newMetrics(reg), txn: txnBuilder{idx: map[string]int{}}, leases: leaseMap{etcd: etcd, m: map[int64]standbyLease{}}}, nil
+		metrics: newMetrics(reg), vmetrics: newVerifyMetrics(reg), txn: txnBuilder{idx: map[string]int{}}, leases: leaseMap{etcd: etcd, m: map[int64]standbyLease{}}}, nil
 }
 
 // Rules returns the effective scope rules.
@@ -143,8 +151,10 @@ func (a *Applier) Run(ctx context.Context) error {
 	// write, and the gauges must still show the stall.
 	lctx, lcancel := context.WithCancel(ctx)
 	lagDone := make(chan struct{})
+	verifyDone := make(chan struct{})
 	go func() { defer close(lagDone); a.monitorLag(lctx) }()
-	defer func() { lcancel(); <-lagDone }()
+	go func() { defer close(verifyDone); a.monitorDigest(lctx) }()
+	defer func() { lcancel(); <-lagDone; <-verifyDone }()
 	for {
 		start := time.Now()
 		err := a.session(ctx)
@@ -200,6 +210,8 @@ func (a *Applier) Reset(ctx context.Context) (uint64, error) {
 		return 0, ErrPromoted
 	}
 	a.ck, a.ckRev, a.ckReadRev, a.work = ck, rev, readRev, ck
+	a.work.Digest = a.resumeDigest(ck.Digest)
+	a.shadow = nil
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		a.work.Snapshot = &s
@@ -389,7 +401,10 @@ const lagEvery = 2 * time.Second
 // monitorLag keeps the lag gauges true while nothing is applied: messages
 // and revisions waiting in the stream, and, when some wait, the time since
 // the publisher observed the last applied revision (so a stalled applier
-// shows a growing lag, not its last apply latency).
+// shows a growing lag, not its last apply latency); when the stream is a
+// mirror, the time since it last heard from its origin and the messages
+// it has not copied (so a stalled link between the sites shows, though
+// the applier has applied all the mirror holds).
 func (a *Applier) monitorLag(ctx context.Context) {
 	t := time.NewTicker(lagEvery)
 	defer t.Stop()
@@ -404,6 +419,7 @@ func (a *Applier) monitorLag(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		a.metrics.observeMirror(mirrorStatus(stream.CachedInfo()))
 		tail, err := streams.ReadTail(ctx, stream, a.subj)
 		if err != nil {
 			continue

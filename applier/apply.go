@@ -288,6 +288,12 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 		if err := a.startRevision(ctx, r); err != nil {
 			return err
 		}
+		a.shadow = nil // the snapshot it gathered ended before this revision
+		if !r.Digested {
+			// Without the events' previous-value hashes the digest
+			// cannot follow: unknown until the next snapshot applied.
+			w.Digest = nil
+		}
 		if err := a.addEvents(ctx, r); err != nil {
 			return err
 		}
@@ -307,6 +313,7 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 				return err
 			}
 			w.Position.Seq = r.seq // a snapshot the standby does not need
+			a.shadowChunk(r)
 			return nil
 		}
 		if err := a.addEvents(ctx, r); err != nil {
@@ -442,6 +449,7 @@ func (a *Applier) add(ctx context.Context, e *streams.Event, unparsed bool) erro
 		if len(a.txn.ops) == 1 || b.fits(len(a.txn.ops), a.txn.bytes+grow) {
 			a.txn.ops[i], a.txn.sizes[i] = op, size
 			a.txn.bytes += grow
+			a.digestEvent(e)
 			return nil
 		}
 		if err := a.flush(ctx); err != nil {
@@ -460,6 +468,7 @@ func (a *Applier) add(ctx context.Context, e *streams.Event, unparsed bool) erro
 	if unparsed {
 		a.txn.unparsed++
 	}
+	a.digestEvent(e)
 	return nil
 }
 
@@ -475,6 +484,7 @@ func (a *Applier) flush(ctx context.Context) error {
 	ck.AppliedAt = time.Now()
 	ck.Stopped = nil // whatever stopped an earlier session is past
 	ck.InFlight = nil
+	ck.Digest = ck.Digest.clone() // a.work's goes on changing
 	if ck.Snapshot != nil {
 		s := *ck.Snapshot
 		ck.Snapshot = &s

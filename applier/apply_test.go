@@ -44,7 +44,7 @@ func newTestApplier(t *testing.T, cli *clientv3.Client, cfg Config) *testApplier
 		t.Fatal(err)
 	}
 	a := &testApplier{t: t, Applier: &Applier{cfg: cfg, etcd: cli, rules: rules, log: slog.New(slog.DiscardHandler),
-		metrics: newMetrics(nil), txn: txnBuilder{idx: map[string]int{}}, leases: leaseMap{etcd: cli, m: map[int64]standbyLease{}}}}
+		metrics: newMetrics(nil), vmetrics: newVerifyMetrics(nil), txn: txnBuilder{idx: map[string]int{}}, leases: leaseMap{etcd: cli, m: map[int64]standbyLease{}}}}
 	a.nextSeq = 1
 	a.apply(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 1},
 		streams.Record{Kind: streams.KindSnapshotEnd, Revision: 1})

@@ -35,6 +35,9 @@ type Checkpoint struct {
 	// the standby may hold that write of the next record. Only reported
 	// (status, promote); resuming ignores it.
 	InFlight *InFlight `json:"in_flight,omitempty"`
+	// Digest is the digest of the standby's in-scope keys after the
+	// operations this checkpoint covers (nil: not known; see ScopeDigest).
+	Digest *ScopeDigest `json:"digest,omitempty"`
 }
 
 // InFlight names the write an alone operation may have made ahead of the

@@ -95,6 +95,10 @@ type Config struct {
 	Reseed bool
 	// MinBackoff and MaxBackoff bound the retry delay. Defaults 100ms and 10s.
 	MinBackoff, MaxBackoff time.Duration
+	// VerifyInterval is how often the applier scans the standby's in-scope
+	// keys at its checkpoint and compares them with the checkpoint's digest
+	// (Verify); 0 disables it. Default 10m.
+	VerifyInterval time.Duration
 	// LogKeys verifies every message's MAC before anything of its batch is
 	// written: a message without a valid MAC for its stream position stops
 	// the applier (errors wrap streams.ErrUnauthenticated). nil accepts an
@@ -118,6 +122,7 @@ func DefaultConfig() Config {
 		MassDeleteMinKeys: 10,
 		MinBackoff:        100 * time.Millisecond,
 		MaxBackoff:        10 * time.Second,
+		VerifyInterval:    10 * time.Minute,
 	}
 }
 
@@ -159,8 +164,15 @@ func (c Config) Validate() error {
 	if c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff {
 		return fmt.Errorf("backoff %s..%s: must be positive and ordered", c.MinBackoff, c.MaxBackoff)
 	}
+	if c.VerifyInterval < 0 {
+		return fmt.Errorf("verify interval %s: must not be negative", c.VerifyInterval)
+	}
 	return nil
 }
+
+// EffectiveCheckpointKey returns the checkpoint key: CheckpointKey, or the
+// default for the stream.
+func (c Config) EffectiveCheckpointKey() string { return c.checkpointKey() }
 
 func (c Config) checkpointKey() string {
 	if c.CheckpointKey != "" {

@@ -104,12 +104,47 @@
 //     saw an older resourceVersion gets ErrCompacted (410 Gone) and
 //     re-lists. A re-run compacts only if the history before the fence is
 //     still readable.
+
+//   - Lag is measured against the origin: when the stream is a mirror (the
+//     standby site's copy of the primary's log), ReadStatus counts the
+//     messages the mirror has not copied and takes the lag in seconds as at
+//     least the time since the mirror last heard from its origin
+//     (StreamStatus.Mirror), and the applier exports both
+//     (etcdsync_applier_mirror_last_contact_seconds,
+//     etcdsync_applier_mirror_origin_lag_messages), so a stalled link
+//     between the sites never reads as lag 0.
 //   - Scope record: the applier records its effective scope (ScopeRecord:
 //     keyspace config, rules text with the preset, the publisher prefix
 //     the last snapshot announced, fingerprint) at "<checkpoint key>/scope"
 //     when a session starts and when a snapshot announces another prefix,
 //     guarded by the checkpoint's mod revision. The auditor compares, and
 //     repairs, within that scope.
+//   - Verification (verify.go): the checkpoint carries the digest of the
+//     standby's in-scope keys (ScopeDigest: per resource type, keys under a
+//     lease left out), moved by every in-scope operation handed to the
+//     transaction builder, so the operations and the digest that covers them
+//     are written in one transaction. It starts empty with every snapshot
+//     applied (the snapshot's keys then go in one by one) and follows each
+//     revision by its events' previous-value hashes; a revision record
+//     without digests, or scope rules other than the checkpoint's at
+//     session start, make it unknown (nil) until the next snapshot: one
+//     applied, or one the applier skips because it stands exactly at its
+//     revision (periodic, digest_lost), whose in-scope keys are then
+//     gathered from its chunks: they give a digest the checkpoint lacks,
+//     or must equal the one it has (else the applier followed the log
+//     wrongly: logged, counted, and the snapshot's digest replaces it, so
+//     the standby's verification shows the difference). At most 64
+//     resource types keep digests of their own (the rest share "(other)";
+//     names cut at 128 bytes), so the checkpoint stays within the room
+//     every transaction's budget sets aside for it. Verify
+//     reads the checkpoint and scans the in-scope keys pinned at the
+//     revision it was read at, so anything written in scope behind the
+//     applier's back up to then is seen; a checkpoint in the middle of a
+//     snapshot or of an operation written alone, or kept under other rules,
+//     is Unverified, never a mismatch. Every VerifyInterval the applier
+//     verifies in the background (applying never waits for it), records
+//     the outcome at VerifyKey for status, counts mismatches and publishes
+//     each on etcdsync.<site>.drift.verify; /readyz is not affected.
 //   - Corrupt messages stop the applier (errors wrap streams.ErrCorrupt)
 //     before anything of their batch is written. A message of a later
 //     frame or record version stops it the same way with "written by a

@@ -1,6 +1,7 @@
 package applier
 
 import (
+	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,10 @@ type metrics struct {
 	// waitSeq and waitSnapshot say what the applier waits for.
 	waitSeq      prometheus.Gauge
 	waitSnapshot prometheus.Gauge
+	// mirrorContact and mirrorLag describe the link from a mirror stream
+	// to its origin.
+	mirrorContact prometheus.Gauge
+	mirrorLag     prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,10 +55,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "The stream sequence the applier waits for the stream to reach (its checkpoint's: a mirror refilling); 0 when not waiting for the stream."}),
 		waitSnapshot: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_waiting_for_snapshot",
 			Help: "1 while the applier waits for a snapshot it can re-seed from (none in the stream, or only ones older than its checkpoint), else 0."}),
+		mirrorContact: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_mirror_last_contact_seconds",
+			Help: "Seconds since the stream, a mirror, last heard from its origin (the primary's log; about every second while the link works); +Inf when it never has since its server started, 0 when the stream is not a mirror (checked every 2s)."}),
+		mirrorLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_mirror_origin_lag_messages",
+			Help: "Origin messages the mirror has not copied yet, as of its last contact with the origin (0 when the stream is not a mirror; checked every 2s)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.revisions, m.ops, m.unparsed, m.txns, m.checkpoint, m.lag, m.lagMsgs, m.lagRevs, m.snapshots, m.gaps, m.errors, m.stopped,
-			m.unauthenticated, m.unguardedPuts, m.waitSeq, m.waitSnapshot)
+			m.unauthenticated, m.unguardedPuts, m.waitSeq, m.waitSnapshot, m.mirrorContact, m.mirrorLag)
 	}
 	return m
 }
@@ -80,4 +89,43 @@ func (m *metrics) waitFor(seq uint64, snapshot bool) {
 	} else {
 		m.waitSnapshot.Set(0)
 	}
+}
+
+// observeMirror records the link from a mirror stream to its origin (m
+// nil: the stream is not a mirror).
+func (m *metrics) observeMirror(ms *MirrorStatus) {
+	switch {
+	case ms == nil:
+		m.mirrorContact.Set(0)
+		m.mirrorLag.Set(0)
+		return
+	case ms.LastContactSeconds < 0:
+		m.mirrorContact.Set(math.Inf(1))
+	default:
+		m.mirrorContact.Set(ms.LastContactSeconds)
+	}
+	m.mirrorLag.Set(float64(ms.OriginLagMessages))
+}
+
+// verifyMetrics are the applier's verification metrics.
+type verifyMetrics struct {
+	last       prometheus.Gauge
+	mismatches prometheus.Counter
+	state      prometheus.Gauge
+}
+
+func newVerifyMetrics(reg prometheus.Registerer) *verifyMetrics {
+	m := &verifyMetrics{
+		last: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_last_verified_timestamp_seconds",
+			Help: "When a scan of the standby's in-scope keys last matched the checkpoint's digest (0: never)."}),
+		mismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_verify_mismatches_total",
+			Help: "Scans of the standby's in-scope keys that differed from the checkpoint's digest: something wrote the standby behind the applier's back."}),
+		state: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_verified",
+			Help: "Outcome of the last verification: 1 verified, 0 mismatch, -1 unverified (nothing to compare with yet)."}),
+	}
+	m.state.Set(-1)
+	if reg != nil {
+		reg.MustRegister(m.last, m.mismatches, m.state)
+	}
+	return m
 }

@@ -29,6 +29,12 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 		// below its position: nothing to learn from it. (One above the
 		// position would mean revisions missing before it: apply it.)
 		w.Position.Seq = r.seq
+		a.shadow = nil
+		if r.Revision == w.Position.Revision {
+			// Exactly at the position: its keys are the standby's scope
+			// as the log has it now.
+			a.shadow = &shadowDigest{cluster: r.ClusterID, gen: r.Generation, rev: r.Revision, d: newScopeDigest(string(r.Prefix), a.rules)}
+		}
 		return nil
 	}
 	a.reseed = false // from here on the snapshot state is in the checkpoint
@@ -54,6 +60,8 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 		"revision", r.Revision, "reason", r.Reason, "standby_in_scope_keys", s.InScopeBefore, "seq", r.seq)
 	w.Snapshot = s
 	w.Position.Seq = r.seq
+	// The digest starts again with the snapshot: its in-scope keys.
+	w.Digest = newScopeDigest(s.Prefix, a.rules)
 	// A record half applied before (Partial) belongs to the history this
 	// snapshot replaces: resuming it would skip events of a record that
 	// happens to sit at its sequence.
@@ -71,6 +79,7 @@ func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
 			return err
 		}
 		w.Position.Seq = r.seq
+		a.endShadow(r)
 		return nil
 	}
 	if s.Chunks != r.Chunk || s.Keys != r.Keys {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -33,7 +34,14 @@ type Status struct {
 	LagRevisions int64 `json:"lag_revisions"`
 	// LagSeconds is 0 when everything in the stream is applied, otherwise
 	// the time since the publisher observed the last applied revision.
+	// When the stream is a mirror, it is at least the time since the
+	// mirror last heard from its origin (what the standby knows is no
+	// newer than that), so a stalled link never reads as lag 0.
 	LagSeconds float64 `json:"lag_seconds"`
+	// OriginUnknown is set when the stream is a mirror that has not heard
+	// from its origin since its server started: the lag against the
+	// origin is unknown.
+	OriginUnknown bool `json:"origin_unknown,omitempty"`
 	// HalfApplied is set when the revision after the checkpoint's is half
 	// applied (the checkpoint's Partial marker).
 	HalfApplied *HalfApplied `json:"half_applied,omitempty"`
@@ -49,6 +57,9 @@ type StreamStatus struct {
 	// Generation and Revision of the newest complete record (the publisher's position).
 	Generation uint64 `json:"generation"`
 	Revision   int64  `json:"revision"`
+	// Mirror is set when the stream is a mirror (the standby site's copy
+	// of the primary's log): how far it is behind its origin.
+	Mirror *MirrorStatus `json:"mirror,omitempty"`
 	// NewestSnapshot is the newest snapshot-begin in the stream, if any.
 	NewestSnapshot *SnapshotRef `json:"newest_snapshot,omitempty"`
 	// Authenticated reports that the messages read here (the log's last
@@ -62,6 +73,51 @@ type StreamStatus struct {
 	// are 0 when it is the last message, NewestSnapshot nil when it is the
 	// snapshot's.
 	Unauthenticated []string `json:"unauthenticated,omitempty"`
+}
+
+// MirrorStatus is the link from a mirror stream to its origin (the
+// primary site's log) as the mirror's server reports it.
+type MirrorStatus struct {
+	// Origin is the mirrored stream and OriginDomain its JetStream domain.
+	Origin       string `json:"origin"`
+	OriginDomain string `json:"origin_domain,omitempty"`
+	// OriginLagMessages is how many origin messages the mirror has not
+	// yet copied, as of its last contact with the origin (not updated
+	// while the link is down).
+	OriginLagMessages uint64 `json:"origin_lag_messages"`
+	// LastContactSeconds is the time since the mirror last heard from its
+	// origin (a message or a heartbeat, about every second while the link
+	// works); -1 when it never has since its server started.
+	LastContactSeconds float64 `json:"last_contact_seconds"`
+	// Error is the error the server reports for the mirror, if any.
+	Error string `json:"error,omitempty"`
+}
+
+// mirrorStatus returns the status of the mirror described by info (nil
+// when the stream is not a mirror).
+func mirrorStatus(info *jetstream.StreamInfo) *MirrorStatus {
+	c, m := info.Config.Mirror, info.Mirror
+	if c == nil {
+		return nil
+	}
+	ms := &MirrorStatus{Origin: c.Name, OriginDomain: c.Domain, LastContactSeconds: -1}
+	if ext := c.External; ms.OriginDomain == "" && ext != nil {
+		// The client turns a domain into the API prefix $JS.<domain>.API.
+		if d, ok := strings.CutPrefix(ext.APIPrefix, "$JS."); ok {
+			ms.OriginDomain, _ = strings.CutSuffix(d, ".API")
+		}
+	}
+	if m == nil {
+		return ms
+	}
+	ms.OriginLagMessages = m.Lag
+	if m.Active >= 0 {
+		ms.LastContactSeconds = m.Active.Seconds()
+	}
+	if m.Error != nil {
+		ms.Error = m.Error.Error()
+	}
+	return ms
 }
 
 // SnapshotRef locates a snapshot in the stream.
@@ -106,6 +162,7 @@ func ReadVerifiedStatus(ctx context.Context, standby *clientv3.Client, js jetstr
 		st.State = "waiting"
 		st.LagMessages = ss.Msgs
 		st.LagRevisions = -1
+		st.addOriginLag()
 		return st, nil
 	case ck.Promoted:
 		st.State = "promoted"
@@ -136,7 +193,25 @@ func ReadVerifiedStatus(ctx context.Context, standby *clientv3.Client, js jetstr
 	if st.StreamChecked && ss.Generation == ck.Position.Generation && ck.Snapshot == nil {
 		st.LagRevisions = max(ss.Revision-ck.Position.Revision, 0)
 	}
+	st.addOriginLag()
 	return st, nil
+}
+
+// addOriginLag measures the lag against the origin when the stream is a
+// mirror: the messages the mirror has not copied count as waiting, and
+// the standby is behind by at least the time since the mirror last heard
+// from its origin.
+func (st *Status) addOriginLag() {
+	if st.Stream == nil || st.Stream.Mirror == nil {
+		return
+	}
+	m := st.Stream.Mirror
+	st.LagMessages += m.OriginLagMessages
+	if m.LastContactSeconds < 0 {
+		st.OriginUnknown = true
+		return
+	}
+	st.LagSeconds = max(st.LagSeconds, m.LastContactSeconds)
 }
 
 func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name string, subj streams.Subjects, ring *streams.KeyRing) error {
@@ -149,6 +224,7 @@ func (s *StreamStatus) read(ctx context.Context, js jetstream.JetStream, name st
 		return fmt.Errorf("read stream %s: %w", name, err)
 	}
 	s.FirstSeq, s.LastSeq, s.Msgs, s.Bytes = info.State.FirstSeq, info.State.LastSeq, info.State.Msgs, info.State.Bytes
+	s.Mirror = mirrorStatus(info)
 	tail, err := streams.ReadVerifiedTail(ctx, stream, subj, ring)
 	switch {
 	case errors.Is(err, streams.ErrUnauthenticated):

@@ -112,8 +112,9 @@ func compareBytes(key int, rev int64) int {
 func requestBytes(txn int) int { return requestHeaderBytes + fieldLen(txn) }
 
 // checkpointValueReserve is what the budget sets aside for the checkpoint's
-// JSON value (a few hundred bytes).
-const checkpointValueReserve = 1024
+// JSON value: a few hundred bytes, and the keyspace digest's per-resource
+// entries, bounded by maxDigestBytes.
+const checkpointValueReserve = 1024 + maxDigestBytes
 
 // checkpointReserve is what the checkpoint's compare and put take of a
 // transaction with a checkpoint of up to checkpointValueReserve bytes.

@@ -126,7 +126,8 @@ func (a *Auditor) audit(ctx context.Context, start time.Time) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	if err := a.checkPrimary(ctx, c, sc); err != nil {
+	head, err := a.checkPrimary(ctx, c, sc)
+	if err != nil {
 		return Report{}, err
 	}
 	if err := a.findUnknownNamespaces(ctx, sc, c.pos.Revision, c.standbyRev); err != nil {
@@ -145,6 +146,9 @@ func (a *Auditor) audit(ctx context.Context, start time.Time) (Report, error) {
 		StandbyRevision: c.standbyRev,
 		SourceTime:      c.sourceTime,
 		ValueHMACKey:    a.hasher.KeyID(),
+
+		PrimaryHeadRevision: head,
+		BehindHeadRevisions: max(head-c.pos.Revision, 0),
 	}
 	if !c.sourceTime.IsZero() {
 		rep.SourceAgeSeconds = start.Sub(c.sourceTime).Seconds()

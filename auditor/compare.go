@@ -82,18 +82,19 @@ func (a *Auditor) readCut(ctx context.Context) (cut, error) {
 }
 
 // checkPrimary checks, with one small read, that the primary is the cluster
-// the standby follows and still holds revision P.
-func (a *Auditor) checkPrimary(ctx context.Context, c cut, sc *scope) error {
+// the standby follows and still holds revision P, and returns the
+// primary's newest revision (the head the report measures P against).
+func (a *Auditor) checkPrimary(ctx context.Context, c cut, sc *scope) (head int64, err error) {
 	start, end := sc.keyRange()
 	resp, err := a.primary.Get(ctx, start, clientv3.WithRange(end), clientv3.WithRev(c.pos.Revision),
 		clientv3.WithLimit(1), clientv3.WithKeysOnly())
 	if err != nil {
-		return a.primaryErr(err, c)
+		return 0, a.primaryErr(err, c)
 	}
 	if id := resp.Header.ClusterId; id != c.pos.ClusterID {
-		return fmt.Errorf("the standby follows source cluster %x but the primary is cluster %x: check --primary-endpoints", c.pos.ClusterID, id)
+		return 0, fmt.Errorf("the standby follows source cluster %x but the primary is cluster %x: check --primary-endpoints", c.pos.ClusterID, id)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // primaryErr maps the primary's answer to a read at P.

@@ -18,7 +18,10 @@
 //
 // A report names the revisions compared (S and P) and how old the
 // primary's state at P is: the checkpoint's time of observation of P by the
-// publisher, and its age at the audit's start (Report.SourceAgeSeconds).
+// publisher, and its age at the audit's start (Report.SourceAgeSeconds);
+// and how far P is behind the primary's head, the newest revision the
+// primary answered with just after the cut (Report.PrimaryHeadRevision,
+// Report.BehindHeadRevisions): what the comparison does not cover yet.
 //
 // While a snapshot is being applied (a re-seed, or the first bootstrap)
 // there is nothing to compare: Audit returns ErrReseeding, a state and not

@@ -43,6 +43,7 @@ const (
 	SkipApplierBusy    = "the applier moved the checkpoint at every attempt; run the repair again"
 	SkipSurplus        = "surplus key kept: deleting needs RepairSurplus (--repair-surplus)"
 	SkipOutOfScope     = "out of scope: never written by a repair"
+	SkipLeased         = "attached to a lease on the primary: the applier writes it with a standby lease on its next write (a repair without one would outlive the lease)"
 )
 
 // RepairResult says what Repair changed and what it left.
@@ -69,8 +70,9 @@ type RepairResult struct {
 // now holds) or that changed on the standby since the audit is skipped as
 // in flight; when only the checkpoint moved, both reads are made again, up
 // to Config.RepairRetries times, then the key is skipped
-// (SkipApplierBusy). Keys are written without a lease (the applier
-// attaches one on the key's next write). Keys outside the scope are never
+// (SkipApplierBusy). A key attached to a lease on the primary is skipped
+// (SkipLeased): written without one it would outlive the lease, and sit
+// outside the applier's keyspace digest (a verification MISMATCH). Keys outside the scope are never
 // touched. Repair blocks until every key is done.
 //
 // Repair writes nothing and returns ErrScopeMismatch when the scope it
@@ -172,6 +174,9 @@ func (a *Auditor) repairKey(ctx context.Context, rep *Report, k KeyDrift, key st
 		case Missed, Mismatched:
 			if len(pr.Kvs) == 0 || pr.Kvs[0].ModRevision != k.PrimaryModRevision {
 				return KeyChange{}, SkipPrimaryChanged, nil
+			}
+			if pr.Kvs[0].Lease != 0 {
+				return KeyChange{}, SkipLeased, nil
 			}
 			op = clientv3.OpPut(key, string(pr.Kvs[0].Value))
 		case Surplus:

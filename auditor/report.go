@@ -127,6 +127,14 @@ type Report struct {
 	// an idle primary it grows without any lag).
 	SourceTime       time.Time `json:"source_time,omitzero"`
 	SourceAgeSeconds float64   `json:"source_age_seconds"`
+	// PrimaryHeadRevision is the primary's newest revision as the audit
+	// read it (just after the cut), and BehindHeadRevisions how far
+	// SourceRevision is behind it: revisions the compared position does
+	// not include yet (writes to any key of the primary, in scope or not;
+	// 0 when the standby has caught up). Drift is judged at SourceRevision
+	// only.
+	PrimaryHeadRevision int64 `json:"primary_head_revision"`
+	BehindHeadRevisions int64 `json:"behind_head_revisions"`
 	// Compared counts the distinct in-scope keys seen on either side;
 	// PrimaryKeys and StandbyKeys count each side's in-scope keys.
 	Compared    int64 `json:"keys_compared"`
@@ -267,6 +275,11 @@ func (r *Report) WriteText(w io.Writer) error {
 			time.Duration(r.SourceAgeSeconds*float64(time.Second)).Round(time.Second))
 	}
 	b.WriteString("\n")
+	revs := "revisions"
+	if r.BehindHeadRevisions == 1 {
+		revs = "revision"
+	}
+	fmt.Fprintf(&b, "primary head: revision %d, the compared position is %d %s behind it\n", r.PrimaryHeadRevision, r.BehindHeadRevisions, revs)
 	prefix := "every key"
 	if r.Prefix != "" {
 		prefix = "keys under " + strconv.Quote(r.Prefix)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,6 +102,17 @@ type lagResult struct {
 	samples  []time.Duration // sorted
 	missing  int             // markers that had not arrived when the wait gave up
 	lowerBnd bool            // true when missing > 0: the upper percentiles are lower bounds
+	// series are the markers in the order written: when each was
+	// committed on the primary and its lag (up to the give-up time when
+	// it never arrived).
+	series []lagSample
+}
+
+// lagSample is one marker's lag.
+type lagSample struct {
+	committed time.Time
+	lag       time.Duration
+	arrived   bool
 }
 
 func (r lagResult) pct(p float64) time.Duration {
@@ -154,13 +166,15 @@ func (lp *lagProbe) finish(timeout time.Duration) lagResult {
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
 	var r lagResult
-	for n, c := range lp.commits {
+	for _, n := range slices.Sorted(maps.Keys(lp.commits)) {
+		c := lp.commits[n]
 		a, ok := lp.arrived[n]
 		if !ok {
 			a = now
 			r.missing++
 		}
 		r.samples = append(r.samples, max(a.Sub(c), 0))
+		r.series = append(r.series, lagSample{committed: c, lag: max(a.Sub(c), 0), arrived: ok})
 	}
 	slices.Sort(r.samples)
 	r.lowerBnd = r.missing > 0

@@ -11,6 +11,11 @@
 //	   the replication lag sampled every 50 ms during the burst.
 //	W3 steady: R revisions/s for D: replication lag p50/p99/max.
 //
+// Right after W1 of each etcdsync run, `etcdsync verify --standby-endpoints`
+// runs as a process against the standby just bootstrapped (retried while it
+// exits 3: the applier may still be applying the snapshot), and its wall
+// time and peak RSS (getrusage ru_maxrss) are printed.
+//
 // etcdsync runs twice, unsigned and then signed (--signed, default on: a
 // log key ring on publish and apply), and W2 and W3 are printed side by
 // side with the signed/unsigned ratio (the target: within 5%). With --r3
@@ -25,6 +30,24 @@
 // Lag is measured identically for every replicator: a marker key is written
 // on the primary every 50 ms and the standby is watched for it; a marker's
 // lag is its arrival on the standby minus the return of its Put.
+//
+// --baseline BINARY runs the same etcdsync workloads (unsigned) with another
+// etcdsync binary right before the main unsigned run, in the same sitting,
+// and prints W1, W2 and W3 and the peak RSS of both as current/baseline
+// ratios (the target of a change that adds work: within 10%).
+//
+// --scale runs the scale series instead: W1 of etcdsync (unsigned) at 100k,
+// 400k and 1M keys (--scale-keys), each on fresh servers, with etcd's
+// batched ingest measured on a fresh etcd at the same key count just
+// before, and prints keys/s, the share of etcd's batched ingest, the time
+// to the first applied key and the peak RSS of publisher and applier.
+//
+// --saturate D runs W4 instead (after --scale when both are given): on
+// fresh servers, etcdsync (unsigned) bootstraps the standby from --keys
+// keys, then 4 clients (--saturate-clients) overwrite random objects on the
+// primary unthrottled for D, a marker every 10 s measures the standby's
+// lag, and a marker written right after the writes says how far behind the
+// standby ended.
 //
 // --profile DIR runs the publisher and applier inside this process instead
 // and writes a CPU profile per workload (DIR/cpu-w1.pprof, ...).
@@ -71,9 +94,15 @@ type options struct {
 	// Experiments: another etcdsync binary, extra flags for the standby etcd
 	// and for `etcdsync apply` / `etcdsync publish`.
 	etcdsyncBin string
-	standbyArgs []string
-	applyArgs   []string
-	publishArgs []string
+	baseline    string
+	// Opt-in series run instead of W1–W3 (issue 17).
+	scale           bool
+	scaleKeys       []int
+	saturate        time.Duration
+	saturateClients int
+	standbyArgs     []string
+	applyArgs       []string
+	publishArgs     []string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -98,7 +127,12 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.lagEvery, "lag-interval", 50*time.Millisecond, "marker interval of lag sampling")
 	fs.DurationVar(&o.w1Timeout, "w1-timeout", 0, "give up W1 after this (default 300s, --quick 90s)")
 	fs.DurationVar(&o.catchTimeout, "catchup-timeout", 0, "give up waiting for the standby after a burst or steady run after this (default 180s, --quick 60s)")
-	var standbyArgs, applyArgs, publishArgs string
+	var standbyArgs, applyArgs, publishArgs, scaleKeys string
+	fs.BoolVar(&o.scale, "scale", false, "run the scale series instead of W1–W3: W1 of etcdsync at each of --scale-keys on fresh servers, against etcd's batched ingest at the same key count")
+	fs.DurationVar(&o.saturate, "saturate", 0, "run W4 instead of W1–W3: unthrottled writes to the primary for `DURATION` (e.g. 5m), with the standby's lag every 10s")
+	fs.IntVar(&o.saturateClients, "saturate-clients", 4, "W4 writing clients")
+	fs.StringVar(&scaleKeys, "scale-keys", "100000,400000,1000000", "comma-separated key `COUNTS` of the scale series (k and m suffixes allowed)")
+	fs.StringVar(&o.baseline, "baseline", "", "also run the etcdsync workloads (unsigned) with etcdsync `BINARY` (e.g. built from main) right before the main unsigned run, and print current/baseline ratios")
 	fs.StringVar(&o.etcdsyncBin, "etcdsync", "", "experiment: etcdsync `BINARY` to run instead of <bin>/etcdsync")
 	fs.StringVar(&standbyArgs, "standby-etcd-args", "", "experiment: extra space-separated `FLAGS` for the standby etcd (e.g. --max-txn-ops=1024)")
 	fs.StringVar(&applyArgs, "apply-args", "", "experiment: extra space-separated `FLAGS` for etcdsync apply")
@@ -107,6 +141,16 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	o.standbyArgs, o.applyArgs, o.publishArgs = strings.Fields(standbyArgs), strings.Fields(applyArgs), strings.Fields(publishArgs)
+	var err error
+	if o.scaleKeys, err = parseKeyList(scaleKeys); err != nil {
+		return o, fmt.Errorf("--scale-keys: %w", err)
+	}
+	if (o.scale || o.saturate != 0) && o.profileDir != "" {
+		return o, fmt.Errorf("--scale and --saturate run etcdsync processes: not with --profile")
+	}
+	if o.saturate < 0 || o.saturateClients <= 0 {
+		return o, fmt.Errorf("--saturate %s with %d clients: want a positive duration and at least one client", o.saturate, o.saturateClients)
+	}
 	def := func(v *int, full, quick int) {
 		if *v == 0 {
 			*v = full
@@ -135,10 +179,34 @@ func parseFlags(args []string) (options, error) {
 	default:
 		return o, fmt.Errorf("--only %q: want both, etcdsync or make-mirror", o.only)
 	}
+	if o.baseline != "" {
+		if o.profileDir != "" || o.only == "make-mirror" {
+			return o, fmt.Errorf("--baseline runs etcdsync processes: not with --profile or --only make-mirror")
+		}
+		if o.scale || o.saturate != 0 {
+			return o, fmt.Errorf("--baseline compares W1–W3: not with --scale or --saturate")
+		}
+		abs, err := filepath.Abs(o.baseline)
+		if err != nil {
+			return o, fmt.Errorf("--baseline %q: %w", o.baseline, err)
+		}
+		if st, err := os.Stat(abs); err != nil || st.IsDir() {
+			return o, fmt.Errorf("--baseline %q: not an etcdsync binary (build one: go build -o /tmp/etcdsync-base ./cmd/etcdsync)", o.baseline)
+		}
+		o.baseline = abs
+	}
 	if o.profileDir != "" {
 		o.only, o.signed, o.r3 = "etcdsync", false, false
 	}
 	return o, nil
+}
+
+// etcdsyncPath is the etcdsync binary measured: --etcdsync, or <bin>/etcdsync.
+func (o options) etcdsyncPath() string {
+	if o.etcdsyncBin != "" {
+		return o.etcdsyncBin
+	}
+	return filepath.Join(o.binDir, "etcdsync")
 }
 
 var benchStart = time.Now()
@@ -193,6 +261,27 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	progress("work directory %s", o.workDir)
 	env := describeEnv(binDir)
+	if o.scale || o.saturate > 0 {
+		var pts []scalePoint
+		var sat *saturation
+		if o.scale {
+			pts = runScale(ctx, o)
+		}
+		if o.saturate > 0 && ctx.Err() == nil {
+			sat = runSaturate(ctx, o)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		printHeader(out, o, env)
+		if o.scale {
+			printScale(out, o, pts)
+		}
+		if sat != nil {
+			printSaturate(out, sat)
+		}
+		return nil
+	}
 
 	// Step 1: etcd's own limit on a fresh server.
 	lim, err := measureLimit(ctx, o)
@@ -203,10 +292,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	// Step 2: each replicator on fresh servers.
 	var results []*result
 	if o.only != "make-mirror" {
-		bin := filepath.Join(binDir, "etcdsync")
-		if o.etcdsyncBin != "" {
-			bin = o.etcdsyncBin
-		}
+		bin := o.etcdsyncPath()
 		var r replicator = &etcdsyncProcs{bin: bin, workDir: filepath.Join(o.workDir, "etcdsync"), applyArgs: o.applyArgs, publishArgs: o.publishArgs}
 		if o.profileDir != "" {
 			logf, err := os.Create(filepath.Join(o.workDir, "etcdsync-inprocess.log"))
@@ -216,7 +302,15 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			defer logf.Close()
 			r = &etcdsyncInProcess{workDir: filepath.Join(o.workDir, "etcdsync"), log: slog.New(slog.NewTextHandler(logf, nil))}
 		}
-		results = append(results, runReplicator(ctx, o, r))
+		if o.baseline != "" {
+			// The baseline right before the run it is compared with: the
+			// same sitting, as close in time as the two runs can be.
+			results = append(results, runReplicator(ctx, o, &etcdsyncProcs{bin: o.baseline, workDir: filepath.Join(o.workDir, baselineName),
+				applyArgs: o.applyArgs, publishArgs: o.publishArgs, baseline: true}))
+		}
+		if ctx.Err() == nil {
+			results = append(results, runReplicator(ctx, o, r))
+		}
 		if o.signed && o.profileDir == "" && ctx.Err() == nil {
 			// Signed right after unsigned: the same sitting, as close in
 			// time as the two runs can be.
@@ -296,6 +390,10 @@ type result struct {
 
 	w1     time.Duration
 	w1Keys int64
+	// verify is the cost of `etcdsync verify` right after W1 (etcdsync
+	// processes only); verifyErr why it is missing.
+	verify    *verifyCost
+	verifyErr error
 
 	w2Primary  time.Duration // the burst itself on the primary
 	w2Complete time.Duration // burst start until the standby holds every key
@@ -411,6 +509,20 @@ func runWorkloads(ctx context.Context, o options, r replicator, c *cluster, dir 
 	res.cpu = append(res.cpu, cpu.report("W1", t1.Sub(t0)))
 	progress("%s: peak RSS after W1: %s", name, peakRSS(r))
 	progress("%s: W1 standby holds %d keys after %s (%.0f keys/s; %s)", name, n, fmtDur(res.w1), float64(n)/res.w1.Seconds(), poll.stats())
+
+	// etcdsync verify of the standby just bootstrapped, before the applier
+	// has verified anything itself (not for a baseline binary, which may
+	// predate verify).
+	if e, ok := r.(*etcdsyncProcs); ok && !e.baseline {
+		v, err := measureVerify(ctx, e.bin, c.standby.endpoint, n, o.catchTimeout)
+		if err != nil {
+			res.verifyErr = err
+			progress("%s: verify after W1: %v", name, err)
+		} else {
+			res.verify = &v
+			progress("%s: verify of %d keys after W1: %s", name, n, v)
+		}
+	}
 
 	// Caught up: a marker written now reaches the standby.
 	if err := syncMarker(ctx, c, "sync-w2", o.catchTimeout); err != nil {

@@ -135,20 +135,24 @@ type etcdsyncProcs struct {
 	bin, workDir           string
 	applyArgs, publishArgs []string
 	signed                 bool
-	replicas               int // 0 or 1: one server
+	baseline               bool // bin is the --baseline binary
+	replicas               int  // 0 or 1: one server
 	nats                   []*server.Server
 	pub, app               *proc
 }
 
 // signedName and r3Name name the signed and the R3 etcdsync runs in the
-// report.
+// report, and the --baseline run.
 const (
-	signedName = "etcdsync-signed"
-	r3Name     = "etcdsync-r3"
+	signedName   = "etcdsync-signed"
+	r3Name       = "etcdsync-r3"
+	baselineName = "etcdsync-baseline"
 )
 
 func (e *etcdsyncProcs) Name() string {
 	switch {
+	case e.baseline:
+		return baselineName
 	case e.signed:
 		return signedName
 	case e.replicas == 3:

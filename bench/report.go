@@ -76,11 +76,35 @@ func share(rate, limit float64) string {
 	return fmt.Sprintf("%.0f%%", 100*rate/limit)
 }
 
+// printHeader prints the run's kind, the machine, the versions and any
+// experiment flags.
+func printHeader(w io.Writer, o options, e env) {
+	mode := "full"
+	switch {
+	case o.scale && o.saturate > 0:
+		mode = "scale series and W4"
+	case o.scale:
+		mode = "scale series"
+	case o.saturate > 0:
+		mode = "W4"
+	case o.quick:
+		mode = "quick"
+	}
+	fmt.Fprintf(w, "\netcdsync benchmark (%s run, %s)\n", mode, time.Now().Format(time.RFC3339))
+	fmt.Fprintf(w, "machine:  %s\n", e.machine)
+	fmt.Fprintf(w, "versions: %s\n", e.versions)
+	if len(o.standbyArgs)+len(o.applyArgs)+len(o.publishArgs) > 0 || o.etcdsyncBin != "" {
+		fmt.Fprintf(w, "EXPERIMENT: standby etcd %q, apply %q, publish %q, etcdsync binary %q\n", o.standbyArgs, o.applyArgs, o.publishArgs, o.etcdsyncBin)
+	}
+}
+
 // printReport prints the machine, the versions and one table.
 func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
-	var es, mm, signed, r3 *result
+	var es, mm, signed, r3, base *result
 	for _, r := range results {
 		switch {
+		case r.name == baselineName:
+			base = r
 		case r.name == signedName:
 			signed = r
 		case r.name == r3Name:
@@ -97,16 +121,7 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 	if mm == nil {
 		mm = &result{name: "make-mirror (not run)"}
 	}
-	mode := "full"
-	if o.quick {
-		mode = "quick"
-	}
-	fmt.Fprintf(w, "\netcdsync benchmark (%s run, %s)\n", mode, time.Now().Format(time.RFC3339))
-	fmt.Fprintf(w, "machine:  %s\n", e.machine)
-	fmt.Fprintf(w, "versions: %s\n", e.versions)
-	if len(o.standbyArgs)+len(o.applyArgs)+len(o.publishArgs) > 0 || o.etcdsyncBin != "" {
-		fmt.Fprintf(w, "EXPERIMENT: standby etcd %q, apply %q, publish %q, etcdsync binary %q\n", o.standbyArgs, o.applyArgs, o.publishArgs, o.etcdsyncBin)
-	}
+	printHeader(w, o, e)
 	fmt.Fprintf(w, "setup:    two single-member etcd processes (default flags, fsync on), NATS JetStream embedded in the bench process (file store;\n")
 	fmt.Fprintf(w, "          one server, and for %s three clustered servers with the log stream at 3 replicas);\n", r3Name)
 	if o.profileDir != "" {
@@ -174,6 +189,12 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 		return strings.Join(parts, ", ")
 	}
 	fmt.Fprintf(tw, "peak RSS (VmHWM over W1–W3)\t%s\t%s\t\t\n", rss(es), rss(mm))
+	switch {
+	case es.verify != nil:
+		fmt.Fprintf(tw, "verify %dk keys: `etcdsync verify` of the standby right after W1\t%s\t\t\t\n", es.verify.keys/1000, es.verify)
+	case es.verifyErr != nil:
+		fmt.Fprintf(tw, "verify after W1: `etcdsync verify` of the standby\tfailed\t\t\t\n")
+	}
 	fmt.Fprintf(tw, "etcd's limit (standby): txns of 128 puts, 8 in flight\t%.0f keys/s\t\t\t\n", lim.batched)
 	fmt.Fprintf(tw, "etcd's limit (standby): txns of 128 puts, 1 in flight (a serial writer)\t%.0f keys/s\t\t\t\n", lim.serial)
 	fmt.Fprintf(tw, "etcd's limit (standby): single puts, %d clients\t%.0f puts/s\t\t\t\n", o.clients, lim.single)
@@ -204,13 +225,17 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 		fmt.Fprintf(w, "\nsigned log (--log-key-file on publish and apply, HMAC-SHA256 per message) vs unsigned, run right after it:\n")
 		printPair(w, o, pair{a: es, b: signed, aName: "etcdsync", bName: "etcdsync signed", ratio: "signed / unsigned", within: 0.05})
 	}
+	if base != nil {
+		fmt.Fprintf(w, "\nthis etcdsync vs the baseline binary %s, run right before it:\n", o.baseline)
+		printBaseline(w, o, es, base)
+	}
 	if r3 != nil {
 		fmt.Fprintf(w, "\nlog stream at 3 replicas (--stream-replicas 3) on a three-server NATS cluster vs 1 replica on one server, run after it\n")
 		fmt.Fprintf(w, "(the three servers run in the bench process, on the same 2 shared cores as everything else; publish and apply get all three URLs):\n")
 		printPair(w, o, pair{a: es, b: r3, aName: "etcdsync R1", bName: "etcdsync R3", ratio: "R3 / R1"})
 	}
 	fmt.Fprintf(w, "\nCPU seconds per process during each workload (2 cores are shared by everything):\n")
-	for _, r := range []*result{es, signed, r3, mm} {
+	for _, r := range []*result{base, es, signed, r3, mm} {
 		if r == nil {
 			continue
 		}
@@ -218,9 +243,12 @@ func printReport(w io.Writer, o options, e env, lim limits, results []*result) {
 			fmt.Fprintf(w, "  %-12s %s\n", strings.Fields(r.name)[0], line)
 		}
 	}
-	for _, r := range []*result{es, signed, r3, mm} {
+	for _, r := range []*result{base, es, signed, r3, mm} {
 		if r != nil && r.err != nil {
 			fmt.Fprintf(w, "\n%s FAILED: %v\n", r.name, r.err)
+		}
+		if r != nil && r.verifyErr != nil {
+			fmt.Fprintf(w, "\n%s verify after W1 FAILED: %v\n", r.name, r.verifyErr)
 		}
 	}
 	fmt.Fprintf(w, "\nnotes: lag = arrival of a marker key on the standby (watch) − return of its Put on the primary, one marker per %s;\n", o.lagEvery)
@@ -314,4 +342,48 @@ func within(unsigned, signed time.Duration, share float64) string {
 		return "met"
 	}
 	return "MISSED"
+}
+
+// printBaseline prints this etcdsync against the --baseline binary: W1, W2
+// (after the burst, lag p50 and p99), W3 lag p50 and p99 and each
+// process's peak RSS, as current/baseline ratios against the target of at
+// most 10% more (issue 11: verification's cost).
+func printBaseline(w io.Writer, o options, cur, base *result) {
+	const within10 = 0.10
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "workload\tcurrent\tbaseline\tcurrent / baseline\twithin 10%%\n")
+	fmt.Fprintf(tw, "--------\t-------\t--------\t------------------\t----------\n")
+	row := func(name string, x, y time.Duration, ok bool) {
+		if !ok {
+			fmt.Fprintf(tw, "%s\t%s\t%s\tn/a\tn/a\n", name, failed(cur), failed(base))
+			return
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, fmtDur(x), fmtDur(y), costRatio(y, x), within(y, x, within10))
+	}
+	row(fmt.Sprintf("W1 bootstrap %dk keys", o.keys/1000), cur.w1, base.w1, cur.w1 > 0 && base.w1 > 0)
+	w2 := cur.w2Complete > 0 && base.w2Complete > 0
+	row("W2   standby holds every key, after burst end", cur.w2After, base.w2After, w2)
+	w2Lag := w2 && len(cur.w2Lag.samples) > 0 && len(base.w2Lag.samples) > 0
+	row("W2   lag p50 during the burst", cur.w2Lag.pct(0.5), base.w2Lag.pct(0.5), w2Lag)
+	row("W2   lag p99 during the burst", cur.w2Lag.pct(0.99), base.w2Lag.pct(0.99), w2Lag)
+	w3 := len(cur.w3Lag.samples) > 0 && len(base.w3Lag.samples) > 0
+	row(fmt.Sprintf("W3 steady %d rev/s: lag p50", o.steadyRate), cur.w3Lag.pct(0.5), base.w3Lag.pct(0.5), w3)
+	row("W3   lag p99", cur.w3Lag.pct(0.99), base.w3Lag.pct(0.99), w3)
+	baseRSS := map[string]int64{}
+	for _, nb := range base.rss {
+		baseRSS[nb.name] = nb.bytes
+	}
+	for _, nb := range cur.rss {
+		b, ok := baseRSS[nb.name]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(tw, "peak RSS %s\t%s\t%s\t%s\t%s\n", nb.name, mib(nb.bytes), mib(b),
+			costRatio(time.Duration(b), time.Duration(nb.bytes)), within(time.Duration(b), time.Duration(nb.bytes), within10))
+	}
+	if len(cur.rss) == 0 || len(base.rss) == 0 {
+		fmt.Fprintf(tw, "peak RSS\t%s\t%s\tn/a\tn/a\n", failed(cur), failed(base))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "  (fresh etcd servers for each run; lags of a few ms and ratios of small durations are within this shared machine's noise)\n")
 }

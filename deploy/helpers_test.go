@@ -23,7 +23,7 @@ import (
 
 // commands are the etcdsync commands whose flags the deployment material
 // may use.
-var commands = []string{"publish", "apply", "audit", "status", "promote", "demote", "streams", "sandbox"}
+var commands = []string{"publish", "apply", "audit", "status", "promote", "demote", "verify", "streams", "sandbox"}
 
 // flagInfo is one flag of one command, as `etcdsync <cmd> -h` prints it.
 type flagInfo struct {

@@ -151,7 +151,7 @@ func TestPrometheusRules(t *testing.T) {
 	}
 	// The alerts the runbook promises.
 	for _, want := range []string{"EtcdsyncApplierLagHigh", "EtcdsyncDriftDetected", "EtcdsyncPublisherDown", "EtcdsyncPublisherStalled",
-		"EtcdsyncApplierStopped", "EtcdsyncApplierGap", "EtcdsyncAuditorNotRunning"} {
+		"EtcdsyncApplierStopped", "EtcdsyncApplierGap", "EtcdsyncAuditorNotRunning", "EtcdsyncStandbyMismatch", "EtcdsyncPublisherVerifyMismatch"} {
 		if !seen[want] {
 			t.Errorf("alert %s is missing", want)
 		}
@@ -229,7 +229,8 @@ func TestGrafanaDashboard(t *testing.T) {
 	// The panels the dashboard promises.
 	for _, m := range []string{"etcdsync_publisher_revisions_total", "etcdsync_applier_revisions_total", "etcdsync_applier_lag_seconds",
 		"etcdsync_applier_checkpoint_revision", "etcdsync_publisher_last_revision", "etcdsync_applier_txn_duration_seconds_bucket",
-		"etcdsync_auditor_keys", "etcdsync_applier_gaps_total", "etcdsync_publisher_snapshots_total", "etcdsync_applier_errors_total"} {
+		"etcdsync_auditor_keys", "etcdsync_applier_gaps_total", "etcdsync_publisher_snapshots_total", "etcdsync_applier_errors_total",
+		"etcdsync_applier_verified", "etcdsync_publisher_last_verified_timestamp_seconds"} {
 		if !used[m] {
 			t.Errorf("no panel shows %s", m)
 		}

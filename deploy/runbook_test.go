@@ -18,7 +18,7 @@ var (
 	// An etcdsync command line in the runbook: "etcdsync <cmd> ..." or the
 	// runbook's alias "es <cmd> ...", up to the end of the line or of the
 	// code span.
-	commandLine = regexp.MustCompile("(?:\\betcdsync|(?:^|[\\s`'(])es)\\s+(publish|apply|audit|status|promote|demote|sandbox)\\b([^\\n`|;&]*)")
+	commandLine = regexp.MustCompile("(?:\\betcdsync|(?:^|[\\s`'(])es)\\s+(publish|apply|audit|status|promote|demote|verify|sandbox)\\b([^\\n`|;&]*)")
 	flagToken   = regexp.MustCompile(`(?:^|[\s` + "`" + `(=,])--([a-z][a-z0-9-]*)`)
 	envToken    = regexp.MustCompile(`\bETCDSYNC_[A-Z0-9_]+\*?`)
 )

@@ -278,3 +278,32 @@ func (r *Rules) String() string {
 	}
 	return b.String()
 }
+
+// ResourceOf names the resource type key belongs to, for reports that
+// narrow a difference down: "configmaps", "deployments",
+// "stable.example.com/crontabs" (the storage segment, with the group for
+// custom and aggregated resources), "(other)" for a key under the prefix
+// that does not parse. In raw mode, and for keys outside the prefix, it is
+// the key's first path segment ("/app/" for "/app/a/b"); keys without a
+// second "/" share "/" (or "" without a leading one). It never panics.
+func (r *Rules) ResourceOf(key []byte) string {
+	if r.preset != nil {
+		p, perr := parseKey(r.prefix, key)
+		switch perr {
+		case parseOK:
+			return string(p.storage)
+		case parseOutside:
+		default:
+			return "(other)"
+		}
+	}
+	if len(key) > 1 {
+		if i := bytes.IndexByte(key[1:], '/'); i >= 0 {
+			return string(key[:i+2])
+		}
+	}
+	if len(key) > 0 && key[0] == '/' {
+		return "/"
+	}
+	return ""
+}

@@ -591,3 +591,38 @@ func TestRulesConcurrentUse(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestResourceOf(t *testing.T) {
+	kube, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawCfg := DefaultConfig()
+	rawCfg.Mode = "raw"
+	raw, err := New(rawCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		rules *Rules
+		key   string
+		want  string
+	}{
+		{kube, "/registry/configmaps/ns/cm", "configmaps"},
+		{kube, "/registry/services/specs/ns/svc", "services/specs"},
+		{kube, "/registry/minions/node-1", "minions"},
+		{kube, "/registry/stable.example.com/crontabs/ns/c", "stable.example.com/crontabs"},
+		{kube, "/registry/namespaces/ns", "namespaces"},
+		{kube, "/registry", "(other)"},
+		{kube, "/elsewhere/key", "/elsewhere/"},
+		{raw, "/app/a/b", "/app/"},
+		{raw, "/app", "/"},
+		{raw, "flat", ""},
+		{raw, "", ""},
+		{raw, "/", "/"},
+	} {
+		if got := tc.rules.ResourceOf([]byte(tc.key)); got != tc.want {
+			t.Errorf("ResourceOf(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
+}

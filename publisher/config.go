@@ -64,6 +64,13 @@ type Config struct {
 	// published keys at the last published revision and compares them with
 	// what was published (a restored etcd keeps its cluster ID). Default 1s.
 	ProbeInterval time.Duration
+	// VerifyInterval is how often the publisher rescans the source, pinned
+	// at a revision it published, and compares the keyspace digest with the
+	// one the log carries for that revision (it also does at every session
+	// start). A mismatch means the log no longer tells the source's truth:
+	// a new generation starts with a snapshot. 0 disables the periodic
+	// rescan (not the one at session start). Default 10m.
+	VerifyInterval time.Duration
 	// AckTimeout bounds the wait for one acknowledgement. Default 10s.
 	AckTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after an error.
@@ -91,6 +98,7 @@ func DefaultConfig() Config {
 		SnapshotInterval:   4 * time.Hour,
 		ProgressInterval:   5 * time.Second,
 		ProbeInterval:      time.Second,
+		VerifyInterval:     10 * time.Minute,
 		AckTimeout:         10 * time.Second,
 		MinBackoff:         100 * time.Millisecond,
 		MaxBackoff:         10 * time.Second,
@@ -123,6 +131,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeInterval <= 0 {
 		return fmt.Errorf("probe interval %s: must be positive", c.ProbeInterval)
+	}
+	if c.VerifyInterval < 0 {
+		return fmt.Errorf("verify interval %s: must not be negative", c.VerifyInterval)
 	}
 	if c.SnapshotInterval < 0 {
 		return fmt.Errorf("snapshot interval %s: must not be negative", c.SnapshotInterval)

@@ -36,6 +36,24 @@
 //     ProbeInterval (default 1s). A revision in the source's future is a
 //     broken history; a compacted one proves nothing and is not a break by
 //     itself (the watch then fails with ErrCompacted).
+//   - The log carries the source's keyspace digest (digest.go,
+//     streams.Digest): every revision record the digest of the keyspace
+//     under the prefix after it, every event the hash of its key's
+//     previous value (from the watch's previous key-value), every
+//     snapshot-end the digest of its keys, every epoch the digest at its
+//     revision. A session takes the digest from the tail record and proves
+//     it by rescanning the source pinned at the tail's revision (a tail
+//     without one: the rescan gives it); a running session rescans at the
+//     last revision sent every VerifyInterval (default 10m), in the
+//     background, and a snapshot taken at a revision the log describes is
+//     such a rescan. A mismatch is a broken history: logged with both
+//     digests, counted (etcdsync_publisher_verify_mismatches_total), and
+//     the next session starts a new generation; a match sets
+//     etcdsync_publisher_last_verified_timestamp_seconds. An event whose
+//     previous value etcd could not send (the revision before it
+//     compacted) stops the digest: records carry none until a snapshot
+//     (reason "digest_lost") gives it again. Keys attached to a lease are
+//     outside every digest: the standby expires them on its own clock.
 //   - Fencing: every session starts by writing an epoch marker with
 //     ExpectLastSequence(tail); every data message carries
 //     ExpectLastSequence(the message before it). Once another publisher has

@@ -21,6 +21,8 @@ type metrics struct {
 	snapshotAge   prometheus.GaugeFunc
 	snapshotEvery prometheus.Gauge
 	stalls        prometheus.Counter
+	verified      prometheus.Gauge
+	mismatches    prometheus.Counter
 }
 
 var nan = math.NaN()
@@ -43,10 +45,14 @@ func newMetrics(reg prometheus.Registerer, age func() float64, interval time.Dur
 			Help: "The configured interval of periodic snapshots (0: disabled)."}),
 		stalls: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_publisher_watch_stalls_total",
 			Help: "Sessions ended because the etcd watch answered no progress request while the source moved (each reconnects)."}),
+		verified: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_publisher_last_verified_timestamp_seconds",
+			Help: "When a rescan of the source last matched the keyspace digest the log carries (0: never)."}),
+		mismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_publisher_verify_mismatches_total",
+			Help: "Rescans of the source whose keyspace digest differed from the log's (each starts a new generation)."}),
 	}
 	m.snapshotEvery.Set(interval.Seconds())
 	if reg != nil {
-		reg.MustRegister(m.revisions, m.bytes, m.lastRevision, m.sourceRev, m.generation, m.errors, m.snapshots, m.snapshotsKeys, m.snapshotAge, m.snapshotEvery, m.stalls)
+		reg.MustRegister(m.revisions, m.bytes, m.lastRevision, m.sourceRev, m.generation, m.errors, m.snapshots, m.snapshotsKeys, m.snapshotAge, m.snapshotEvery, m.stalls, m.verified, m.mismatches)
 	}
 	return m
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -226,6 +227,34 @@ func (p *Publisher) session(ctx context.Context) error {
 			return err
 		}
 	}
+	// Step 2c: the keyspace digest at the tail's revision: the tail
+	// record's, proven by a rescan of the source, or the rescan's own when
+	// the tail carries none (a record of an older etcdsync, an unfinished
+	// record or snapshot).
+	var dg keyspaceDigest
+	if reason == "" {
+		got, err := p.scanDigest(ctx, tail.Revision)
+		var broken *historyBroken
+		switch {
+		case errors.As(err, &broken):
+			p.metrics.mismatches.Inc()
+			reason = ReasonContinuity + ": " + broken.evidence
+		case errors.Is(err, errWitnessCompacted):
+			// The watch from the tail fails by itself and starts a new
+			// generation; until then no digest is published.
+			p.log.Info("keyspace digest not proven: the source compacted the stream's tail revision", "revision", tail.Revision)
+		case err != nil:
+			return err
+		case tail.Digested:
+			if err := p.checkDigest(tail.Revision, tail.Digest, got); errors.As(err, &broken) {
+				reason = ReasonContinuity + ": " + broken.evidence
+			} else {
+				dg = keyspaceDigest{known: true, rev: tail.Revision, d: tail.Digest}
+			}
+		default:
+			dg = keyspaceDigest{known: true, rev: tail.Revision, d: got.Digest}
+		}
+	}
 	gen, resumeRev := tail.Generation, tail.Revision
 	// A predecessor that died half-way through a record leaves the log
 	// continuous: an unfinished revision is published again whole (the
@@ -244,7 +273,7 @@ func (p *Publisher) session(ctx context.Context) error {
 		gen, resumeRev = tail.Generation+1, 0
 	}
 
-	// Step 2c: when are snapshots due? Periodic snapshots are due from the
+	// Step 2d: when are snapshots due? Periodic snapshots are due from the
 	// newest snapshot-begin in the stream, not from this session's start,
 	// so sessions shorter than the interval cannot starve them.
 	var lastSnap time.Time
@@ -262,7 +291,7 @@ func (p *Publisher) session(ctx context.Context) error {
 	}
 
 	// Step 3: fence every earlier publisher.
-	epochSeq, err := p.writeEpoch(ctx, tail.StreamLastSeq, clusterID, gen, resumeRev)
+	epochSeq, err := p.writeEpoch(ctx, tail.StreamLastSeq, clusterID, gen, resumeRev, dg)
 	if err != nil {
 		return err
 	}
@@ -289,7 +318,7 @@ func (p *Publisher) session(ctx context.Context) error {
 		defer stopWatchingConn()
 		defer close(acks)
 		pub := &sender{p: p, acks: acks, epochSeq: epochSeq, last: epochSeq, clusterID: clusterID, gen: gen,
-			maxBytes: stream.CachedInfo().Config.MaxBytes}
+			maxBytes: stream.CachedInfo().Config.MaxBytes, dg: dg}
 		if reason == "" {
 			pub.w, pub.lastSnap = proof, lastSnap
 			// The first revision of a resumed generation gets message IDs
@@ -398,10 +427,13 @@ func (p *Publisher) probeKey() string {
 }
 
 // writeEpoch appends the epoch marker with ExpectLastSequence(tailSeq) and
-// returns its stream sequence.
-func (p *Publisher) writeEpoch(ctx context.Context, tailSeq, clusterID, gen uint64, rev int64) (uint64, error) {
+// returns its stream sequence. The marker carries the keyspace digest at
+// rev when dg knows it, so a session that ends before its next record
+// still leaves a tail a successor can resume with a digest.
+func (p *Publisher) writeEpoch(ctx context.Context, tailSeq, clusterID, gen uint64, rev int64, dg keyspaceDigest) (uint64, error) {
 	rec := &streams.Record{Kind: streams.KindEpoch, ClusterID: clusterID, Generation: gen, Revision: rev, Time: time.Now(),
 		Leader: fmt.Sprintf("%s-%d", p.cfg.Leader, tailSeq)}
+	dg.stamp(rec)
 	msgs, err := streams.NewMsgs(p.subj, rec, p.cfg.MaxMessageBytes, p.cfg.LogKeys, tailSeq)
 	if err != nil {
 		return 0, err
@@ -435,11 +467,16 @@ type sender struct {
 	// session's copy gets IDs of its own. Fencing does not need them: every
 	// message is chained to the sequence before it.
 	redo int64
+	// dg is the keyspace digest after the last revision sent.
+	dg keyspaceDigest
 }
 
 // send publishes rec asynchronously; it blocks while the window is full.
 func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 	rec.ClusterID, rec.Generation = s.clusterID, s.gen
+	if rec.Kind == streams.KindRevision {
+		s.dg.follow(rec)
+	}
 	msgs, err := streams.NewMsgs(s.p.subj, rec, s.p.cfg.MaxMessageBytes, s.p.cfg.LogKeys, s.last)
 	if err != nil {
 		return err
@@ -489,7 +526,9 @@ func (s *sender) send(ctx context.Context, rec *streams.Record) error {
 // with pr: before publishing what arrives after an interrupted connection
 // or a response whose revision went backwards, and every ProbeInterval.
 func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int64) error {
-	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithPrefix()}
+	// Every event carries the hash of its key's previous value, which the
+	// watch sends beside it.
+	opts := []clientv3.OpOption{clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithPrefix(), clientv3.WithPrevKV()}
 	// The client multiplexes watches with the same context metadata on one
 	// stream, and etcd answers a progress request only when every watcher
 	// on that stream is synced: a session of its own keeps an earlier
@@ -510,6 +549,20 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 	}
 	progress := time.NewTicker(p.cfg.ProgressInterval)
 	defer progress.Stop()
+	// Every VerifyInterval the source is rescanned at the last revision
+	// sent, in the background (a scan of a large keyspace takes seconds;
+	// publishing goes on), and compared with the digest the log carries.
+	var verifyTick <-chan time.Time
+	if p.cfg.VerifyInterval > 0 {
+		t := time.NewTicker(p.cfg.VerifyInterval)
+		defer t.Stop()
+		verifyTick = t.C
+	}
+	checks := make(chan error, 1)
+	checking := false
+	cctx, stopChecks := context.WithCancel(ctx)
+	var checkers sync.WaitGroup
+	defer func() { stopChecks(); checkers.Wait() }()
 	probe := time.NewTicker(p.cfg.ProbeInterval)
 	defer probe.Stop()
 	// asked is when the oldest progress request that no watch response has
@@ -520,6 +573,13 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 		due   string // reason of a snapshot waiting for the next progress notification
 		retry <-chan time.Time
 	)
+	if !s.dg.known {
+		// No digest to follow (the tail's revision was compacted before
+		// the session could rescan it): a snapshot at the first progress
+		// notification gives one.
+		due = ReasonDigestLost
+		p.requestProgress(wctx)
+	}
 	for {
 		// Snapshots and progress records wait for a progress notification:
 		// its header revision H says every event up to H was delivered, so
@@ -581,6 +641,26 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 			continue
 		case <-pr.interrupted:
 			pr.pin(s.w)
+			continue
+		case <-verifyTick:
+			if !checking && s.dg.known {
+				checking = true
+				k := s.dg
+				checkers.Add(1)
+				go func() { defer checkers.Done(); checks <- p.verifyDigest(cctx, k) }()
+			}
+			continue
+		case err := <-checks:
+			checking = false
+			var broken *historyBroken
+			switch {
+			case errors.As(err, &broken):
+				return err
+			case errors.Is(err, errWitnessCompacted):
+				p.log.Info("keyspace digest not checked: the source compacted the revision before the rescan read it", "err", err)
+			case err != nil:
+				p.log.Warn("rescan of the source failed; trying again at the next interval", "err", err)
+			}
 			continue
 		case <-probe.C:
 			// Bounded by a progress interval: a source that does not
@@ -649,6 +729,19 @@ func (p *Publisher) follow(ctx context.Context, s *sender, pr *prover, from int6
 			rec = streams.Record{Kind: streams.KindRevision, Revision: rev, Time: now, Events: rec.Events[:0]}
 			for ; i < len(resp.Events) && resp.Events[i].Kv.ModRevision == rev; i++ {
 				e := eventOf(resp.Events[i])
+				if h, ok := prevHash(resp.Events[i]); ok {
+					e.PrevHash = h
+				} else if s.dg.known {
+					// The digest can no longer follow the events: a
+					// snapshot at the next progress notification gives it
+					// again, until then records carry none.
+					s.dg.known = false
+					p.log.Warn("the source sent no previous value for a changed key: records carry no keyspace digest until the next snapshot", "key_revision", rev)
+					if due == "" {
+						due = ReasonDigestLost
+					}
+					p.requestProgress(wctx)
+				}
 				if e.Lease != 0 && e.Type == streams.EventPut {
 					ttl, err := p.leases.remaining(ctx, e.Lease)
 					if err != nil {

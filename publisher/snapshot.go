@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdsync/etcdsync/internal/digestscan"
 	"github.com/etcdsync/etcdsync/streams"
 )
 
@@ -80,6 +81,8 @@ func (p *Publisher) snapshot(ctx context.Context, s *sender, reason string, at i
 		chunk      = streams.Record{Kind: streams.KindSnapshotChunk, Revision: rev}
 		chunkBytes int
 		published  uint64
+		digest     streams.Digest // of the keys without a lease
+		digested   uint64
 	)
 	flush := func() error {
 		if len(chunk.Events) == 0 {
@@ -112,6 +115,10 @@ func (p *Publisher) snapshot(ctx context.Context, s *sender, reason string, at i
 						return 0, fmt.Errorf("snapshot at revision %d: %w", rev, err)
 					}
 				}
+				if e.Lease == 0 {
+					digest.AddPair(e.Key, e.Value)
+					digested++
+				}
 				chunk.Events = append(chunk.Events, e)
 				chunkBytes += streams.EventSize(&e)
 				published++
@@ -129,7 +136,16 @@ func (p *Publisher) snapshot(ctx context.Context, s *sender, reason string, at i
 	if published != uint64(len(keys)) {
 		return 0, fmt.Errorf("snapshot at revision %d: listed %d keys but read %d values", rev, len(keys), published)
 	}
-	endRec := &streams.Record{Kind: streams.KindSnapshotEnd, Revision: rev, Time: start, Chunk: chunk.Chunk, Keys: published}
+	// A snapshot at a revision the log already describes is a rescan of
+	// the source there: it must agree with the digest the log carries.
+	if s.dg.known && s.dg.rev == rev {
+		if err := p.checkDigest(rev, s.dg.d, digestscan.Result{Revision: rev, Digest: digest, Keys: digested}); err != nil {
+			return 0, err
+		}
+	}
+	s.dg = keyspaceDigest{known: true, rev: rev, d: digest}
+	endRec := &streams.Record{Kind: streams.KindSnapshotEnd, Revision: rev, Time: start, Chunk: chunk.Chunk, Keys: published,
+		Digested: true, Digest: digest}
 	if err := s.send(ctx, endRec); err != nil {
 		return 0, err
 	}
@@ -187,13 +203,17 @@ const (
 	// before its end; its successor takes it again at the same revision,
 	// in the same generation.
 	ReasonResumed = "resumed"
+	// ReasonDigestLost: an event came without its key's previous value,
+	// so the keyspace digest could no longer be followed; a snapshot in
+	// the same generation gives it again.
+	ReasonDigestLost = "digest_lost"
 )
 
 // reasonLabel maps a reason text ("continuity: ...") to its label.
 func reasonLabel(reason string) string {
 	label, _, _ := strings.Cut(reason, ":")
 	switch label {
-	case ReasonFirstStart, ReasonContinuity, ReasonPeriodic, ReasonRequested, ReasonResumed:
+	case ReasonFirstStart, ReasonContinuity, ReasonPeriodic, ReasonRequested, ReasonResumed, ReasonDigestLost:
 		return label
 	}
 	return "other"

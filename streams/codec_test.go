@@ -371,8 +371,9 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		// What decodes re-encodes to the same record, split in parts.
-		parts, err := SplitRecord(&rec, 4096, ring, testSubject, prev)
+		// What decodes re-encodes to the same record, split in parts of
+		// 16 to 271 payload bytes (most records take several).
+		parts, err := SplitRecord(&rec, frameOverhead+16+int(prev%256), ring, testSubject, prev)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"math/bits"
 )
 
@@ -73,3 +74,15 @@ func (d Digest) String() string { return hex.EncodeToString(d[:]) }
 
 // Short returns the first 12 hex digits, for logs and tables.
 func (d Digest) Short() string { return hex.EncodeToString(d[:6]) }
+
+// MarshalText encodes the digest in hex (JSON, checkpoints).
+func (d Digest) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText decodes a digest MarshalText encoded.
+func (d *Digest) UnmarshalText(b []byte) error {
+	if len(b) != 2*len(d) {
+		return fmt.Errorf("digest: %d hex digits, want %d", len(b), 2*len(d))
+	}
+	_, err := hex.Decode(d[:], b)
+	return err
+}

@@ -134,3 +134,21 @@ func FuzzDigest(f *testing.F) {
 		}
 	})
 }
+
+func TestDigestTextRoundTrip(t *testing.T) {
+	var d Digest
+	d.AddPair([]byte("k"), []byte("v"))
+	b, err := d.MarshalText()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Digest
+	if err := got.UnmarshalText(b); err != nil || got != d {
+		t.Fatalf("round trip: %v %s != %s", err, got, d)
+	}
+	for _, bad := range []string{"", "00", string(b[:63]) + "g", string(b) + "00"} {
+		if err := got.UnmarshalText([]byte(bad)); err == nil {
+			t.Errorf("UnmarshalText(%q): no error", bad)
+		}
+	}
+}

@@ -96,7 +96,12 @@
 // revision, and each of its events the ElementHash of the key's previous
 // pair, so that anyone replaying the log can keep a digest without reading
 // etcd: remove PrevHash, add the new pair. A Digested snapshot-end carries
-// the digest of the snapshot. Keys under a lease are outside every digest.
+// the digest of the snapshot, a Digested epoch the digest at its revision
+// (so that a publisher resuming after an epoch still has one). Keys under
+// a lease are outside every digest. A record without a digest (its
+// publisher could not follow the digest; see publisher) breaks the chain
+// until the next Digested snapshot-end. DecodeRecordHeader reads the
+// digest from a record's first part alone.
 //
 // # Positions
 //

@@ -170,17 +170,45 @@ func appendBytes(dst, b []byte) []byte {
 // byte strings, five one-byte varints and an empty previous hash.
 const minEventSize = 9
 
-// DecodeRecordHeader decodes only the fixed fields at the start of an
-// encoded record (kind, cluster ID, generation, revision) from b, which may
-// be the first part of a record split across messages. Errors wrap
-// ErrCorrupt, or ErrNewerFormat for a later record version.
+// DecodeRecordHeader decodes the fields before the events of an encoded
+// record from b, which may be the first part of a record split across
+// messages: kind, cluster ID, generation and revision always, and the rest
+// of the preamble (time, prefix, reason, chunk, keys, leader, digest) when
+// b holds all of it; otherwise those stay zero and Digested false. Errors
+// wrap ErrCorrupt, or ErrNewerFormat for a later record version.
 func DecodeRecordHeader(b []byte) (Record, error) {
 	d := decoder{b: b}
 	var r Record
 	if err := d.header(&r); err != nil {
 		return Record{}, err
 	}
+	full := r
+	if d.preamble(&full) == nil {
+		return full, nil
+	}
 	return r, nil
+}
+
+// preamble decodes the fields between the header and the events.
+func (d *decoder) preamble(r *Record) error {
+	if t := d.varint("time"); t != 0 {
+		r.Time = time.Unix(0, t)
+	}
+	r.Prefix = d.bytes("prefix")
+	r.Reason = string(d.bytes("reason"))
+	r.Chunk = d.uvarint("chunk")
+	r.Keys = d.uvarint("keys")
+	r.Leader = string(d.bytes("leader"))
+	switch dg := d.bytes("digest"); {
+	case d.err != nil:
+	case len(dg) == 0:
+	case len(dg) == len(r.Digest):
+		r.Digested = true
+		copy(r.Digest[:], dg)
+	default:
+		d.fail("digest", fmt.Sprintf("%d bytes, want 0 or %d", len(dg), len(r.Digest)))
+	}
+	return d.err
 }
 
 // header decodes the fields every record starts with.
@@ -209,21 +237,8 @@ func DecodeRecord(b []byte) (Record, error) {
 	if err := d.header(&r); err != nil {
 		return Record{}, err
 	}
-	if t := d.varint("time"); t != 0 {
-		r.Time = time.Unix(0, t)
-	}
-	r.Prefix = d.bytes("prefix")
-	r.Reason = string(d.bytes("reason"))
-	r.Chunk = d.uvarint("chunk")
-	r.Keys = d.uvarint("keys")
-	r.Leader = string(d.bytes("leader"))
-	switch dg := d.bytes("digest"); len(dg) {
-	case 0:
-	case len(r.Digest):
-		r.Digested = true
-		copy(r.Digest[:], dg)
-	default:
-		d.fail("digest", fmt.Sprintf("%d bytes, want 0 or %d", len(dg), len(r.Digest)))
+	if err := d.preamble(&r); err != nil {
+		return Record{}, err
 	}
 	n := d.uvarint("event count")
 	if d.err != nil {

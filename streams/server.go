@@ -52,7 +52,8 @@ type ServerConfig struct {
 	// Name is the server name. Default "etcdsync".
 	Name string
 	// LeafListen, if set, accepts leafnode connections on host:port (the
-	// primary site's hub for the standby site's server).
+	// primary site's hub for the standby site's server). The address is
+	// not advertised to the leafnodes: they reconnect at their own URL.
 	LeafListen string
 	// LeafRemotes are leafnode URLs (nats-leaf://host:port) this server
 	// connects to (the standby site's link to the primary site).
@@ -225,6 +226,11 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 			return nil, fmt.Errorf("start embedded nats: leafnode address %q: bad port", cfg.LeafListen)
 		}
 		opts.LeafNode.Host = lh
+		// The server does not advertise its own leafnode address to the
+		// leafnodes it accepts: a standby site reconnects only at the URL
+		// it was given (a load balancer, a WAN proxy, a name its TLS
+		// certificate holds), never at this server's listen address.
+		opts.LeafNode.NoAdvertise = true
 	}
 	for _, r := range cfg.LeafRemotes {
 		u, err := url.Parse(r)

@@ -26,6 +26,11 @@ type Tail struct {
 	// the same generation can continue. False for an empty log, a record whose
 	// last part is missing, and an unfinished snapshot.
 	Complete bool
+	// Digested says that Digest is the digest of the source keyspace at
+	// Revision, as the tail record carries it (a complete revision,
+	// snapshot-end or epoch record written with digests).
+	Digested bool
+	Digest   Digest
 }
 
 // ReadTail reads the last message of the log stream: where a publisher
@@ -79,6 +84,9 @@ func ReadVerifiedTail(ctx context.Context, stream jetstream.Stream, subj Subject
 		t.Complete = t.Revision > 0
 	default:
 		t.Complete = false
+	}
+	if t.Complete && h.Digested {
+		t.Digested, t.Digest = true, h.Digest
 	}
 	return t, nil
 }

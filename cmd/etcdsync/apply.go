@@ -65,6 +65,7 @@ type applyOptions struct {
 	allowMassDelete bool
 	reseed          bool
 	checkpointKey   string
+	verifyEvery     time.Duration
 	printRules      bool
 	elect           electFlags
 	metricsAddr     string
@@ -93,6 +94,8 @@ func applyFlags(o *applyOptions) *flagSet {
 	f.Bool(&o.allowMassDelete, "allow-mass-delete", false, "let a snapshot delete more than --max-delete-ratio of the standby's in-scope keys")
 	f.Bool(&o.reseed, "reseed", false, "re-seed from the stream's newest snapshot even when it is older than the checkpoint (rolls the standby back) instead of waiting for a refilling stream to reach the checkpoint; remove once re-seeded")
 	f.String(&o.checkpointKey, "checkpoint-key", "", "standby `KEY` holding the checkpoint (default "+keyspace.OwnPrefix+"checkpoint/<stream>)")
+	f.Duration(&o.verifyEvery, "verify-interval", def.VerifyInterval,
+		"scan the standby's in-scope keys every `DURATION` (0: never) and compare them with the keyspace digest in the checkpoint (as etcdsync verify does); a mismatch is logged, counted and shown by status")
 	o.elect.register(f, "standby")
 	o.logKey.register(f, "a message without a valid MAC for its position stops the applier before anything of its batch is written", "")
 	f.Bool(&o.printRules, "print-rules", false, "print the effective scope rules and exit without connecting anywhere")
@@ -115,6 +118,7 @@ func (o *applyOptions) config() applier.Config {
 	cfg.AllowMassDelete = o.allowMassDelete
 	cfg.Reseed = o.reseed
 	cfg.CheckpointKey = o.checkpointKey
+	cfg.VerifyInterval = o.verifyEvery
 	return cfg
 }
 
@@ -171,7 +175,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer nc.Close()
 
 	reg := newRegistry()
-	ap, err := applier.New(cfg, cli, nc, reg)
+	ap, err := applier.New(cfg, cli, nc, labelled(reg, cfg.Site, cfg.Stream))
 	if err != nil {
 		return err
 	}

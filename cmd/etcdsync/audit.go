@@ -252,7 +252,8 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	reg := newRegistry()
-	a, err := auditor.New(cfg, primary, standby, js, reg)
+	creg := labelled(reg, cfg.Site, cfg.Stream)
+	a, err := auditor.New(cfg, primary, standby, js, creg)
 	if err != nil {
 		return err
 	}
@@ -262,7 +263,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if js == nil {
 			log.Warn("no --nats-url: reports are not published as drift events")
 		}
-		return runAuditServed(ctx, log, o.metricsAddr, reg, conns, a, newPrimaryProbe(primary, reg))
+		return runAuditServed(ctx, log, o.metricsAddr, reg, conns, a, newPrimaryProbe(primary, creg))
 	}
 	return auditOnce(ctx, &o, a, stdout, stderr)
 }

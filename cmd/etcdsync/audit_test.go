@@ -214,7 +214,7 @@ func TestAuditInterval(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &resp); err != nil || code != http.StatusConflict || resp.Report == nil || resp.Report.Mismatched.Count != 1 {
 		t.Errorf("/check json: %d %v\n%s", code, err, body)
 	}
-	if _, body := httpGet(base + "/metrics"); !strings.Contains(body, `etcdsync_auditor_keys{state="mismatched"} 1`) ||
+	if _, body := httpGet(base + "/metrics"); !strings.Contains(body, `etcdsync_auditor_keys{site="primary",state="mismatched",stream="ETCDSYNC"} 1`) ||
 		!strings.Contains(body, "etcdsync_auditor_last_run_timestamp_seconds") {
 		t.Errorf("metrics:\n%s", body)
 	}

@@ -71,7 +71,7 @@ func TestFailoverWithPrimarySiteGone(t *testing.T) {
 
 	primaryUp := func(v string) bool {
 		_, m := httpGet("http://" + metrics + "/metrics")
-		return strings.Contains(m, "etcdsync_auditor_primary_up "+v)
+		return strings.Contains(m, `etcdsync_auditor_primary_up{site="primary",stream="ETCDSYNC"} `+v)
 	}
 	eventually(t, 30*time.Second, "the auditor to see the primary", func() bool { return primaryUp("1") })
 
@@ -88,7 +88,7 @@ func TestFailoverWithPrimarySiteGone(t *testing.T) {
 	eventually(t, 30*time.Second, "the auditor to report the primary unreachable", func() bool {
 		code, body := httpGet("http://" + metrics + "/readyz")
 		_, m := httpGet("http://" + metrics + "/metrics")
-		return code == 503 && strings.Contains(body, "primary unreachable") && strings.Contains(m, "etcdsync_auditor_primary_up 0")
+		return code == 503 && strings.Contains(body, "primary unreachable") && strings.Contains(m, `etcdsync_auditor_primary_up{site="primary",stream="ETCDSYNC"} 0`)
 	})
 	select {
 	case code := <-au.done:

@@ -7,6 +7,7 @@
 //	etcdsync status    show the stream, the standby's checkpoint and the lag
 //	etcdsync promote   fail over: fence the applier, report the final position
 //	etcdsync demote    make a promoted etcd a standby again (failback)
+//	etcdsync verify    prove the standby equals the log in scope
 //	etcdsync sandbox   the whole pipeline in one process, with a workload
 //	etcdsync version   print the version
 //
@@ -75,6 +76,7 @@ var commands = []command{
 	{"status", "show the stream, the standby's checkpoint and the lag", runStatus},
 	{"promote", "fail over: drain, fence the applier, report the standby's final position", runPromote},
 	{"demote", "make a promoted etcd a standby again: clear its checkpoint so its applier re-seeds", runDemote},
+	{"verify", "prove the standby equals the log in scope (keyspace digests), with no access to the primary", runVerify},
 	{"sandbox", "run two embedded etcds, embedded NATS, the pipeline and a workload, then check consistency", runSandbox},
 	{"version", "print the version", runVersion},
 }
@@ -133,6 +135,8 @@ func exitStatus(ctx context.Context, cmd string, err error, stderr io.Writer) in
 		return exitUnavailable
 	case errors.Is(err, errLagging):
 		return exitFailure
+	case errors.Is(err, errUnverified):
+		return exitUnavailable
 	case errors.Is(err, errStreamNotChecked):
 		fmt.Fprintf(stderr, "etcdsync %s: %v\n", cmd, err)
 		return exitUnavailable

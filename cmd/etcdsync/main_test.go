@@ -327,6 +327,7 @@ func TestExitStatusEveryCommand(t *testing.T) {
 		{"status", "--standby-endpoints", etcd},
 		{"promote", "--standby-endpoints", etcd},
 		{"demote", "--standby-endpoints", etcd},
+		{"verify", "--standby-endpoints", etcd},
 		{"streams", "init", "--role", "primary", "--nats-url", nats},
 	} {
 		t.Run(args[0], func(t *testing.T) {

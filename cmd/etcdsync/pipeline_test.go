@@ -172,6 +172,14 @@ func TestPublishApply(t *testing.T) {
 	if _, body := httpGet("http://" + applyMetrics + "/metrics"); !strings.Contains(body, "etcdsync_applier_checkpoint_revision") {
 		t.Errorf("applier metrics lack etcdsync_applier_checkpoint_revision")
 	}
+	// Every component metric carries the site whose log it serves and the
+	// log stream, so that two sites in one Prometheus, and a role swap
+	// (the new primary publishes as another site), read apart.
+	for addr, m := range map[string]string{pubMetrics: "etcdsync_publisher_revisions_total", applyMetrics: "etcdsync_applier_checkpoint_revision"} {
+		if _, body := httpGet("http://" + addr + "/metrics"); !strings.Contains(body, m+`{site="primary",stream="ETCDSYNC"} `) {
+			t.Errorf("%s lacks the labels site and stream:\n%s", m, body)
+		}
+	}
 
 	if code := ap.stop(t); code != exitOK {
 		t.Errorf("apply exit %d; stderr:\n%s", code, ap.stderr)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -123,6 +124,19 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	out := promoteOutput{PromoteReport: rep}
+	if !o.dryRun && (err == nil || errors.Is(err, applier.ErrNotDrained)) {
+		// The proof beside the data-loss report: the standby's in-scope
+		// keys are exactly what the log applied up to the final position.
+		key := o.checkpointKey
+		if key == "" {
+			key = applier.Config{Stream: o.stream}.EffectiveCheckpointKey()
+		}
+		v, verr := applier.VerifyStandby(ctx, cli, key)
+		if verr != nil {
+			v = applier.Verification{Result: applier.Unverified, Reason: "could not verify: " + verr.Error(), At: time.Now(), Resources: []applier.ResourceDiff{}}
+		}
+		out.Verification = &v
+	}
 	// The stream step: the standby's mirror becomes the new primary's
 	// writable log. The data-loss report is printed before it is tried
 	// (as text) or together with its outcome (--json): a failure here
@@ -179,6 +193,10 @@ type promoteOutput struct {
 	// StreamError says why the stream step failed (the standby is fenced;
 	// a re-run completes the step).
 	StreamError string `json:"stream_error,omitempty"`
+	// Verification is the check of the promoted standby against the
+	// keyspace digest in its checkpoint (etcdsync verify), made after the
+	// drain; nil in a dry run.
+	Verification *applier.Verification `json:"verification,omitempty"`
 }
 
 // writableStream is a mirror stream promoted to a writable log.
@@ -259,5 +277,18 @@ func printPromote(w io.Writer, out promoteOutput) {
 		fmt.Fprintf(w, "  compacted at revision %d: a watch or read at an older revision (resourceVersion) is refused as\n"+
 			"                   compacted, 410 Gone from a restarted kube-apiserver, so clients re-list (a running\n"+
 			"                   kube-apiserver's watch cache does not see the compaction: restart the apiservers)\n", rep.CompactedRevision)
+	}
+	switch v := out.Verification; {
+	case v == nil:
+	case v.Result == applier.Verified:
+		fmt.Fprintf(w, "  verification     VERIFIED: the in-scope keys are exactly what the log applied up to source revision %d (%d keys, digest %s)\n", v.Position.Revision, v.Keys, v.Digest.Short())
+	case v.Result == applier.Mismatch:
+		names := make([]string, len(v.Resources))
+		for i, r := range v.Resources {
+			names[i] = r.Resource
+		}
+		fmt.Fprintf(w, "  verification     UNVERIFIED: MISMATCH in %s: the standby was written behind the applier's back (RUNBOOK \"What a MISMATCH means\")\n", strings.Join(names, ", "))
+	default:
+		fmt.Fprintf(w, "  verification     UNVERIFIED: %s\n", v.Reason)
 	}
 }

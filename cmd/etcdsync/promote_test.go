@@ -77,7 +77,7 @@ func TestStatusAndPromote(t *testing.T) {
 	}
 
 	code, out, stderr = runCmd(t, "promote", "--standby-endpoints", standby.Endpoint, "--nats-url", "nats://"+natsAddr, "--bump-revision", "--drain-timeout", "10s")
-	if code != exitOK || !strings.Contains(out, "standby promoted") {
+	if code != exitOK || !strings.Contains(out, "standby promoted") || !strings.Contains(out, "verification     VERIFIED: the in-scope keys are exactly what the log applied up to source revision") {
 		t.Fatalf("promote: exit %d\n%s%s", code, out, stderr)
 	}
 	select {
@@ -88,6 +88,14 @@ func TestStatusAndPromote(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("apply still running after promote")
+	}
+	// The promoted standby takes writes of its own: verify says it proves
+	// nothing any more, never "MISMATCH: written behind the applier's back".
+	if _, err := scli.Put(ctx, "/registry/configmaps/app/after-failover", "new primary's"); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := runCmd(t, "verify", "--standby-endpoints", standby.Endpoint); code != exitUnavailable || !strings.Contains(out, "the standby was promoted") {
+		t.Fatalf("verify of a promoted standby: exit %d\n%s", code, out)
 	}
 	resp, err := scli.Get(ctx, "x")
 	if err != nil || resp.Header.Revision <= last {

@@ -34,6 +34,7 @@ type publishOptions struct {
 	maxAge      time.Duration
 	maxBytes    int64
 	snapEvery   time.Duration
+	verifyEvery time.Duration
 	elect       electFlags
 	metricsAddr string
 	log         logFlags
@@ -58,6 +59,8 @@ func publishFlags(o *publishOptions) *flagSet {
 	f.Bytes(&o.maxBytes, "max-bytes", 0, "cap the log stream at `SIZE` (e.g. 10GiB; 0: unlimited; oldest messages go first), when the publisher creates it")
 	f.Duration(&o.snapEvery, "snapshot-interval", publisher.DefaultConfig().SnapshotInterval,
 		"publish a snapshot every `DURATION` (0: off), so retention can drop old messages while a complete base stays; must be below --max-age")
+	f.Duration(&o.verifyEvery, "verify-interval", publisher.DefaultConfig().VerifyInterval,
+		"rescan the primary every `DURATION` (0: only at session start) and compare its keyspace digest with the log's; a mismatch starts a new generation")
 	o.elect.register(f, "primary")
 	o.logKey.register(f, "every message is signed for its stream position", "")
 	f.String(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9090; empty: off)")
@@ -75,6 +78,7 @@ func (o *publishOptions) config() publisher.Config {
 	cfg.Stream.MaxBytes = o.maxBytes
 	cfg.Prefix = o.prefix
 	cfg.SnapshotInterval = o.snapEvery
+	cfg.VerifyInterval = o.verifyEvery
 	return cfg
 }
 
@@ -195,7 +199,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 	// Step 3: run until a signal.
 	reg := newRegistry()
-	pub, err := publisher.New(cfg, cli, nc, reg)
+	pub, err := publisher.New(cfg, cli, nc, labelled(reg, cfg.Stream.Site, cfg.Stream.Name))
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,15 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
+// labelled returns reg seen through the constant labels site (the site
+// whose log the component serves: the publishing site) and stream (the log
+// stream), which every etcdsync metric of the component then carries, so
+// that two sites in one Prometheus, and a role swap (the new primary
+// publishes as another site), read apart.
+func labelled(reg prometheus.Registerer, site, stream string) prometheus.Registerer {
+	return prometheus.WrapRegistererWith(prometheus.Labels{"site": site, "stream": stream}, reg)
+}
+
 // readyTimeout bounds one readiness check.
 const readyTimeout = 2 * time.Second
 

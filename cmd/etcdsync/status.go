@@ -107,6 +107,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return &statusError{err}
 	}
 	out := statusOutput{Status: st}
+	if v, ok, err := applier.ReadVerification(ctx, cli, o.stream); err == nil && ok {
+		out.Verification = &v
+	}
 	if js != nil {
 		out.LastAudit = lastAudit(ctx, js, o.driftStream, o.site)
 	}
@@ -117,13 +120,20 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	} else {
-		printStatus(stdout, st)
+		printStatus(stdout, st, o.maxLag)
 		printLastAudit(stdout, out.LastAudit)
+		printLastVerification(stdout, out.Verification)
+	}
+	if v := out.Verification; v != nil && v.Result == applier.Mismatch {
+		return fmt.Errorf("the applier's last verification found the standby differs from the log in %d resource types: %w", len(v.Resources), errLagging)
 	}
 	if s := st.Stream; s != nil && len(s.Unauthenticated) > 0 {
 		return fmt.Errorf("the log holds messages that fail their MAC check: %s: %w", strings.Join(s.Unauthenticated, "; "), streams.ErrUnauthenticated)
 	}
 	if st.State != "following" || st.LagSeconds > o.maxLag.Seconds() {
+		return errLagging
+	}
+	if st.OriginUnknown {
 		return errLagging
 	}
 	if !st.StreamChecked {
@@ -140,6 +150,9 @@ var errStreamNotChecked = errors.New("stream not checked (no --nats-url): the la
 type statusOutput struct {
 	applier.Status
 	LastAudit *auditor.SummaryEvent `json:"last_audit,omitempty"`
+	// Verification is the outcome of the applier's last check of the
+	// standby against its checkpoint's digest (nil: none recorded).
+	Verification *applier.Verification `json:"verification"`
 }
 
 // lastAudit reads the newest drift summary the auditor published (nil when
@@ -172,7 +185,26 @@ func printLastAudit(w io.Writer, a *auditor.SummaryEvent) {
 	fmt.Fprintf(w, "last audit       %s at source revision %d: %s (%d keys compared)\n", a.Time.UTC().Format(time.RFC3339), a.SourceRevision, verdict, a.KeysCompared)
 }
 
-func printStatus(w io.Writer, st applier.Status) {
+// printLastVerification prints the applier's last verification.
+func printLastVerification(w io.Writer, v *applier.Verification) {
+	switch {
+	case v == nil:
+		fmt.Fprintf(w, "verification     UNVERIFIED: none recorded yet (the applier checks every --verify-interval)\n")
+	case v.Result == applier.Verified:
+		fmt.Fprintf(w, "verification     VERIFIED %s at source revision %d: %d keys, digest %s\n", v.At.UTC().Format(time.RFC3339), v.Position.Revision, v.Keys, v.Digest.Short())
+	case v.Result == applier.Mismatch:
+		names := make([]string, len(v.Resources))
+		for i, r := range v.Resources {
+			names[i] = r.Resource
+		}
+		fmt.Fprintf(w, "verification     UNVERIFIED: MISMATCH %s at source revision %d, in %s (etcdsync verify; RUNBOOK \"What a MISMATCH means\")\n",
+			v.At.UTC().Format(time.RFC3339), v.Position.Revision, strings.Join(names, ", "))
+	default:
+		fmt.Fprintf(w, "verification     UNVERIFIED %s: %s\n", v.At.UTC().Format(time.RFC3339), v.Reason)
+	}
+}
+
+func printStatus(w io.Writer, st applier.Status, maxLag time.Duration) {
 	if s := st.Stream; s == nil {
 		fmt.Fprintf(w, "stream           NOT CHECKED (no --nats-url): the lag is unknown\n")
 	} else {
@@ -183,6 +215,9 @@ func printStatus(w io.Writer, st applier.Status) {
 			fmt.Fprintf(w, "  MACs           NOT CHECKED (no --log-key-file): the positions below are trusted as they are\n")
 		case len(s.Unauthenticated) == 0:
 			fmt.Fprintf(w, "  MACs           verified (the last message and the newest snapshot)\n")
+		}
+		if m := s.Mirror; m != nil {
+			printMirror(w, m, maxLag)
 		}
 		for _, u := range s.Unauthenticated {
 			fmt.Fprintf(w, "  UNAUTHENTICATED %s: not trusted\n", u)
@@ -224,5 +259,31 @@ func printStatus(w io.Writer, st applier.Status) {
 		fmt.Fprintf(w, "lag              unknown (stream not checked)\n")
 		return
 	}
-	fmt.Fprintf(w, "lag              %d messages, %s revisions, %.3fs\n", st.LagMessages, lagRev, st.LagSeconds)
+	lagSec := fmt.Sprintf("%.3fs", st.LagSeconds)
+	if st.OriginUnknown {
+		lagSec = "unknown (the mirror never reached its origin)"
+	}
+	fmt.Fprintf(w, "lag              %d messages, %s revisions, %s\n", st.LagMessages, lagRev, lagSec)
+}
+
+// printMirror prints the link from the standby's mirror to its origin: a
+// link silent for longer than maxLag is a stall, whatever the local lag.
+func printMirror(w io.Writer, m *applier.MirrorStatus, maxLag time.Duration) {
+	origin := m.Origin
+	if m.OriginDomain != "" {
+		origin += " in domain " + m.OriginDomain
+	}
+	switch {
+	case m.LastContactSeconds < 0:
+		fmt.Fprintf(w, "  mirror of      %s: NEVER REACHED its origin since the server started: the lag against the primary is unknown\n", origin)
+	case m.LastContactSeconds > maxLag.Seconds():
+		fmt.Fprintf(w, "  mirror of      %s: STALLED, last contact %.1fs ago (more than --max-lag %s): writes on the primary since then have not reached this site\n",
+			origin, m.LastContactSeconds, maxLag)
+	default:
+		fmt.Fprintf(w, "  mirror of      %s: last contact %.1fs ago\n", origin, m.LastContactSeconds)
+	}
+	fmt.Fprintf(w, "  origin lag     %d messages not yet copied (as of the last contact)\n", m.OriginLagMessages)
+	if m.Error != "" {
+		fmt.Fprintf(w, "  MIRROR ERROR   %s\n", m.Error)
+	}
 }

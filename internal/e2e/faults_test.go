@@ -132,21 +132,20 @@ func TestPublisherKilledMidStream(t *testing.T) {
 // with ErrFenced and the log never holds a revision twice.
 func TestZombiePublisherFenced(t *testing.T) {
 	p := newPipeline(t)
-	_, a := p.startPublisher(p.publisherConfig())
-	put(t, p.primary.Client, "/z/a", "1")
-	time.Sleep(300 * time.Millisecond)
+	pa, a := p.startPublisher(p.publisherConfig())
+	rev := put(t, p.primary.Client, "/z/a", "1")
+	testenvEventually(t, func() bool { return pa.Published().Revision >= rev }, "the first publisher to publish")
 	_, b := p.startPublisher(p.publisherConfig())
-	// Keep writing until the first publisher notices it was fenced.
-	for i := 0; ; i++ {
+	// Keep writing (paced) until the first publisher notices it was
+	// fenced, or for 30s at most.
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
 		put(t, p.primary.Client, "/z/k"+strconv.Itoa(i), "v")
 		select {
 		case <-a.done:
+			deadline = time.Time{}
 		case <-time.After(10 * time.Millisecond):
-			if i < 2000 {
-				continue
-			}
 		}
-		break
 	}
 	if err := a.wait(t, time.Second, "first publisher"); !errors.Is(err, publisher.ErrFenced) {
 		t.Fatalf("first publisher: want ErrFenced, got %v", err)

@@ -237,8 +237,8 @@ func TestStatusListsForgedTailThatIsNoFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := arun.wait(t, 20*time.Second, "applier after a junk message"); err == nil {
-		t.Fatal("the applier went past a junk message")
+	if err := arun.wait(t, 20*time.Second, "applier after a junk message"); !errors.Is(err, streams.ErrUnauthenticated) {
+		t.Fatalf("applier after a junk message: %v, want streams.ErrUnauthenticated", err)
 	}
 
 	st, err := applier.ReadVerifiedStatus(ctx, p.standby.Client, p.js.JS, streams.DefaultStream, streams.DefaultSite, "", ring)

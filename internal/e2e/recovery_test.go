@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -98,15 +99,27 @@ func TestGapReseedsFromPeriodicSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, p.primary.Client, "/pg/b", "2")
-	if _, err := p.primary.Client.Delete(context.Background(), "/pg/a"); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(600 * time.Millisecond) // at least one periodic snapshot after the writes
-	s := logStream(t, p)
-	begin, err := s.GetLastMsgForSubject(context.Background(), streams.Subjects{Site: streams.DefaultSite}.SnapshotBegin())
+	del, err := p.primary.Client.Delete(context.Background(), "/pg/a")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A periodic snapshot (nothing asks for one: the applier is stopped)
+	// at or after the delete, complete in the stream.
+	s := logStream(t, p)
+	subjects := streams.Subjects{Site: streams.DefaultSite}
+	var begin *jetstream.RawStreamMsg
+	testenvEventually(t, func() bool {
+		b, err := s.GetLastMsgForSubject(context.Background(), subjects.SnapshotBegin())
+		if err != nil {
+			return false
+		}
+		if rev, _ := strconv.ParseInt(b.Header.Get(streams.HeaderRevision), 10, 64); rev < del.Header.Revision {
+			return false
+		}
+		end, err := s.GetLastMsgForSubject(context.Background(), subjects.SnapshotEnd())
+		begin = b
+		return err == nil && end.Sequence > b.Sequence
+	}, "a periodic snapshot after the writes")
 	if err := s.Purge(context.Background(), jetstream.WithPurgeSequence(begin.Sequence)); err != nil {
 		t.Fatal(err)
 	}

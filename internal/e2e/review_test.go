@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/etcdsync/etcdsync/applier"
 	"github.com/etcdsync/etcdsync/streams"
 )
 
@@ -173,8 +176,17 @@ func TestEmptyStreamBeforeCheckpointWaits(t *testing.T) {
 	if _, err := streams.EnsureLogStream(ctx, p.js.JS, streams.DefaultLogConfig()); err != nil {
 		t.Fatal(err)
 	}
-	ap, r := p.startApplier(rawApplierConfig(p))
-	time.Sleep(1500 * time.Millisecond)
+	reg := prometheus.NewRegistry()
+	ap, err := applier.New(rawApplierConfig(p), p.standby.Client, p.conn(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, ap.Run)
+	p.runs = append(p.runs, r)
+	// It waits for the stream to reach the checkpoint (not for a snapshot
+	// to re-seed from: nothing tells yet that the history changed).
+	testenvEventually(t, func() bool { return metricValue(t, reg, "etcdsync_applier_waiting_for_stream_seq") > 0 },
+		"the applier to say it waits for the stream to reach its checkpoint")
 	select {
 	case <-r.done:
 		t.Fatalf("applier stopped on an empty stream: %v", r.err)

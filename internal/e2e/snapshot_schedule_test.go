@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdsync/etcdsync/publisher"
 	"github.com/etcdsync/etcdsync/streams"
@@ -56,26 +58,30 @@ func TestPeriodicSnapshotsSurviveShortSessions(t *testing.T) {
 	cfg := p.publisherConfig()
 	cfg.SnapshotInterval = 2 * time.Second
 	put(t, p.primary.Client, "/ps/a", "1")
+	// Sessions until two periodic snapshots are in the stream (60s at
+	// most): each lives well under the interval, as a crash-looping pod's
+	// would.
+	periodic := func(reasons []string) (n int) {
+		for _, r := range reasons {
+			if strings.HasPrefix(r, publisher.ReasonPeriodic) {
+				n++
+			}
+		}
+		return n
+	}
 	sessions := 0
-	for end := time.Now().Add(9 * time.Second); time.Now().Before(end); sessions++ {
+	var reasons []string
+	for end := time.Now().Add(60 * time.Second); periodic(reasons) < 2 && time.Now().Before(end); sessions++ {
 		_, r := p.startPublisher(cfg)
-		// The session lives well under the interval, as a crash-looping
-		// pod's would.
-		time.Sleep(cfg.SnapshotInterval / 2)
+		time.Sleep(cfg.SnapshotInterval / 2) // the session's lifetime, not a wait for something
 		if err := r.stop(); err != nil {
 			t.Fatal(err)
 		}
-	}
-	var periodic int
-	reasons := snapshotReasons(t, p)
-	for _, r := range reasons {
-		if strings.HasPrefix(r, publisher.ReasonPeriodic) {
-			periodic++
-		}
+		reasons = snapshotReasons(t, p)
 	}
 	t.Logf("%d sessions, snapshots %q", sessions, reasons)
-	if periodic < 2 || len(reasons) >= sessions {
-		t.Fatalf("%d sessions over 9s with a %s interval published snapshots %q: want at least 2 periodic ones, and not one per session",
+	if periodic(reasons) < 2 || len(reasons) >= sessions {
+		t.Fatalf("%d sessions with a %s interval published snapshots %q: want at least 2 periodic ones, and not one per session",
 			sessions, cfg.SnapshotInterval, reasons)
 	}
 }
@@ -109,5 +115,27 @@ func TestSnapshotAgeGauge(t *testing.T) {
 	}
 	if n := len(snapshotReasons(t, p)); n != 1 {
 		t.Fatalf("%d snapshots, want 1: the second session's snapshot is not due", n)
+	}
+}
+
+// A snapshot lists the primary's keys in pages of SnapshotPageSize: with
+// pages of 3 keys, a first-start snapshot of 10 keys (written before the
+// publisher started, so carried by the snapshot alone) brings all 10.
+func TestSnapshotListsPastOnePage(t *testing.T) {
+	p := newPipeline(t)
+	for i := range 10 {
+		put(t, p.primary.Client, "/page/k"+strconv.Itoa(i), "v")
+	}
+	pcfg := p.publisherConfig()
+	pcfg.SnapshotPageSize = 3
+	p.startPublisher(pcfg)
+	p.startApplier(rawApplierConfig(p))
+	p.waitConverged(rawRules(t), 30*time.Second)
+	resp, err := p.standby.Client.Get(context.Background(), "/page/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 10 {
+		t.Fatalf("standby holds %d keys under /page/, want 10", resp.Count)
 	}
 }

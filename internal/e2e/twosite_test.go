@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -24,11 +25,12 @@ import (
 // link is a TCP proxy standing for the WAN link between the sites; cut
 // drops every connection and refuses new ones until restore.
 type link struct {
-	l      net.Listener
-	target string
-	mu     sync.Mutex
-	up     bool
-	conns  []net.Conn
+	l       net.Listener
+	target  string
+	mu      sync.Mutex
+	up      bool
+	conns   []net.Conn
+	refused int // connections refused while cut
 }
 
 func newLink(t *testing.T, target string) *link {
@@ -52,6 +54,7 @@ func (k *link) serve() {
 		}
 		k.mu.Lock()
 		if !k.up {
+			k.refused++
 			k.mu.Unlock()
 			c.Close()
 			continue
@@ -79,6 +82,13 @@ func (k *link) cut() {
 	k.conns = nil
 }
 
+// refusals returns how many connections the link refused while cut.
+func (k *link) refusals() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.refused
+}
+
 func (k *link) restore() {
 	k.mu.Lock()
 	k.up = true
@@ -87,6 +97,7 @@ func (k *link) restore() {
 
 // site is one site's NATS server (its own JetStream domain) and a connection.
 type site struct {
+	cfg streams.ServerConfig
 	srv *server.Server
 	nc  *nats.Conn
 	js  jetstream.JetStream
@@ -97,7 +108,16 @@ func startSite(t *testing.T, domain, leafListen string, leafRemotes ...string) *
 	cfg := streams.DefaultServerConfig()
 	cfg.StoreDir, cfg.Listen, cfg.Domain, cfg.Name = t.TempDir(), "127.0.0.1:-1", domain, domain
 	cfg.LeafListen, cfg.LeafRemotes = leafListen, leafRemotes
-	s, err := streams.StartServer(cfg)
+	st := &site{cfg: cfg}
+	st.start(t)
+	t.Cleanup(st.stop)
+	return st
+}
+
+// start starts the site's server on its store and connects to it.
+func (st *site) start(t *testing.T) {
+	t.Helper()
+	s, err := streams.StartServer(st.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,8 +129,15 @@ func startSite(t *testing.T, domain, leafListen string, leafRemotes ...string) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nc.Close(); s.Shutdown(); s.WaitForShutdown() })
-	return &site{srv: s, nc: nc, js: js}
+	st.srv, st.nc, st.js = s, nc, js
+}
+
+// stop shuts the site's server down (the site is lost); start brings it
+// back on the same store.
+func (st *site) stop() {
+	st.nc.Close()
+	st.srv.Shutdown()
+	st.srv.WaitForShutdown()
 }
 
 // Two sites, each with its own etcd and its own JetStream domain, the
@@ -166,28 +193,59 @@ func TestTwoSitesLinkLossFailoverAndReverse(t *testing.T) {
 	converged(etcdA, etcdB, 30*time.Second)
 
 	// The link goes down while the primary keeps writing; then comes back.
+	// The cut is shown to cut: the mirror holds nothing the primary's
+	// stream took after it, nor the standby the writes made meanwhile.
 	wan.cut()
+	testenv.Eventually(t, 10*time.Second, func() bool { return natsB.srv.NumLeafNodes() == 0 }, "the standby's leafnode connection to go down")
+	originA, err := natsA.js.Stream(ctx, streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirrorB, err := natsB.js.Stream(ctx, streams.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	atCut, refusedAtCut := lastSeq(t, originA), wan.refusals()
 	w.run(t, 300)
-	time.Sleep(2 * time.Second)
+	whileCut := put(t, etcdA.Client, "/two/written-while-cut", "x")
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		m, err := originA.GetLastMsgForSubject(ctx, streams.Subjects{Site: streams.DefaultSite}.Revision())
+		if err != nil {
+			return false
+		}
+		rev, _ := strconv.ParseInt(m.Header.Get(streams.HeaderRevision), 10, 64)
+		return rev >= whileCut
+	}, "the primary's stream to hold the writes made while the link is down")
+	// The standby's leafnode keeps trying the link (it knows no other way
+	// to the primary): had it reconnected elsewhere, it would stop.
+	testenv.Eventually(t, 20*time.Second, func() bool { return wan.refusals() >= refusedAtCut+2 }, "the standby to try the cut link twice")
+	if got, origin := lastSeq(t, mirrorB), lastSeq(t, originA); got > atCut || origin <= atCut {
+		t.Fatalf("link cut at origin seq %d: the mirror reached seq %d (origin now %d)", atCut, got, origin)
+	}
+	if resp, err := etcdB.Client.Get(ctx, "/two/written-while-cut"); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("a write made while the link was down reached the standby (%v)", err)
+	}
 	wan.restore()
 	converged(etcdA, etcdB, 60*time.Second)
 
-	// Failover: the primary site is lost (its etcd stopped, the link
-	// down). Promote site B.
+	// Failover: the primary site is lost (its etcd and its NATS server
+	// stopped, the link down). Promote site B.
 	wan.cut()
-	etcdA.Stop()
 	if err := runPubA.stop(); err != nil {
 		t.Fatal(err)
 	}
+	etcdA.Stop()
+	natsA.stop()
 	rep, err := applier.Promote(ctx, applier.PromoteConfig{Stream: streams.DefaultStream, DrainTimeout: 20 * time.Second}, etcdB.Client, natsB.js)
 	if err != nil || !rep.Drained {
 		t.Fatalf("promote: %+v, %v", rep, err)
 	}
-	if err := runApB.wait(t, 10*time.Second, "fenced applier"); err == nil {
-		t.Fatal("applier on the promoted site kept running")
+	if err := runApB.wait(t, 10*time.Second, "fenced applier"); !errors.Is(err, applier.ErrPromoted) {
+		t.Fatalf("applier on the promoted site: want ErrPromoted, got %v", err)
 	}
-	// Site A comes back (as the standby-to-be).
+	// Site A comes back (as the standby-to-be), its servers on their stores.
 	etcdA.Restart()
+	natsA.start(t)
 	wan.restore()
 	if _, err := streams.PromoteMirror(ctx, natsB.js, streams.DefaultStream, "standby"); err != nil {
 		t.Fatal(err)
