@@ -297,6 +297,7 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 		if err := a.addEvents(ctx, r); err != nil {
 			return err
 		}
+		a.chainRevision(r)
 		a.txn.revs++
 		if a.log.Enabled(ctx, slog.LevelDebug) {
 			keys, more := a.inScopeKeys(r)
@@ -319,6 +320,7 @@ func (a *Applier) applyRecord(ctx context.Context, r *record) error {
 		if err := a.addEvents(ctx, r); err != nil {
 			return err
 		}
+		a.chainChunk(r)
 		s.Chunks++
 		s.Keys += uint64(len(r.Events))
 		w.Position.Seq = r.seq

@@ -38,6 +38,10 @@ type Checkpoint struct {
 	// Digest is the digest of the standby's in-scope keys after the
 	// operations this checkpoint covers (nil: not known; see ScopeDigest).
 	Digest *ScopeDigest `json:"digest,omitempty"`
+	// LogDigest is the digest of the whole source keyspace under the
+	// publisher's prefix at Position, as the log's events give it (nil: not
+	// known); every digested record must carry the same (see LogChain).
+	LogDigest *streams.Digest `json:"log_digest,omitempty"`
 }
 
 // InFlight names the write an alone operation may have made ahead of the

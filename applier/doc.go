@@ -145,6 +145,17 @@
 //     verifies in the background (applying never waits for it), records
 //     the outcome at VerifyKey for status, counts mismatches and publishes
 //     each on etcdsync.<site>.drift.verify; /readyz is not affected.
+//   - The log chain (verify.go): the checkpoint also carries LogDigest,
+//     the digest of the whole source keyspace under the publisher's prefix
+//     as the log's events give it, started by every snapshot applied (or
+//     skipped at the applier's position) and moved by each applied
+//     revision record as a whole, after its last event. Every digested
+//     record and snapshot end must carry the same digest: one that does
+//     not (a log that is not the history it claims, or a record the
+//     applier skipped or misplaced) is logged and counted
+//     (etcdsync_applier_log_chain_breaks_total), and the chain continues
+//     from the record's digest; applying never stops for it. A record
+//     without digests makes it unknown until the next snapshot.
 //   - Corrupt messages stop the applier (errors wrap streams.ErrCorrupt)
 //     before anything of their batch is written. A message of a later
 //     frame or record version stops it the same way with "written by a

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 type metrics struct {
@@ -112,6 +113,9 @@ type verifyMetrics struct {
 	last       prometheus.Gauge
 	mismatches prometheus.Counter
 	state      prometheus.Gauge
+	// chainBreaks counts digested records whose digest the log's events
+	// before them do not give.
+	chainBreaks prometheus.Counter
 }
 
 func newVerifyMetrics(reg prometheus.Registerer) *verifyMetrics {
@@ -123,9 +127,20 @@ func newVerifyMetrics(reg prometheus.Registerer) *verifyMetrics {
 		state: prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdsync_applier_verified",
 			Help: "Outcome of the last verification: 1 verified, 0 mismatch, -1 unverified (nothing to compare with yet)."}),
 	}
+	m.chainBreaks = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdsync_applier_log_chain_breaks_total",
+		Help: "Digested log records whose keyspace digest the log's events before them do not give: the log is not the history it claims, or the applier skipped a record."})
 	m.state.Set(-1)
 	if reg != nil {
-		reg.MustRegister(m.last, m.mismatches, m.state)
+		reg.MustRegister(m.last, m.mismatches, m.state, m.chainBreaks)
 	}
 	return m
+}
+
+// testutilCounter reads a counter's value.
+func testutilCounter(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
 }

@@ -60,8 +60,10 @@ func (a *Applier) beginSnapshot(ctx context.Context, r *record) error {
 		"revision", r.Revision, "reason", r.Reason, "standby_in_scope_keys", s.InScopeBefore, "seq", r.seq)
 	w.Snapshot = s
 	w.Position.Seq = r.seq
-	// The digest starts again with the snapshot: its in-scope keys.
+	// The digests start again with the snapshot: its in-scope keys, and
+	// all of its keys.
 	w.Digest = newScopeDigest(s.Prefix, a.rules)
+	w.LogDigest = &streams.Digest{}
 	// A record half applied before (Partial) belongs to the history this
 	// snapshot replaces: resuming it would skip events of a record that
 	// happens to sit at its sequence.
@@ -117,6 +119,7 @@ func (a *Applier) endSnapshot(ctx context.Context, r *record) error {
 			return err
 		}
 	}
+	a.chainSnapshotEnd(r, "applied")
 	a.log.Info("snapshot applied", "generation", r.Generation, "revision", r.Revision, "keys", s.Keys, "deleted", n, "seq", r.seq)
 	w.Position = streams.Position{ClusterID: r.ClusterID, Generation: r.Generation, Revision: r.Revision, Part: r.part, Seq: r.seq}
 	w.SourceTime = r.Time

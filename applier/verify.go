@@ -359,6 +359,7 @@ type shadowDigest struct {
 	rev          int64
 	chunks, keys uint64
 	d            *ScopeDigest
+	all          streams.Digest // of all the snapshot's keys
 }
 
 // shadowChunk adds the in-scope keys of r, a chunk of the snapshot being
@@ -369,8 +370,12 @@ func (a *Applier) shadowChunk(r *record) {
 		return
 	}
 	for i := range r.Events {
-		if e := &r.Events[i]; a.rules.Allowed(e.Key) && (sh.d.Prefix == "" || bytes.HasPrefix(e.Key, []byte(sh.d.Prefix))) {
+		e := &r.Events[i]
+		if a.rules.Allowed(e.Key) && (sh.d.Prefix == "" || bytes.HasPrefix(e.Key, []byte(sh.d.Prefix))) {
 			sh.d.event(e, resourceOf(a.rules, e.Key))
+		}
+		if e.Lease == 0 {
+			sh.all.AddPair(e.Key, e.Value)
 		}
 	}
 	sh.chunks++
@@ -392,6 +397,14 @@ func (a *Applier) endShadow(r *record) {
 		sh.chunks != r.Chunk || sh.keys != r.Keys || w.Position.Revision != sh.rev || w.Snapshot != nil {
 		return
 	}
+	all := sh.all
+	switch {
+	case r.Digested && all != r.Digest:
+		a.chainBroken(r, "a skipped snapshot's keys do not give the digest its end carries", all, r.Digest)
+	case w.LogDigest != nil && *w.LogDigest != all:
+		a.chainBroken(r, "the log's events since the last snapshot do not give the next snapshot's keys", *w.LogDigest, all)
+	}
+	w.LogDigest = &all
 	switch {
 	case w.Digest == nil:
 		a.log.Info("keyspace digest taken from a snapshot at the applier's position", "revision", sh.rev, "seq", r.seq)
@@ -406,4 +419,82 @@ func (a *Applier) endShadow(r *record) {
 			"revision", sh.rev, "digest", have.Short(), "snapshot_digest", want.Short(), "snapshot_keys", keys, "seq", r.seq)
 	}
 	w.Digest = sh.d
+}
+
+// The log chain: the applier keeps LogDigest, the digest of the whole
+// source keyspace under the publisher's prefix as the log's events give
+// it, from the snapshot it applied (or skipped at its position) on, and
+// every digested record must carry the same: a record whose digest the
+// events before it do not give means the log is not the history it
+// claims, or the applier skipped or misplaced a record. It is reported
+// (log, etcdsync_applier_log_chain_breaks_total) and the chain continues
+// from the record's digest; applying never stops for it.
+
+// chainRevision moves the working checkpoint's LogDigest past the applied
+// revision record r and checks it against the digest r carries.
+func (a *Applier) chainRevision(r *record) {
+	w := &a.work
+	if w.LogDigest == nil || !r.Digested {
+		w.LogDigest = nil
+		return
+	}
+	d := *w.LogDigest
+	for i := range r.Events {
+		e := &r.Events[i]
+		if e.PrevHash != ([32]byte{}) {
+			d.Remove(e.PrevHash)
+		}
+		if e.Type == streams.EventPut && e.Lease == 0 {
+			d.AddPair(e.Key, e.Value)
+		}
+	}
+	if d != r.Digest {
+		a.chainBroken(r, "the record's digest is not what the log's events before it give", d, r.Digest)
+		d = r.Digest
+	}
+	w.LogDigest = &d
+}
+
+// chainChunk adds the keys of r, a chunk of the snapshot being applied, to
+// the working checkpoint's LogDigest.
+func (a *Applier) chainChunk(r *record) {
+	w := &a.work
+	if w.LogDigest == nil {
+		return
+	}
+	d := *w.LogDigest
+	for i := range r.Events {
+		if e := &r.Events[i]; e.Lease == 0 {
+			d.AddPair(e.Key, e.Value)
+		}
+	}
+	w.LogDigest = &d
+}
+
+// chainSnapshotEnd checks the digest of the snapshot just applied against
+// the one its end record carries.
+func (a *Applier) chainSnapshotEnd(r *record, what string) {
+	w := &a.work
+	switch {
+	case !r.Digested:
+		w.LogDigest = nil
+	case w.LogDigest == nil:
+	case *w.LogDigest != r.Digest:
+		a.chainBroken(r, "an "+what+" snapshot's keys do not give the digest its end carries", *w.LogDigest, r.Digest)
+		d := r.Digest
+		w.LogDigest = &d
+	}
+}
+
+// chainBroken reports a break of the log chain at r.
+func (a *Applier) chainBroken(r *record, what string, have, want streams.Digest) {
+	a.vmetrics.chainBreaks.Inc()
+	a.log.Error("log chain broken: "+what, "kind", r.Kind.String(), "revision", r.Revision, "seq", r.seq,
+		"digest_from_log", have.Short(), "digest_carried", want.Short())
+}
+
+// LogChainBreaks returns the number of log chain breaks this applier saw
+// (for tests and status).
+func (a *Applier) LogChainBreaks() float64 {
+	return testutilCounter(a.vmetrics.chainBreaks)
 }

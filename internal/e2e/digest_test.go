@@ -323,6 +323,9 @@ func TestStandbyVerifiedUnderLiveWrites(t *testing.T) {
 	close(stop)
 	rounds := <-wrote
 	p.waitConverged(ap.Rules(), 30*time.Second)
+	if n := ap.LogChainBreaks(); n != 0 || ap.Applied().LogDigest == nil {
+		t.Fatalf("log chain: %v breaks, digest known: %v", n, ap.Applied().LogDigest != nil)
+	}
 	testenvEventually(t, func() bool {
 		v, ok, err := applier.ReadVerification(ctx, p.standby.Client, acfg.Stream)
 		return err == nil && ok && v.Result == applier.Verified && v.Position.Revision >= p.lastRevision(t)
@@ -434,4 +437,33 @@ func TestUndigestedRecordMakesStandbyUnverified(t *testing.T) {
 	if err != nil || v.Result != applier.Unverified {
 		t.Fatalf("after an undigested record: %+v %v, want unverified", v, err)
 	}
+}
+
+// A digested record whose digest the log's events before it do not give
+// (a log that is not the history it claims, or a record the applier
+// skipped) breaks the log chain: counted and logged, applying goes on.
+func TestLogChainBreakReported(t *testing.T) {
+	p := newPipeline(t)
+	put(t, p.primary.Client, "/c/a", "1")
+	_, pr := p.startPublisher(p.publisherConfig())
+	acfg := rawApplierConfig(p)
+	ap, _ := p.startApplier(acfg)
+	last := put(t, p.primary.Client, "/c/b", "2")
+	p.waitConverged(rawRules(t), 20*time.Second)
+	testenvEventually(t, func() bool { ck := ap.Applied(); return ck.Position.Revision >= last && ck.LogDigest != nil }, "the chain followed")
+	if n := ap.LogChainBreaks(); n != 0 {
+		t.Fatalf("%v chain breaks on an untouched log", n)
+	}
+	if err := pr.stop(); err != nil {
+		t.Fatal(err)
+	}
+	pos := ap.Applied().Position
+	rec := &streams.Record{Kind: streams.KindRevision, ClusterID: pos.ClusterID, Generation: pos.Generation, Revision: pos.Revision + 1,
+		Time: time.Now(), Digested: true, Events: []streams.Event{
+			{Type: streams.EventPut, Key: []byte("/c/new"), Value: []byte("x"), CreateRevision: pos.Revision + 1, ModRevision: pos.Revision + 1, Version: 1},
+		}}
+	rec.Digest.AddPair([]byte("/c/other"), []byte("not what the log holds"))
+	publishRecordIn(t, p, rec, 1<<20)
+	testenvEventually(t, func() bool { return ap.LogChainBreaks() == 1 }, "the chain break counted")
+	testenvEventually(t, func() bool { return getValue(t, p.standby.Client, "/c/new") == "x" }, "the record applied all the same")
 }
