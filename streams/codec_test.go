@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"hash/crc32"
 	"reflect"
@@ -465,5 +466,34 @@ func TestValueHasher(t *testing.T) {
 	if r1.Sum(value) == plain || r1.Sum(value) != r1.Sum(value) || r1.Sum(value) == r2.Sum(value) ||
 		!strings.HasPrefix(r1.KeyID(), "random:") || r1.KeyID() == r2.KeyID() {
 		t.Fatalf("random hashers %q and %q: want distinct random keys, stable within one, never SHA-256", r1.KeyID(), r2.KeyID())
+	}
+}
+
+// A Position's JSON is snake_case with the 64-bit identifiers as strings
+// (a generation above 2^53 survives a reader that parses numbers as
+// doubles), and the legacy form of older checkpoints still decodes.
+func TestPositionJSON(t *testing.T) {
+	p := Position{ClusterID: 0xc8ad042f6fc91eb3, Generation: 1796223725408743266, Revision: 99, Part: 1, Seq: 7}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"cluster_id":"c8ad042f6fc91eb3","generation":"1796223725408743266","revision":99,"part":1,"seq":7}`
+	if string(b) != want {
+		t.Fatalf("JSON %s, want %s", b, want)
+	}
+	var got Position
+	if err := json.Unmarshal(b, &got); err != nil || got != p {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	var legacy Position
+	if err := json.Unmarshal([]byte(`{"ClusterID":1234,"Generation":7,"Revision":99,"Part":0,"Seq":2}`), &legacy); err != nil ||
+		legacy != (Position{ClusterID: 1234, Generation: 7, Revision: 99, Seq: 2}) {
+		t.Fatalf("legacy: %+v %v", legacy, err)
+	}
+	for _, bad := range []string{`{"cluster_id":"xyz"}`, `{"cluster_id":"1","generation":"-1"}`, `[]`} {
+		if err := json.Unmarshal([]byte(bad), &legacy); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
 	}
 }

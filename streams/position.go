@@ -1,6 +1,7 @@
 package streams
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -72,4 +73,68 @@ func ParsePosition(s string) (Position, error) {
 		return p, fmt.Errorf("parse position %q: seq: %w", s, err)
 	}
 	return p, nil
+}
+
+// positionJSON is Position's JSON form: snake_case, and the 64-bit
+// identifiers as strings (generations are nanosecond timestamps, above
+// the 2^53 a JSON number keeps exactly in most readers): the cluster ID in
+// hex, as String and the logs print it, the generation in decimal.
+type positionJSON struct {
+	ClusterID  string `json:"cluster_id"`
+	Generation string `json:"generation"`
+	Revision   int64  `json:"revision"`
+	Part       int    `json:"part"`
+	Seq        uint64 `json:"seq"`
+}
+
+// legacyPositionJSON is the form checkpoints written before positionJSON
+// hold (Go field names, numbers).
+type legacyPositionJSON struct {
+	ClusterID  uint64
+	Generation uint64
+	Revision   int64
+	Part       int
+	Seq        uint64
+}
+
+// MarshalJSON encodes p as positionJSON.
+func (p Position) MarshalJSON() ([]byte, error) {
+	return json.Marshal(positionJSON{ClusterID: strconv.FormatUint(p.ClusterID, 16), Generation: strconv.FormatUint(p.Generation, 10),
+		Revision: p.Revision, Part: p.Part, Seq: p.Seq})
+}
+
+// UnmarshalJSON decodes positionJSON, or the legacy form of checkpoints
+// written by an earlier etcdsync.
+func (p *Position) UnmarshalJSON(b []byte) error {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return fmt.Errorf("position: %w", err)
+	}
+	if _, ok := probe["cluster_id"]; !ok {
+		var l legacyPositionJSON
+		if err := json.Unmarshal(b, &l); err != nil {
+			return fmt.Errorf("position: %w", err)
+		}
+		*p = Position(l)
+		return nil
+	}
+	var j positionJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return fmt.Errorf("position: %w", err)
+	}
+	var q Position
+	var err error
+	if j.ClusterID != "" {
+		if q.ClusterID, err = strconv.ParseUint(j.ClusterID, 16, 64); err != nil {
+			return fmt.Errorf("position: cluster_id %q: %w", j.ClusterID, err)
+		}
+	}
+	if j.Generation != "" {
+		if q.Generation, err = strconv.ParseUint(j.Generation, 10, 64); err != nil {
+			return fmt.Errorf("position: generation %q: %w", j.Generation, err)
+		}
+	}
+	q.Revision, q.Part, q.Seq = j.Revision, j.Part, j.Seq
+	*p = q
+	return nil
 }
