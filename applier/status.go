@@ -55,7 +55,7 @@ type StreamStatus struct {
 	Msgs     uint64 `json:"messages"`
 	Bytes    uint64 `json:"bytes"`
 	// Generation and Revision of the newest complete record (the publisher's position).
-	Generation uint64 `json:"generation"`
+	Generation uint64 `json:"generation,string"`
 	Revision   int64  `json:"revision"`
 	// Mirror is set when the stream is a mirror (the standby site's copy
 	// of the primary's log): how far it is behind its origin.
@@ -123,7 +123,7 @@ func mirrorStatus(info *jetstream.StreamInfo) *MirrorStatus {
 // SnapshotRef locates a snapshot in the stream.
 type SnapshotRef struct {
 	Seq        uint64    `json:"seq"`
-	Generation uint64    `json:"generation"`
+	Generation uint64    `json:"generation,string"`
 	Revision   int64     `json:"revision"`
 	Stored     time.Time `json:"stored"`
 }

@@ -117,7 +117,7 @@ type Report struct {
 	// the standby's checkpoint at StandbyRevision (S): the standby was
 	// read at S and the primary at P.
 	ClusterID       string `json:"cluster_id"`
-	Generation      uint64 `json:"generation"`
+	Generation      uint64 `json:"generation,string"`
 	SourceRevision  int64  `json:"source_revision"`
 	StreamSeq       uint64 `json:"stream_seq"`
 	StandbyRevision int64  `json:"standby_revision"`
