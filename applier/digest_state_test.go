@@ -65,8 +65,8 @@ func TestDigestComesBackFromSnapshotAtPosition(t *testing.T) {
 	// The publisher's digest_lost snapshot at its position, then digested records.
 	a.apply(dg(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 3, Reason: "digest_lost"}),
 		dg(streams.Record{Kind: streams.KindSnapshotChunk, Revision: 3, Events: []streams.Event{putEvent("/a", "2")}}),
-		dg(streams.Record{Kind: streams.KindSnapshotEnd, Revision: 3, Chunk: 1, Keys: 1}),
-		dg(revision(4, putPrev("/a", "3", "2"))))
+		streams.Record{Kind: streams.KindSnapshotEnd, Revision: 3, Chunk: 1, Keys: 1, Digested: true, Digest: digestOf("/a", "2")},
+		withDigest(revision(4, putPrev("/a", "3", "2")), digestOf("/a", "3")))
 	v, err = Verify(ctx, e.Client, cfg.checkpointKey(), a.rules)
 	t.Logf("after the digest_lost snapshot and a digested record: %s (%s), checkpoint digest nil: %v", v.Result, v.Reason, a.Applied().Digest == nil)
 	if v.Result != Verified {
@@ -74,6 +74,9 @@ func TestDigestComesBackFromSnapshotAtPosition(t *testing.T) {
 	}
 	if a.Applied().Digest == nil {
 		t.Error("the checkpoint still carries no digest")
+	}
+	if n := a.LogChainBreaks(); n != 0 {
+		t.Errorf("%v log chain breaks on a consistent log", n)
 	}
 }
 
@@ -173,9 +176,61 @@ func TestSnapshotAtPositionChecksDigest(t *testing.T) {
 	a.apply(dg(revision(2, putEvent("/a", "1"))))
 	a.apply(dg(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 2, Reason: "periodic"}),
 		dg(streams.Record{Kind: streams.KindSnapshotChunk, Revision: 2, Events: []streams.Event{putEvent("/a", "1"), putEvent("/b", "2")}}),
-		dg(streams.Record{Kind: streams.KindSnapshotEnd, Revision: 2, Chunk: 1, Keys: 2}))
+		streams.Record{Kind: streams.KindSnapshotEnd, Revision: 2, Chunk: 1, Keys: 2, Digested: true, Digest: digestOf("/a", "1", "/b", "2")})
 	v, err := Verify(ctx, e.Client, cfg.checkpointKey(), a.rules)
 	if err != nil || v.Result != Mismatch || v.Keys != 2 || v.FoundKeys != 1 {
 		t.Fatalf("after a snapshot at the position holding a key the applier never wrote: %+v %v", v, err)
 	}
+	if got := testutilCounter(a.vmetrics.mismatches); got != 1 {
+		t.Errorf("%v mismatches counted, want 1", got)
+	}
+}
+
+// digestOf returns the digest of key, value pairs.
+func digestOf(kv ...string) streams.Digest {
+	var d streams.Digest
+	for i := 0; i+1 < len(kv); i += 2 {
+		d.AddPair([]byte(kv[i]), []byte(kv[i+1]))
+	}
+	return d
+}
+
+// A snapshot whose keys do not give the digest its end carries breaks the
+// log chain, applied or skipped at the applier's position; one whose keys
+// do, does not.
+func TestSnapshotEndChecksLogChain(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	cfg := DefaultConfig()
+	a := newTestApplier(t, e.Client, cfg)
+	// Applied: the bootstrap's snapshot carries a wrong digest.
+	a.apply(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 2},
+		streams.Record{Kind: streams.KindSnapshotChunk, Revision: 2, Events: []streams.Event{putEvent("/a", "1")}},
+		streams.Record{Kind: streams.KindSnapshotEnd, Revision: 2, Chunk: 1, Keys: 1, Digested: true, Digest: digestOf("/a", "other")})
+	if n := a.LogChainBreaks(); n != 1 {
+		t.Fatalf("applied snapshot with a wrong digest: %v breaks, want 1", n)
+	}
+	if d := a.Applied().LogDigest; d == nil || *d != digestOf("/a", "other") {
+		t.Fatal("the chain does not continue from the snapshot's digest")
+	}
+	// Skipped at the position: a periodic snapshot whose end carries a
+	// digest its keys do not give.
+	a.apply(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 2},
+		streams.Record{Kind: streams.KindSnapshotChunk, Revision: 2, Events: []streams.Event{putEvent("/a", "other")}},
+		streams.Record{Kind: streams.KindSnapshotEnd, Revision: 2, Chunk: 1, Keys: 1, Digested: true, Digest: digestOf("/a", "third")})
+	if n := a.LogChainBreaks(); n != 2 {
+		t.Fatalf("skipped snapshot with a wrong digest: %v breaks, want 2", n)
+	}
+	// A consistent one: no break.
+	a.apply(streams.Record{Kind: streams.KindSnapshotBegin, Revision: 2},
+		streams.Record{Kind: streams.KindSnapshotChunk, Revision: 2, Events: []streams.Event{putEvent("/a", "other")}},
+		streams.Record{Kind: streams.KindSnapshotEnd, Revision: 2, Chunk: 1, Keys: 1, Digested: true, Digest: digestOf("/a", "other")})
+	if n := a.LogChainBreaks(); n != 2 {
+		t.Fatalf("a consistent snapshot broke the chain: %v breaks", n)
+	}
+}
+
+// withDigest marks r digested with digest d.
+func withDigest(r streams.Record, d streams.Digest) streams.Record {
+	r.Digested, r.Digest = true, d
+	return r
 }

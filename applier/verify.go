@@ -115,23 +115,37 @@ func (a *Applier) resumeDigest(d *ScopeDigest) *ScopeDigest {
 // Bounds of the per-resource digests in the checkpoint, so that its size
 // (which every standby transaction sets aside room for) stays bounded
 // whatever the keyspace: at most maxResources resource types, the rest
-// under otherResources, names cut at maxResourceName bytes.
+// under otherResources, names of at most maxResourceName bytes that JSON
+// neither escapes nor alters (see resourceOf).
 const (
 	maxResources    = 64
 	maxResourceName = 128
-	otherResources  = "(other)"
-	// maxDigestBytes bounds the JSON of a ScopeDigest with maxResources
-	// entries of maxResourceName-byte names, prefix and rules excluded.
+	// otherResources holds the types past maxResources: '#' is in no name
+	// resourceOf returns.
+	otherResources = "#more"
+	// maxDigestBytes bounds the JSON of a ScopeDigest with maxResources+1
+	// entries, prefix and rules excluded.
 	maxDigestBytes = 64 + (maxResources+1)*(maxResourceName+128)
 )
 
-// resourceOf is the resource type a key's digest is kept under.
+// resourceOf is the resource type a key's digest is kept under: the
+// rules' ResourceOf, cut at maxResourceName bytes, every byte outside
+// letters, digits and "./-_()" replaced by '_', so that the name is the
+// same after a JSON round trip (no escaping, no invalid UTF-8) and of a
+// bounded size. The scan of the standby names groups the same way.
 func resourceOf(rules *keyspace.Rules, key []byte) string {
-	r := rules.ResourceOf(key)
+	r := []byte(rules.ResourceOf(key))
 	if len(r) > maxResourceName {
 		r = r[:maxResourceName]
 	}
-	return r
+	for i, c := range r {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '/', c == '-', c == '_', c == '(', c == ')':
+		default:
+			r[i] = '_'
+		}
+	}
+	return string(r)
 }
 
 // Verification results.
