@@ -23,13 +23,13 @@ var (
 	envToken    = regexp.MustCompile(`\bETCDSYNC_[A-Z0-9_]+\*?`)
 )
 
-// otherToolFlags are flags of other tools (kubectl, helm, nats, etcd,
+// otherToolFlags are flags of other tools (kubectl, helm, nats, etcd, etcdutl,
 // kube-apiserver, kube-controller-manager, go) the runbook names.
 var otherToolFlags = map[string]bool{
 	"controllers": true, "encryption-provider-config": true, "service-account-key-file": true,
 	"service-account-signing-key-file": true, "service-account-private-key-file": true, "max-request-bytes": true, "help": true,
 	"create-namespace": true, "from-file": true, "raw": true, "replicas": true, "config": true,
-	"etcd-prefix": true, "install": true, "reuse-values": true, "set": true,
+	"etcd-prefix": true, "install": true, "reuse-values": true, "set": true, "mark-compacted": true,
 }
 
 // TestRunbookCommandsUseRealFlags checks every etcdsync command line in the
